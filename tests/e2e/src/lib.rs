@@ -1,0 +1,1 @@
+//! Support code for vigil's cross-crate integration tests.
