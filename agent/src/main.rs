@@ -1,1 +1,69 @@
-fn main() {}
+//! vigil-agent: see `vigil-agent --help`.
+
+use std::io::Write;
+
+use clap::Parser;
+use vigil_agent::startup::{self, Options};
+
+/// vigil guest agent: serves the Kata agent API (ttrpc) inside a confidential VM, and lets
+/// through only the requests that the endpoint allow-list and the policy allow.
+///
+/// Configuration: --config FILE, else the kernel parameter agent.config_file=PATH, else none
+/// (every endpoint allowed, as Kata). The file is TOML with [agent] (server_addr, log_level,
+/// log_format) and [endpoints] allowed = ["CreateContainerRequest", ...] (request message
+/// names; a file without [endpoints] allows nothing; ["*"] allows everything).
+#[derive(Parser, Debug)]
+#[command(name = "vigil-agent", version)]
+struct Cli {
+    #[command(flatten)]
+    opts: Options,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil-agent: error: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        let running = match startup::start(&cli.opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("vigil-agent: error: {e}");
+                return 1;
+            }
+        };
+        // Readiness line on stdout for scripts and tests to wait on.
+        println!("vigil-agent: listening on {}", running.addr);
+        let _ = std::io::stdout().flush();
+        wait_for_termination().await;
+        tracing::info!("terminating: closing the API");
+        running.shutdown().await;
+        0
+    });
+    std::process::exit(code);
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("vigil-agent: error: cannot install signal handlers");
+            std::process::exit(1);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

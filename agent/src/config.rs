@@ -1,0 +1,300 @@
+//! The agent's configuration file (TOML) and where it comes from.
+//!
+//! One file, one meaning per key, unknown keys rejected. Kata-compatible where Kata has the
+//! key: `[endpoints] allowed = [...]` follows Kata 2.3's allow-list semantics, and the file is
+//! found through `--config` or the kernel parameter `agent.config_file=PATH`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vigil_protos::ENDPOINTS;
+
+use crate::cmdline::KernelCmdline;
+
+/// Kernel parameter naming the config file, as Kata's agent reads it.
+pub const CMDLINE_CONFIG_KEY: &str = "agent.config_file";
+/// Default listen address: vsock, any CID, port 1024 (Kata's).
+pub const DEFAULT_SERVER_ADDR: &str = "vsock://-1:1024";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: [endpoints] allowed: unknown endpoint {name:?}{hint}")]
+    UnknownEndpoint {
+        path: PathBuf,
+        name: String,
+        hint: String,
+    },
+    #[error("cannot read kernel command line {path}: {source}")]
+    Cmdline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// The file as written. Absent sections take defaults, except `[endpoints]` (see [`AllowList`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub agent: AgentSection,
+    pub endpoints: Option<EndpointsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// `vsock://CID:PORT` or `unix:///path`.
+    pub server_addr: Option<String>,
+    pub log_level: Option<LogLevel>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointsSection {
+    #[serde(default)]
+    pub allowed: Vec<String>,
+}
+
+/// Which request types the host may send at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowList {
+    /// No config file, or `allowed = ["*"]`.
+    All,
+    /// Request message names; empty when the file has no `[endpoints]` section.
+    Only(Vec<String>),
+}
+
+/// The effective configuration: the file (if any) after validation.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from; `None` when no config file was found.
+    pub source: Option<PathBuf>,
+    pub agent: AgentSection,
+    pub allow_list: AllowList,
+}
+
+impl Config {
+    /// The configuration used when there is no file: everything allowed, as Kata.
+    pub fn without_file() -> Config {
+        Config {
+            source: None,
+            agent: AgentSection::default(),
+            allow_list: AllowList::All,
+        }
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        let allow_list = match file.endpoints {
+            None => AllowList::Only(Vec::new()),
+            Some(section) if section.allowed.iter().any(|n| n == "*") => {
+                if section.allowed.len() > 1 {
+                    return Err(ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: "[endpoints] allowed: \"*\" must be the only entry".into(),
+                    });
+                }
+                AllowList::All
+            }
+            Some(section) => {
+                for name in &section.allowed {
+                    check_endpoint_name(name, path)?;
+                }
+                AllowList::Only(section.allowed)
+            }
+        };
+        Ok(Config {
+            source: Some(path.to_owned()),
+            agent: file.agent,
+            allow_list,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Finds and loads the config: `--config`, else `agent.config_file=` on the kernel command
+    /// line, else none (all endpoints allowed). A named file that cannot be read is an error,
+    /// never "no config": that would silently allow everything.
+    pub fn locate(flag: Option<&Path>, cmdline_path: &Path) -> Result<Config, ConfigError> {
+        if let Some(path) = flag {
+            return Config::load(path);
+        }
+        let cmdline = KernelCmdline::read(cmdline_path).map_err(|source| ConfigError::Cmdline {
+            path: cmdline_path.to_owned(),
+            source,
+        })?;
+        match cmdline.value(CMDLINE_CONFIG_KEY) {
+            Some(path) => Config::load(Path::new(path)),
+            None => Ok(Config::without_file()),
+        }
+    }
+
+    pub fn server_addr(&self) -> &str {
+        self.agent
+            .server_addr
+            .as_deref()
+            .unwrap_or(DEFAULT_SERVER_ADDR)
+    }
+}
+
+/// Kata silently ignored misspelt names, which left an endpoint blocked (or, worse, made the
+/// operator believe one was blocked). We refuse them and suggest the nearest valid name.
+fn check_endpoint_name(name: &str, path: &Path) -> Result<(), ConfigError> {
+    if ENDPOINTS.iter().any(|e| e.request == name) {
+        return Ok(());
+    }
+    let nearest = ENDPOINTS
+        .iter()
+        .map(|e| (strsim::levenshtein(name, e.request), e.request))
+        .min()
+        .filter(|(distance, _)| *distance <= name.len().max(4) / 2);
+    let hint = match nearest {
+        Some((_, valid)) => format!(" (did you mean {valid:?}?)"),
+        None => " (names are request message names such as \"CreateContainerRequest\")".into(),
+    };
+    Err(ConfigError::UnknownEndpoint {
+        path: path.to_owned(),
+        name: name.to_owned(),
+        hint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn file_without_endpoints_section_allows_nothing() {
+        let c = parse("[agent]\nlog_level = \"debug\"\n").unwrap();
+        assert_eq!(c.allow_list, AllowList::Only(vec![]));
+        assert_eq!(c.agent.log_level, Some(LogLevel::Debug));
+    }
+
+    #[test]
+    fn star_allows_all_and_must_stand_alone() {
+        assert_eq!(
+            parse("[endpoints]\nallowed = [\"*\"]").unwrap().allow_list,
+            AllowList::All
+        );
+        let err = parse("[endpoints]\nallowed = [\"*\", \"CreateContainerRequest\"]").unwrap_err();
+        assert!(err.to_string().contains("must be the only entry"), "{err}");
+    }
+
+    #[test]
+    fn unknown_endpoint_is_named_with_a_suggestion() {
+        let err = parse("[endpoints]\nallowed = [\"CreateContainerRequst\"]").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"CreateContainerRequst\""), "{msg}");
+        assert!(
+            msg.contains("did you mean \"CreateContainerRequest\""),
+            "{msg}"
+        );
+        // The method name is not the request name: say what names look like.
+        let msg = parse("[endpoints]\nallowed = [\"xyz\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("request message names"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_and_bad_toml_name_key_and_line() {
+        let msg = parse("[agent]\nserver_adr = \"unix:///x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("server_adr"), "{msg}");
+        let msg = parse("[agent]\n\nlog_level = \n").unwrap_err().to_string();
+        assert!(msg.contains("line 3"), "{msg}");
+        let msg = parse("[endpoint]\nallowed = []\n").unwrap_err().to_string();
+        assert!(msg.contains("endpoint"), "{msg}");
+    }
+
+    #[test]
+    fn kernel_cmdline_names_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("my config.toml");
+        std::fs::write(&cfg, "[endpoints]\nallowed = [\"GuestDetailsRequest\"]\n").unwrap();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            format!(
+                "console=ttyS0 quiet agent.config_file=\"{}\" agent.log=debug\n",
+                cfg.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::locate(None, &cmdline).unwrap();
+        assert_eq!(c.source.as_deref(), Some(cfg.as_path()));
+        assert_eq!(
+            c.allow_list,
+            AllowList::Only(vec!["GuestDetailsRequest".into()])
+        );
+
+        // No parameter: no config, all allowed.
+        std::fs::write(&cmdline, "console=ttyS0 quiet\n").unwrap();
+        assert_eq!(
+            Config::locate(None, &cmdline).unwrap().allow_list,
+            AllowList::All
+        );
+
+        // A named file that is missing is an error, not "no config".
+        std::fs::write(&cmdline, "agent.config_file=/nonexistent/vigil.toml").unwrap();
+        let msg = Config::locate(None, &cmdline).unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/vigil.toml"), "{msg}");
+
+        // An unreadable command line is an error too.
+        assert!(Config::locate(None, &dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! The agent API handlers.
+//!
+//! Handlers stay one-liners: each returns `Result<_, AgentError>` and [`AgentError`] maps to a
+//! ttrpc status in one place. RPCs whose capability has not landed answer `UNIMPLEMENTED`
+//! honestly (`<Name> is not implemented`), never a fake success.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use protobuf::well_known_types::empty::Empty;
+use ttrpc::r#async::TtrpcContext;
+use vigil_protos::{agent::*, csi, health, health_ttrpc, types};
+
+use crate::guest::GuestInfo;
+
+/// Version of the agent API protocol reported by `Health.Version` (Kata's value).
+pub const API_VERSION: &str = "0.0.1";
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Every error a handler can return, and the ttrpc status it becomes.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0} is not implemented")]
+    NotImplemented(&'static str),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<AgentError> for ttrpc::Error {
+    fn from(e: AgentError) -> ttrpc::Error {
+        let code = match e {
+            AgentError::NotImplemented(_) => ttrpc::Code::UNIMPLEMENTED,
+            AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+            AgentError::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            AgentError::Internal(_) => ttrpc::Code::INTERNAL,
+        };
+        ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+    }
+}
+
+type RpcResult<T> = ttrpc::Result<T>;
+
+/// The state the handlers share.
+pub struct AgentApi {
+    guest: GuestInfo,
+}
+
+impl AgentApi {
+    pub fn new(guest: GuestInfo) -> AgentApi {
+        AgentApi { guest }
+    }
+
+    /// The generated service maps for `grpc.AgentService` and `grpc.Health`, not yet gated.
+    pub fn service_map(
+        self: Arc<Self>,
+    ) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+        let mut map = vigil_protos::agent_ttrpc::create_agent_service(self.clone());
+        map.extend(health_ttrpc::create_health(self));
+        map
+    }
+}
+
+/// Implements the agent service: the handlers given in full, plus an `UNIMPLEMENTED` handler
+/// for each RPC whose capability is not built yet (each moves out of that list when its issue
+/// lands). A macro around the whole impl, because `#[async_trait]` must see every method.
+macro_rules! agent_service {
+    (
+        impl for $ty:ty { $($implemented:item)* }
+        not_implemented { $($fn_name:ident($req:ty) -> $resp:ty;)* }
+    ) => {
+        #[async_trait]
+        impl vigil_protos::agent_ttrpc::AgentService for $ty {
+            $($implemented)*
+            $(
+                async fn $fn_name(&self, _ctx: &TtrpcContext, _req: $req) -> RpcResult<$resp> {
+                    Err(AgentError::NotImplemented(stringify!($req)).into())
+                }
+            )*
+        }
+    };
+}
+
+agent_service! {
+    impl for AgentApi {
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GuestDetailsRequest,
+    ) -> RpcResult<GuestDetailsResponse> {
+        Ok(self.guest.details(&req)?)
+    }
+    }
+
+    not_implemented {
+        create_container(CreateContainerRequest) -> Empty;
+        start_container(StartContainerRequest) -> Empty;
+        remove_container(RemoveContainerRequest) -> Empty;
+        exec_process(ExecProcessRequest) -> Empty;
+        signal_process(SignalProcessRequest) -> Empty;
+        wait_process(WaitProcessRequest) -> WaitProcessResponse;
+        update_container(UpdateContainerRequest) -> Empty;
+        update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
+        stats_container(StatsContainerRequest) -> StatsContainerResponse;
+        pause_container(PauseContainerRequest) -> Empty;
+        resume_container(ResumeContainerRequest) -> Empty;
+        remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
+        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
+        write_stdin(WriteStreamRequest) -> WriteStreamResponse;
+        read_stdout(ReadStreamRequest) -> ReadStreamResponse;
+        read_stderr(ReadStreamRequest) -> ReadStreamResponse;
+        close_stdin(CloseStdinRequest) -> Empty;
+        tty_win_resize(TtyWinResizeRequest) -> Empty;
+        update_interface(UpdateInterfaceRequest) -> types::Interface;
+        update_routes(UpdateRoutesRequest) -> Routes;
+        list_interfaces(ListInterfacesRequest) -> Interfaces;
+        list_routes(ListRoutesRequest) -> Routes;
+        add_arp_neighbors(AddARPNeighborsRequest) -> Empty;
+        get_ip_tables(GetIPTablesRequest) -> GetIPTablesResponse;
+        set_ip_tables(SetIPTablesRequest) -> SetIPTablesResponse;
+        get_metrics(GetMetricsRequest) -> Metrics;
+        mem_agent_memcg_set(MemAgentMemcgConfig) -> Empty;
+        mem_agent_compact_set(MemAgentCompactConfig) -> Empty;
+        create_sandbox(CreateSandboxRequest) -> Empty;
+        destroy_sandbox(DestroySandboxRequest) -> Empty;
+        online_cpu_mem(OnlineCPUMemRequest) -> Empty;
+        reseed_random_dev(ReseedRandomDevRequest) -> Empty;
+        mem_hotplug_by_probe(MemHotplugByProbeRequest) -> Empty;
+        set_guest_date_time(SetGuestDateTimeRequest) -> Empty;
+        copy_file(CopyFileRequest) -> Empty;
+        get_oom_event(GetOOMEventRequest) -> OOMEvent;
+        add_swap(AddSwapRequest) -> Empty;
+        add_swap_path(AddSwapPathRequest) -> Empty;
+        get_volume_stats(VolumeStatsRequest) -> csi::VolumeStatsResponse;
+        resize_volume(ResizeVolumeRequest) -> Empty;
+        set_policy(SetPolicyRequest) -> Empty;
+    }
+}
+
+#[async_trait]
+impl health_ttrpc::Health for AgentApi {
+    async fn check(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> RpcResult<health::HealthCheckResponse> {
+        let mut resp = health::HealthCheckResponse::new();
+        resp.set_status(health::health_check_response::ServingStatus::SERVING);
+        Ok(resp)
+    }
+
+    async fn version(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: health::CheckRequest,
+    ) -> RpcResult<health::VersionCheckResponse> {
+        Ok(health::VersionCheckResponse {
+            grpc_version: API_VERSION.into(),
+            agent_version: AGENT_VERSION.into(),
+            ..Default::default()
+        })
+    }
+}
