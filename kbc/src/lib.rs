@@ -1,1 +1,25 @@
-//! placeholder until the kbc issue lands
+//! vigil key broker client.
+//!
+//! * [`KbsClient`]: the Trustee KBS attestation handshake (RCAR, protocol
+//!   0.4.0) and JWE-encrypted resource fetch, with [`KbsClient::fetch_policy`]
+//!   for signed policies.
+//! * [`envelope`]: the signed policy envelope (JWS compact, ES256/EdDSA),
+//!   free of network dependencies so the agent's SetPolicy path can use it.
+//! * [`jwe`], [`jcs`], [`tee_key`]: the protocol building blocks, public so the
+//!   test KBS and fuzz targets exercise the same code paths.
+
+pub mod client;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod jcs;
+pub mod jwe;
+pub mod tee_key;
+
+pub use client::{
+    EvidenceError, EvidenceFn, HandshakeTimings, KbsClient, PROTOCOL_VERSION, SESSION_COOKIE,
+};
+pub use config::KbcConfig;
+pub use envelope::{VerifiedPolicy, VerifyingKey};
+pub use error::{Error, Result, Step, TransportKind};
+pub use kbs_types::Tee;
