@@ -1,1 +1,28 @@
-//! placeholder until the policy issue lands
+//! vigil's agent-policy engine: Kata's Rego agent-policy contract on regorus.
+//!
+//! * Contract (as Kata): package `agent_policy`; a request is decided by querying
+//!   `data.agent_policy.<RequestMessageName>` with the request as `input`. The result is a
+//!   boolean or `{"allowed": bool, "ops": [JSON patch]}`; allowed ops update `data.pstate`
+//!   for later requests. Undefined rule: error (fail closed). `AllowRequestsFailingPolicy`
+//!   is evaluated once after load and turns denials and undefined results into allows.
+//! * Precompiled decisions: at load every endpoint is classified constant-allow,
+//!   constant-deny or evaluated by a conservative dependency analysis of the parsed policy;
+//!   constant endpoints never touch the engine (see [`PolicyEngine::decide`]).
+//! * Concurrency: stateless endpoints evaluate on a clone of the prepared engine, in
+//!   parallel; endpoints that read state are serialised on one lock, as are all state updates.
+
+mod analysis;
+mod copy_file;
+mod engine;
+
+pub use copy_file::{copy_file_input, file_type, CopyFileInputError};
+pub use engine::{
+    Decision, DecisionClass, EndpointInfo, Limits, LoadError, Outcome, PolicyEngine,
+    ALLOW_FAILING_RULE,
+};
+
+mod logs;
+mod replay;
+
+pub use logs::{audit_record, rfc3339_now, Counters, Recorder, RotatingLog, INPUT_LOG_SKIPPED};
+pub use replay::{replay, ReplayError};

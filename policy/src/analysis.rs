@@ -1,0 +1,447 @@
+//! Conservative dependency analysis over regorus' parsed AST.
+//!
+//! For every rule name in package `agent_policy` we compute whether its value can depend on
+//! `input`, on mutable policy data (`data.pstate`, or any `data` path that is not a rule of the
+//! package), or on a builtin whose result changes between calls (time, randomness, network).
+//! The analysis over-approximates: every identifier that names a rule of the package is taken
+//! as a dependency even when a local variable shadows it, `with` modifiers and non-trivial
+//! imports taint everything they touch, and any `data` reference that is not provably a rule
+//! of the package counts as mutable state. An over-approximation only costs speed (the
+//! endpoint is evaluated instead of precomputed); it can never make a decision wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regorus::unstable::{Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead};
+
+/// The package Kata's agent queries (`data.agent_policy.<Request>`).
+pub(crate) const PACKAGE: &str = "agent_policy";
+
+/// Builtins whose result is not a function of their arguments.
+const NONDETERMINISTIC_BUILTINS: &[&str] = &[
+    "time.now_ns",
+    "rand.intn",
+    "uuid.rfc4122",
+    "http.send",
+    "opa.runtime",
+    "net.lookup_ip_addr",
+    "io.jwt.decode_verify",
+    "crypto.x509.parse_and_verify_certificates",
+    "trace",
+];
+
+/// What a rule's value may depend on, besides other rules of the package.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taint {
+    /// Reads `input` (or something only known at request time: a nondeterministic builtin,
+    /// a `with` modifier).
+    pub input: bool,
+    /// Reads data that is not a rule of the package, e.g. `data.pstate`.
+    pub state: bool,
+}
+
+impl Taint {
+    fn merge(&mut self, other: Taint) -> bool {
+        let before = *self;
+        self.input |= other.input;
+        self.state |= other.state;
+        *self != before
+    }
+
+    /// Both flags set: the value of a rule we cannot reason about.
+    const UNKNOWN: Taint = Taint {
+        input: true,
+        state: true,
+    };
+}
+
+#[derive(Debug, Default)]
+struct Facts {
+    taint: Taint,
+    /// Bare identifiers used; those naming rules of the package are dependencies.
+    names: BTreeSet<String>,
+    /// `data.agent_policy.<name>` references: must resolve to a rule, otherwise state.
+    qualified: BTreeSet<String>,
+}
+
+/// The result: the closure taint of every rule name of package `agent_policy`, plus the
+/// sub-packages of `agent_policy` (which make `data.agent_policy.<name>` an object of rules).
+#[derive(Debug, Default)]
+pub(crate) struct Analysis {
+    rules: BTreeMap<String, Taint>,
+    subpackages: BTreeSet<String>,
+}
+
+impl Analysis {
+    /// Taint of `data.agent_policy.<name>`; `None` when the package defines no such rule.
+    pub(crate) fn taint_of(&self, name: &str) -> Option<Taint> {
+        if self.subpackages.contains(name) {
+            return Some(Taint::UNKNOWN);
+        }
+        self.rules.get(name).copied()
+    }
+
+    pub(crate) fn analyse(modules: &[Ref<Module>]) -> Analysis {
+        let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+        let mut subpackages = BTreeSet::new();
+
+        for module in modules {
+            let package = match chain_fields(&module.package.refr) {
+                Some((root, fields)) => {
+                    let mut path = vec![root];
+                    path.extend(fields);
+                    path
+                }
+                None => continue,
+            };
+            if package.first().map(String::as_str) != Some(PACKAGE) {
+                // Another package: only reachable through `data.<other>`, which the walker
+                // already treats as state.
+                continue;
+            }
+            if package.len() > 1 {
+                subpackages.insert(package[1].clone());
+                continue;
+            }
+            let module_taint = import_taint(module);
+            for rule in module.policy.iter() {
+                let Some(name) = rule_name(rule) else {
+                    continue;
+                };
+                let entry = facts.entry(name).or_default();
+                entry.taint.merge(module_taint);
+                walk_rule(rule, entry);
+            }
+        }
+
+        // Fixpoint over the dependency graph; Rego forbids recursion, but a cycle would
+        // merely converge here.
+        let mut closure: BTreeMap<String, Taint> = BTreeMap::new();
+        for (name, f) in &facts {
+            let mut taint = f.taint;
+            for q in &f.qualified {
+                if !facts.contains_key(q) || subpackages.contains(q) {
+                    taint.state = true;
+                    taint.input |= subpackages.contains(q);
+                }
+            }
+            closure.insert(name.clone(), taint);
+        }
+        loop {
+            let mut changed = false;
+            for (name, f) in &facts {
+                let mut acc = closure[name];
+                for dep in f.names.iter().chain(f.qualified.iter()) {
+                    if let Some(t) = closure.get(dep) {
+                        acc.merge(*t);
+                    }
+                }
+                if closure.get_mut(name).expect("present").merge(acc) {
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Analysis {
+            rules: closure,
+            subpackages,
+        }
+    }
+}
+
+/// `a.b["c"].d` as ("a", ["b", "c", "d"]) when every component is a constant name.
+fn chain_fields(expr: &Ref<Expr>) -> Option<(String, Vec<String>)> {
+    let (root, comps) = chain(expr);
+    let root = match root.as_ref() {
+        Expr::Var { span, .. } => span.text().to_string(),
+        _ => return None,
+    };
+    let mut fields = Vec::with_capacity(comps.len());
+    for c in comps {
+        match c {
+            Component::Field(f) => fields.push(f),
+            Component::Index(_) => return None,
+        }
+    }
+    Some((root, fields))
+}
+
+enum Component {
+    Field(String),
+    Index(Ref<Expr>),
+}
+
+/// Split a reference into its root expression and its components, outermost last.
+fn chain(expr: &Ref<Expr>) -> (Ref<Expr>, Vec<Component>) {
+    let mut comps = Vec::new();
+    let mut cur = expr.clone();
+    loop {
+        let next = match cur.as_ref() {
+            Expr::RefDot { refr, field, .. } => {
+                comps.push(Component::Field(field.0.text().to_string()));
+                refr.clone()
+            }
+            Expr::RefBrack { refr, index, .. } => {
+                match index.as_ref() {
+                    Expr::String { value, .. } | Expr::RawString { value, .. } => {
+                        match value.as_string() {
+                            Ok(s) => comps.push(Component::Field(s.to_string())),
+                            Err(_) => comps.push(Component::Index(index.clone())),
+                        }
+                    }
+                    _ => comps.push(Component::Index(index.clone())),
+                }
+                refr.clone()
+            }
+            _ => break,
+        };
+        cur = next;
+    }
+    comps.reverse();
+    (cur, comps)
+}
+
+fn rule_name(rule: &Ref<Rule>) -> Option<String> {
+    let refr = match rule.as_ref() {
+        Rule::Spec { head, .. } => match head {
+            RuleHead::Compr { refr, .. }
+            | RuleHead::Set { refr, .. }
+            | RuleHead::Func { refr, .. } => refr,
+        },
+        Rule::Default { refr, .. } => refr,
+    };
+    match chain(refr).0.as_ref() {
+        Expr::Var { span, .. } => Some(span.text().to_string()),
+        _ => None,
+    }
+}
+
+/// `import input`, `import data`, `import future.keywords...` and `import rego.v1` add no
+/// name that could hide a dependency; any other import (an alias into `input` or `data`)
+/// taints the whole module.
+fn import_taint(module: &Module) -> Taint {
+    let mut taint = Taint::default();
+    for import in &module.imports {
+        let Some((root, fields)) = chain_fields(&import.refr) else {
+            return Taint::UNKNOWN;
+        };
+        let trivial = match root.as_str() {
+            "future" | "rego" => true,
+            "input" | "data" => fields.is_empty() && import.r#as.is_none(),
+            _ => false,
+        };
+        if !trivial {
+            taint = Taint::UNKNOWN;
+        }
+    }
+    taint
+}
+
+fn walk_rule(rule: &Ref<Rule>, facts: &mut Facts) {
+    match rule.as_ref() {
+        Rule::Spec { head, bodies, .. } => {
+            match head {
+                RuleHead::Compr { refr, assign, .. } => {
+                    walk_head_ref(refr, facts);
+                    if let Some(a) = assign {
+                        walk_expr(&a.value, facts);
+                    }
+                }
+                RuleHead::Set { refr, key, .. } => {
+                    walk_head_ref(refr, facts);
+                    if let Some(k) = key {
+                        walk_expr(k, facts);
+                    }
+                }
+                RuleHead::Func {
+                    refr, args, assign, ..
+                } => {
+                    walk_head_ref(refr, facts);
+                    for a in args {
+                        walk_expr(a, facts);
+                    }
+                    if let Some(a) = assign {
+                        walk_expr(&a.value, facts);
+                    }
+                }
+            }
+            for body in bodies {
+                if let Some(a) = &body.assign {
+                    walk_expr(&a.value, facts);
+                }
+                walk_query(&body.query, facts);
+            }
+        }
+        Rule::Default { args, value, .. } => {
+            for a in args {
+                walk_expr(a, facts);
+            }
+            walk_expr(value, facts);
+        }
+    }
+}
+
+/// The rule's own name is not a dependency, but computed keys in its head are.
+fn walk_head_ref(refr: &Ref<Expr>, facts: &mut Facts) {
+    let (_, comps) = chain(refr);
+    for c in comps {
+        if let Component::Index(e) = c {
+            walk_expr(&e, facts);
+        }
+    }
+}
+
+fn walk_query(query: &Ref<Query>, facts: &mut Facts) {
+    for stmt in &query.stmts {
+        walk_stmt(stmt, facts);
+    }
+}
+
+fn walk_stmt(stmt: &LiteralStmt, facts: &mut Facts) {
+    if !stmt.with_mods.is_empty() {
+        // `with` can replace input, data or functions: do not try to be clever.
+        facts.taint.merge(Taint::UNKNOWN);
+        for w in &stmt.with_mods {
+            walk_expr(&w.refr, facts);
+            walk_expr(&w.r#as, facts);
+        }
+    }
+    match &stmt.literal {
+        Literal::SomeVars { .. } => {}
+        Literal::SomeIn {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(k) = key {
+                walk_expr(k, facts);
+            }
+            walk_expr(value, facts);
+            walk_expr(collection, facts);
+        }
+        Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => walk_expr(expr, facts),
+        Literal::Every { domain, query, .. } => {
+            walk_expr(domain, facts);
+            walk_query(query, facts);
+        }
+    }
+}
+
+fn walk_var(name: &str, facts: &mut Facts) {
+    match name {
+        "input" => facts.taint.input = true,
+        // Bare `data` reads everything, including the mutable part.
+        "data" => facts.taint.state = true,
+        _ => {
+            facts.names.insert(name.to_string());
+        }
+    }
+}
+
+fn walk_ref(expr: &Ref<Expr>, facts: &mut Facts) {
+    let (root, comps) = chain(expr);
+    match root.as_ref() {
+        Expr::Var { span, .. } if span.text() == "data" => {
+            let mut fields = comps.iter().map(|c| match c {
+                Component::Field(f) => Some(f.as_str()),
+                Component::Index(_) => None,
+            });
+            match (fields.next(), fields.next()) {
+                (Some(Some(PACKAGE)), Some(Some(name))) => {
+                    facts.qualified.insert(name.to_string());
+                }
+                _ => facts.taint.state = true,
+            }
+        }
+        Expr::Var { span, .. } => walk_var(span.text(), facts),
+        _ => walk_expr(&root, facts),
+    }
+    for c in comps {
+        if let Component::Index(e) = c {
+            walk_expr(&e, facts);
+        }
+    }
+}
+
+fn walk_expr(expr: &Ref<Expr>, facts: &mut Facts) {
+    match expr.as_ref() {
+        Expr::String { .. }
+        | Expr::RawString { .. }
+        | Expr::Number { .. }
+        | Expr::Bool { .. }
+        | Expr::Null { .. } => {}
+        Expr::Var { span, .. } => walk_var(span.text(), facts),
+        Expr::RefDot { .. } | Expr::RefBrack { .. } => walk_ref(expr, facts),
+        Expr::Array { items, .. } | Expr::Set { items, .. } => {
+            for i in items {
+                walk_expr(i, facts);
+            }
+        }
+        Expr::Object { fields, .. } => {
+            for (_, k, v) in fields {
+                walk_expr(k, facts);
+                walk_expr(v, facts);
+            }
+        }
+        Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+            walk_expr(term, facts);
+            walk_query(query, facts);
+        }
+        Expr::ObjectCompr {
+            key, value, query, ..
+        } => {
+            walk_expr(key, facts);
+            walk_expr(value, facts);
+            walk_query(query, facts);
+        }
+        Expr::Call { fcn, params, .. } => {
+            match chain_fields(fcn) {
+                Some((root, fields)) => {
+                    let mut dotted = root.clone();
+                    for f in &fields {
+                        dotted.push('.');
+                        dotted.push_str(f);
+                    }
+                    if NONDETERMINISTIC_BUILTINS.contains(&dotted.as_str()) {
+                        facts.taint.input = true;
+                    }
+                    // `data.agent_policy.f(x)` or a package function `f(x)`; a builtin such
+                    // as `regex.match` adds the harmless name `regex`.
+                    walk_ref(fcn, facts);
+                }
+                None => walk_expr(fcn, facts),
+            }
+            for p in params {
+                walk_expr(p, facts);
+            }
+        }
+        Expr::UnaryExpr { expr, .. } => walk_expr(expr, facts),
+        Expr::BinExpr { lhs, rhs, .. }
+        | Expr::BoolExpr { lhs, rhs, .. }
+        | Expr::ArithExpr { lhs, rhs, .. }
+        | Expr::AssignExpr { lhs, rhs, .. } => {
+            walk_expr(lhs, facts);
+            walk_expr(rhs, facts);
+        }
+        Expr::Membership {
+            key,
+            value,
+            collection,
+            ..
+        } => {
+            if let Some(k) = key {
+                walk_expr(k, facts);
+            }
+            walk_expr(value, facts);
+            walk_expr(collection, facts);
+        }
+        // Variants behind regorus features we do not enable land here; unknown means
+        // "could depend on anything".
+        #[allow(unreachable_patterns)]
+        _ => {
+            facts.taint.merge(Taint::UNKNOWN);
+        }
+    }
+}

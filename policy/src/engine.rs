@@ -1,0 +1,697 @@
+//! The policy engine: Kata's agent-policy contract on regorus, with per-endpoint decisions
+//! precompiled at load time.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{LimitError, PolicyLengthConfig};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::analysis::{Analysis, PACKAGE};
+
+/// The rule Kata evaluates once after loading a policy: when true, denials and undefined
+/// results are logged and allowed (a debugging aid that must never ship in production).
+pub const ALLOW_FAILING_RULE: &str = "AllowRequestsFailingPolicy";
+
+/// The part of the data document that policies may read and that ops may patch.
+const STATE_ROOT: &str = "pstate";
+
+/// Resource limits applied to a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted policy text, in bytes.
+    pub max_policy_bytes: usize,
+    /// Wall-clock budget for one evaluation; exceeding it is an evaluation error.
+    pub eval_time_budget: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // Kata raised regorus' 1 MiB default to 16 MiB for genpolicy output.
+            max_policy_bytes: 16 * 1024 * 1024,
+            eval_time_budget: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("policy is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("policy does not compile: {0}")]
+    Compile(String),
+    #[error("endpoint name {0:?} is not a Rego identifier")]
+    BadEndpointName(String),
+    #[error("endpoint name {0:?} is listed twice")]
+    DuplicateEndpoint(String),
+}
+
+/// How an endpoint is decided, fixed when the policy loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecisionClass {
+    /// The rule's value cannot depend on the request or on state: always allowed.
+    ConstAllow,
+    /// The rule's value cannot depend on the request or on state: never allowed (false,
+    /// undefined, or a result that is not a decision).
+    ConstDeny,
+    /// Evaluated per request.
+    Evaluate,
+}
+
+impl DecisionClass {
+    pub fn is_constant(self) -> bool {
+        !matches!(self, DecisionClass::Evaluate)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionClass::ConstAllow => "constant-allow",
+            DecisionClass::ConstDeny => "constant-deny",
+            DecisionClass::Evaluate => "evaluated",
+        }
+    }
+}
+
+/// What the gate does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Run the handler.
+    Allowed,
+    /// The policy said no: `PERMISSION_DENIED`.
+    Denied,
+    /// The policy gave no usable answer (undefined rule, bad result, evaluation error,
+    /// time budget): fail closed with `INTERNAL`.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allow",
+            Outcome::Denied => "deny",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One gate decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub outcome: Outcome,
+    pub class: DecisionClass,
+    /// For the guest log and the audit log; never contains request contents.
+    pub reason: Cow<'static, str>,
+    /// Output of Rego `print` during this evaluation (guest log only).
+    pub prints: Vec<String>,
+}
+
+impl Decision {
+    fn new(outcome: Outcome, class: DecisionClass, reason: impl Into<Cow<'static, str>>) -> Self {
+        Decision {
+            allowed: outcome == Outcome::Allowed,
+            outcome,
+            class,
+            reason: reason.into(),
+            prints: Vec::new(),
+        }
+    }
+}
+
+/// One row of the per-endpoint table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub name: String,
+    pub class: DecisionClass,
+    /// Evaluated under the state lock (reads mutable policy data).
+    pub stateful: bool,
+    pub reason: String,
+}
+
+/// The raw answer of the policy for one query, before AllowRequestsFailingPolicy.
+#[derive(Debug)]
+enum Answer {
+    Undefined,
+    Bool(bool),
+    Object {
+        allowed: bool,
+        ops: Vec<json_patch::PatchOperation>,
+    },
+}
+
+#[derive(Debug)]
+enum EvalError {
+    TimeBudget(Duration),
+    Other(String),
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalError::TimeBudget(limit) => write!(
+                f,
+                "policy evaluation exceeded its time budget of {} ms",
+                limit.as_millis()
+            ),
+            EvalError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+struct Endpoint {
+    name: String,
+    query: String,
+    class: DecisionClass,
+    stateful: bool,
+    /// For constant endpoints, the decision every request gets.
+    constant: Option<Decision>,
+    note: String,
+}
+
+/// Mutable policy data and the engine that sees it; one lock orders every state read and
+/// update.
+struct State {
+    engine: regorus::Engine,
+    data: Value,
+}
+
+/// A loaded policy. `Send + Sync`: share it behind an `Arc` and call [`PolicyEngine::decide`]
+/// from any thread.
+pub struct PolicyEngine {
+    endpoints: Box<[Endpoint]>,
+    /// Prepared engine holding the initial data; cloned for each stateless evaluation.
+    base: regorus::Engine,
+    state: Mutex<State>,
+    allow_failing: bool,
+    limits: Limits,
+    digest: String,
+    version: Option<u64>,
+}
+
+impl fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("digest", &self.digest)
+            .field("version", &self.version)
+            .field("allow_failing", &self.allow_failing)
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn new_engine(rego: &str, limits: &Limits, rego_v0: bool) -> Result<regorus::Engine, String> {
+    let mut engine = regorus::Engine::new();
+    // As Kata: builtin errors make an expression undefined instead of aborting evaluation,
+    // and print output is gathered for the log.
+    engine.set_strict_builtin_errors(false);
+    engine.set_gather_prints(true);
+    engine.set_rego_v0(rego_v0);
+    engine.set_policy_length_config(PolicyLengthConfig {
+        max_col: NonZeroU32::new(64 * 1024).expect("non-zero"),
+        max_file_bytes: NonZeroUsize::new(limits.max_policy_bytes.max(1)).expect("non-zero"),
+        max_lines: NonZeroUsize::new(200_000).expect("non-zero"),
+    });
+    engine.set_execution_timer_config(ExecutionTimerConfig {
+        limit: limits.eval_time_budget,
+        check_interval: NonZeroU32::new(32).expect("non-zero"),
+    });
+    engine
+        .add_data(regorus::Value::from(initial_data()))
+        .map_err(|e| e.to_string())?;
+    engine
+        .add_policy(format!("{PACKAGE}.rego"), rego.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(engine)
+}
+
+fn initial_data() -> Value {
+    serde_json::json!({ STATE_ROOT: {} })
+}
+
+/// Ops may only touch `/pstate`: the rest of the data document is what makes constant
+/// decisions sound, and no Kata policy writes elsewhere.
+fn check_op_paths(ops: &[json_patch::PatchOperation]) -> Result<(), String> {
+    let inside = |p: &str| p == "/pstate" || p.starts_with("/pstate/");
+    for op in ops {
+        let from = match op {
+            json_patch::PatchOperation::Move(m) => Some(m.from.as_str()),
+            json_patch::PatchOperation::Copy(c) => Some(c.from.as_str()),
+            _ => None,
+        };
+        for p in std::iter::once(op.path().as_str()).chain(from) {
+            if !inside(p) {
+                return Err(format!(
+                    "policy op targets {p:?}, outside /{STATE_ROOT} (refused)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn evaluate(
+    engine: &mut regorus::Engine,
+    query: &str,
+    input: regorus::Value,
+    budget: Duration,
+) -> (Result<Answer, EvalError>, Vec<String>) {
+    engine.set_input(input);
+    let results = engine.eval_query(query.to_string(), false);
+    let prints = engine.take_prints().unwrap_or_default();
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            let err = if e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<LimitError>(),
+                    Some(LimitError::TimeLimitExceeded { .. })
+                )
+            }) || e.to_string().contains("TimeLimitExceeded")
+                || e.to_string().contains("time limit")
+            {
+                EvalError::TimeBudget(budget)
+            } else {
+                EvalError::Other(format!("policy evaluation failed: {e}"))
+            };
+            return (Err(err), prints);
+        }
+    };
+    (interpret(results), prints)
+}
+
+/// Kata's reading of a query result: exactly one result with one expression, whose value is
+/// a boolean or an object `{"allowed": bool, "ops": [...]}`; no result is "undefined".
+fn interpret(results: regorus::QueryResults) -> Result<Answer, EvalError> {
+    if results.result.len() != 1 {
+        return Ok(Answer::Undefined);
+    }
+    let exprs = &results.result[0].expressions;
+    if exprs.len() != 1 {
+        return Err(EvalError::Other(format!(
+            "policy result has {} expressions, expected 1",
+            exprs.len()
+        )));
+    }
+    match &exprs[0].value {
+        regorus::Value::Bool(b) => Ok(Answer::Bool(*b)),
+        regorus::Value::Undefined => Ok(Answer::Undefined),
+        v @ regorus::Value::Object(_) => {
+            #[derive(serde::Deserialize)]
+            struct Reply {
+                allowed: bool,
+                ops: Option<json_patch::Patch>,
+            }
+            let json = serde_json::to_value(v)
+                .map_err(|e| EvalError::Other(format!("policy result not JSON: {e}")))?;
+            let reply: Reply = serde_json::from_value(json).map_err(|e| {
+                EvalError::Other(format!("policy result object is not {{allowed, ops}}: {e}"))
+            })?;
+            Ok(Answer::Object {
+                allowed: reply.allowed,
+                ops: reply.ops.map(|p| p.0).unwrap_or_default(),
+            })
+        }
+        other => Err(EvalError::Other(format!(
+            "policy result is neither a boolean nor an object: {}",
+            type_name(other)
+        ))),
+    }
+}
+
+fn type_name(v: &regorus::Value) -> &'static str {
+    match v {
+        regorus::Value::Null => "null",
+        regorus::Value::Bool(_) => "boolean",
+        regorus::Value::Number(_) => "number",
+        regorus::Value::String(_) => "string",
+        regorus::Value::Array(_) => "array",
+        regorus::Value::Set(_) => "set",
+        regorus::Value::Object(_) => "object",
+        regorus::Value::Undefined => "undefined",
+    }
+}
+
+/// Apply AllowRequestsFailingPolicy and turn an answer into a decision (ops are applied by
+/// the caller before this, since a failed patch turns the decision into an error).
+fn finish(
+    answer: Result<&Answer, &EvalError>,
+    allow_failing: bool,
+    class: DecisionClass,
+) -> Decision {
+    let (outcome, reason): (Outcome, Cow<'static, str>) = match answer {
+        Err(e) => (Outcome::Error, e.to_string().into()),
+        Ok(Answer::Undefined) => (Outcome::Error, "rule is undefined (fail closed)".into()),
+        Ok(Answer::Bool(true)) => (Outcome::Allowed, "rule is true".into()),
+        Ok(Answer::Bool(false)) => (Outcome::Denied, "rule is false".into()),
+        Ok(Answer::Object { allowed: true, .. }) => {
+            (Outcome::Allowed, "rule object has allowed=true".into())
+        }
+        Ok(Answer::Object { allowed: false, .. }) => {
+            (Outcome::Denied, "rule object has allowed=false".into())
+        }
+    };
+    // Kata lets AllowRequestsFailingPolicy override denials and undefined results, but not
+    // evaluation errors.
+    let overridable =
+        matches!(answer, Ok(Answer::Undefined)) || (outcome == Outcome::Denied && answer.is_ok());
+    if allow_failing && overridable {
+        return Decision::new(
+            Outcome::Allowed,
+            class,
+            format!("{reason}; allowed by {ALLOW_FAILING_RULE}"),
+        );
+    }
+    Decision::new(outcome, class, reason)
+}
+
+fn apply_ops(state: &mut State, ops: &[json_patch::PatchOperation]) -> Result<(), String> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    check_op_paths(ops)?;
+    let mut data = state.data.clone();
+    json_patch::patch(&mut data, ops).map_err(|e| format!("policy state update failed: {e}"))?;
+    let mut engine = state.engine.clone();
+    engine.clear_data();
+    engine
+        .add_data(regorus::Value::from(data.clone()))
+        .map_err(|e| format!("policy state update failed: {e}"))?;
+    // Commit only once everything succeeded: a failed update leaves the old state.
+    state.engine = engine;
+    state.data = data;
+    Ok(())
+}
+
+impl PolicyEngine {
+    /// Compile `rego`, check it against the limits, evaluate AllowRequestsFailingPolicy and
+    /// classify every endpoint (`endpoints` are request message names; a decision is asked
+    /// for by index into this list).
+    pub fn load(rego: &str, endpoints: &[&str], limits: Limits) -> Result<PolicyEngine, LoadError> {
+        if rego.len() > limits.max_policy_bytes {
+            return Err(LoadError::TooLarge {
+                size: rego.len(),
+                limit: limits.max_policy_bytes,
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in endpoints {
+            if !valid_identifier(name) {
+                return Err(LoadError::BadEndpointName(name.to_string()));
+            }
+            if !seen.insert(*name) {
+                return Err(LoadError::DuplicateEndpoint(name.to_string()));
+            }
+        }
+
+        // regorus defaults to Rego v1; policies written for older Kata releases may still
+        // use v0 syntax, so fall back to v0 before reporting the v1 error.
+        let mut base = match new_engine(rego, &limits, false) {
+            Ok(e) => e,
+            Err(v1_err) => {
+                new_engine(rego, &limits, true).map_err(|_| LoadError::Compile(v1_err))?
+            }
+        };
+        let analysis = Analysis::analyse(base.get_modules());
+
+        // Prepare once (scheduling, rule and function tables) so clones start ready; a
+        // trivial query does it without evaluating any rule. Unknown functions and unsafe
+        // variables surface here.
+        base.set_input(regorus::Value::new_object());
+        if let Err(e) = base.eval_query("true".to_string(), false) {
+            return Err(LoadError::Compile(e.to_string()));
+        }
+
+        let mut state = State {
+            engine: base.clone(),
+            data: initial_data(),
+        };
+
+        // AllowRequestsFailingPolicy: evaluated once, never itself overridden, errors read as
+        // false. As in Kata, an allowed object result applies its ops.
+        let allow_failing = {
+            let (answer, _) = evaluate(
+                &mut state.engine,
+                &format!("data.{PACKAGE}.{ALLOW_FAILING_RULE}"),
+                regorus::Value::new_object(),
+                limits.eval_time_budget,
+            );
+            match answer {
+                Ok(Answer::Bool(b)) => b,
+                Ok(Answer::Object { allowed, ops }) => {
+                    allowed && apply_ops(&mut state, &ops).is_ok()
+                }
+                _ => false,
+            }
+        };
+
+        let mut table = Vec::with_capacity(endpoints.len());
+        for name in endpoints {
+            let query = format!("data.{PACKAGE}.{name}");
+            let taint = analysis.taint_of(name);
+            let mut ep = Endpoint {
+                name: name.to_string(),
+                query,
+                class: DecisionClass::Evaluate,
+                stateful: false,
+                constant: None,
+                note: String::new(),
+            };
+            match taint {
+                None => {
+                    let d = finish(
+                        Ok(&Answer::Undefined),
+                        allow_failing,
+                        DecisionClass::ConstDeny,
+                    );
+                    ep.note = "no such rule".into();
+                    ep.class = if d.allowed {
+                        DecisionClass::ConstAllow
+                    } else {
+                        DecisionClass::ConstDeny
+                    };
+                    ep.constant = Some(Decision {
+                        class: ep.class,
+                        ..d
+                    });
+                }
+                Some(t) if t.input || t.state => {
+                    ep.stateful = t.state;
+                    ep.note = match (t.input, t.state) {
+                        (true, true) => "reads input and state",
+                        (true, false) => "reads input",
+                        _ => "reads state",
+                    }
+                    .into();
+                }
+                Some(_) => {
+                    let mut probe = base.clone();
+                    let (answer, _) = evaluate(
+                        &mut probe,
+                        &ep.query,
+                        regorus::Value::new_object(),
+                        limits.eval_time_budget,
+                    );
+                    match &answer {
+                        Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => {
+                            ep.note = "constant value, but emits state ops".into();
+                        }
+                        Ok(a) => {
+                            let d = finish(Ok(a), allow_failing, DecisionClass::ConstDeny);
+                            ep.class = if d.allowed {
+                                DecisionClass::ConstAllow
+                            } else {
+                                DecisionClass::ConstDeny
+                            };
+                            ep.note = "independent of input and state".into();
+                            ep.constant = Some(Decision {
+                                class: ep.class,
+                                ..d
+                            });
+                        }
+                        Err(e) => {
+                            ep.note = format!("constant candidate failed at load ({e})");
+                        }
+                    }
+                }
+            }
+            table.push(ep);
+        }
+
+        let digest = hex::encode(Sha256::digest(rego.as_bytes()));
+        Ok(PolicyEngine {
+            endpoints: table.into_boxed_slice(),
+            base,
+            state: Mutex::new(state),
+            allow_failing,
+            limits,
+            digest,
+            version: None,
+        })
+    }
+
+    /// Record the version of the signed envelope this policy came from (for the logs).
+    pub fn set_version(&mut self, version: Option<u64>) {
+        self.version = version;
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// SHA-256 of the policy text, lower-case hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether the policy's AllowRequestsFailingPolicy rule was true at load.
+    pub fn allow_failing(&self) -> bool {
+        self.allow_failing
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn endpoint_name(&self, index: usize) -> Option<&str> {
+        self.endpoints.get(index).map(|e| e.name.as_str())
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.endpoints.iter().position(|e| e.name == name)
+    }
+
+    /// The precompiled class of an endpoint; an unknown index is constant-deny.
+    #[inline]
+    pub fn class(&self, index: usize) -> DecisionClass {
+        self.endpoints
+            .get(index)
+            .map_or(DecisionClass::ConstDeny, |e| e.class)
+    }
+
+    /// Per-endpoint table for `policy check`.
+    pub fn table(&self) -> Vec<EndpointInfo> {
+        self.endpoints
+            .iter()
+            .map(|e| EndpointInfo {
+                name: e.name.clone(),
+                class: e.class,
+                stateful: e.stateful,
+                reason: e.note.clone(),
+            })
+            .collect()
+    }
+
+    /// Decide one request. `input` builds the policy input (the request in Kata's JSON shape,
+    /// or [`crate::copy_file_input`] for CopyFile); it is only called for evaluated endpoints.
+    pub fn decide<E: fmt::Display>(
+        &self,
+        index: usize,
+        input: impl FnOnce() -> Result<Value, E>,
+    ) -> Decision {
+        let Some(ep) = self.endpoints.get(index) else {
+            return Decision::new(
+                Outcome::Error,
+                DecisionClass::ConstDeny,
+                "unknown endpoint index",
+            );
+        };
+        if let Some(d) = &ep.constant {
+            return d.clone();
+        }
+        let input = match input() {
+            Ok(v) => regorus::Value::from(v),
+            Err(e) => {
+                return Decision::new(
+                    Outcome::Error,
+                    DecisionClass::Evaluate,
+                    format!("could not build the policy input: {e}"),
+                )
+            }
+        };
+        let budget = self.limits.eval_time_budget;
+        let (answer, prints) = if ep.stateful {
+            // Read and update under one lock so each request sees every earlier update.
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (answer, prints) = evaluate(&mut state.engine, &ep.query, input, budget);
+            let answer = match answer {
+                Ok(Answer::Object { allowed: true, ops }) => match apply_ops(&mut state, &ops) {
+                    Ok(()) => Ok(Answer::Object { allowed: true, ops }),
+                    Err(m) => Err(EvalError::Other(m)),
+                },
+                other => other,
+            };
+            (answer, prints)
+        } else {
+            let mut engine = self.base.clone();
+            let (answer, prints) = evaluate(&mut engine, &ep.query, input, budget);
+            // The rule does not read state, so its ops may be applied at any point; the
+            // lock makes the update atomic and orders it with the stateful endpoints.
+            let answer = match answer {
+                Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => {
+                    let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    match apply_ops(&mut state, &ops) {
+                        Ok(()) => Ok(Answer::Object { allowed: true, ops }),
+                        Err(m) => Err(EvalError::Other(m)),
+                    }
+                }
+                other => other,
+            };
+            (answer, prints)
+        };
+        let mut d = finish(answer.as_ref(), self.allow_failing, DecisionClass::Evaluate);
+        d.prints = prints;
+        d
+    }
+
+    /// A copy of the current policy state (`data.pstate`).
+    pub fn state(&self) -> Value {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.data[STATE_ROOT].clone()
+    }
+
+    /// Full evaluation of an endpoint, bypassing the precompiled decision (used to prove the
+    /// fast path equals evaluation). Ops are applied as usual.
+    #[doc(hidden)]
+    pub fn decide_evaluated(&self, index: usize, input: Value) -> Decision {
+        let Some(ep) = self.endpoints.get(index) else {
+            return Decision::new(
+                Outcome::Error,
+                DecisionClass::ConstDeny,
+                "unknown endpoint index",
+            );
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (answer, prints) = evaluate(
+            &mut state.engine,
+            &ep.query,
+            regorus::Value::from(input),
+            self.limits.eval_time_budget,
+        );
+        let answer = match answer {
+            Ok(Answer::Object { allowed: true, ops }) => match apply_ops(&mut state, &ops) {
+                Ok(()) => Ok(Answer::Object { allowed: true, ops }),
+                Err(m) => Err(EvalError::Other(m)),
+            },
+            other => other,
+        };
+        let mut d = finish(answer.as_ref(), self.allow_failing, DecisionClass::Evaluate);
+        d.prints = prints;
+        d
+    }
+}
