@@ -507,8 +507,14 @@ impl PolicyEngine {
                         Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => {
                             ep.note = "constant value, but emits state ops".into();
                         }
-                        Ok(a) => {
-                            let d = finish(Ok(a), allow_failing, DecisionClass::ConstDeny);
+                        Err(e @ EvalError::TimeBudget(_)) => {
+                            // Timing is not a property of the policy: decide per request.
+                            ep.note = format!("constant candidate failed at load ({e})");
+                        }
+                        // Any other answer, errors included, is a function of the policy
+                        // text alone.
+                        a => {
+                            let d = finish(a.as_ref(), allow_failing, DecisionClass::ConstDeny);
                             ep.class = if d.allowed {
                                 DecisionClass::ConstAllow
                             } else {
@@ -519,9 +525,6 @@ impl PolicyEngine {
                                 class: ep.class,
                                 ..d
                             });
-                        }
-                        Err(e) => {
-                            ep.note = format!("constant candidate failed at load ({e})");
                         }
                     }
                 }

@@ -250,9 +250,8 @@ impl Recorder {
         }
     }
 
-    /// [`PolicyEngine::decide`] plus the input log (evaluated endpoints only, since constant
-    /// ones never build an input), the audit log and the counters. Counters are indexed
-    /// like the engine's endpoint list.
+    /// [`PolicyEngine::decide`] plus the input log, the audit log and the counters.
+    /// Counters are indexed like the engine's endpoint list.
     pub fn decide<E: std::fmt::Display>(
         &self,
         engine: &PolicyEngine,
@@ -260,13 +259,18 @@ impl Recorder {
         input: impl FnOnce() -> Result<Value, E>,
     ) -> Decision {
         let name = engine.endpoint_name(index).unwrap_or("<unknown>");
+        // With the input log on, every request is logged as Kata does (constant endpoints
+        // included, so a replay sees the whole sequence); the log is a debugging aid, off
+        // by default, and only then is the input built for constant endpoints.
         let decision = if self.input.is_some() && !INPUT_LOG_SKIPPED.contains(&name) {
-            engine.decide(index, || {
-                let v = input()?;
-                let line = json!({ "kind": name, "request": &v }).to_string();
-                self.write(&self.input, &line);
-                Ok::<Value, E>(v)
-            })
+            match input() {
+                Ok(v) => {
+                    let line = json!({ "kind": name, "request": &v }).to_string();
+                    self.write(&self.input, &line);
+                    engine.decide(index, || Ok::<Value, E>(v))
+                }
+                Err(e) => engine.decide(index, || Err(e)),
+            }
         } else {
             engine.decide(index, input)
         };
