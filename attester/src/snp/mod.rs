@@ -1,0 +1,304 @@
+//! AMD SEV-SNP: report parsing, the CoCo evidence document, certificate tables, signature
+//! checks, and the guest-side attester.
+//!
+//! Offsets follow AMD's SEV-SNP firmware ABI specification, table "ATTESTATION_REPORT
+//! Structure". The parser reads raw bytes itself (bounds-checked) rather than through
+//! `sev::AttestationReport`, whose decoder rejects reports it cannot map to a known CPU
+//! generation; `sev` types are used where wire compatibility with Trustee depends on them
+//! (the evidence JSON) and for certificate handling.
+
+mod guest;
+
+pub use guest::SnpAttester;
+
+use serde::{Deserialize, Serialize};
+use sev::certs::snp::{Certificate, Verifiable};
+use sev::firmware::guest::AttestationReport;
+use sev::firmware::host::{CertTableEntry, CertType};
+use sev::parser::ByteParser;
+
+use crate::bytes::Fields;
+use crate::Error;
+
+/// Size of an attestation report as the firmware returns it.
+pub const REPORT_LEN: usize = 0x4A0;
+/// The signature covers bytes `0..SIGNED_LEN` of the report.
+pub const SIGNED_LEN: usize = 0x2A0;
+/// `SIGNATURE_ALGO` value for ECDSA P-384 with SHA-384, the only one defined.
+pub const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
+
+/// The fields of an SEV-SNP attestation report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpReport {
+    pub version: u32,
+    pub guest_svn: u32,
+    /// Guest policy (ABI version, SMT, debug, migration agent, ...).
+    pub policy: u64,
+    pub family_id: [u8; 16],
+    pub image_id: [u8; 16],
+    /// The VMPL the report was requested at.
+    pub vmpl: u32,
+    pub sig_algo: u32,
+    /// Raw TCB_VERSION values (their byte layout depends on the CPU generation).
+    pub current_tcb: u64,
+    pub platform_info: u64,
+    /// Guest-supplied data: what binds the report to a nonce and key.
+    pub report_data: [u8; 64],
+    /// Launch measurement.
+    pub measurement: [u8; 48],
+    /// Host-supplied at launch: carries the initdata digest.
+    pub host_data: [u8; 32],
+    pub id_key_digest: [u8; 48],
+    pub author_key_digest: [u8; 48],
+    pub report_id: [u8; 32],
+    pub report_id_ma: [u8; 32],
+    /// The TCB the VCEK that signed this report was derived from.
+    pub reported_tcb: u64,
+    /// CPUID family, model, stepping (report version 3 and later).
+    pub cpuid_fam_mod_step: Option<(u8, u8, u8)>,
+    /// Chip identifier (zero when the host masks it).
+    pub chip_id: [u8; 64],
+    pub committed_tcb: u64,
+    pub launch_tcb: u64,
+    /// ECDSA signature components, little-endian, zero-extended to 72 bytes.
+    pub signature_r: [u8; 72],
+    pub signature_s: [u8; 72],
+}
+
+/// Parses a raw attestation report (exactly [`REPORT_LEN`] bytes, version 2 or later).
+pub fn parse_report(bytes: &[u8]) -> Result<SnpReport, Error> {
+    const WHAT: &str = "SEV-SNP report";
+    if bytes.len() != REPORT_LEN {
+        return Err(Error::malformed(
+            WHAT,
+            format!("{} bytes, expected {REPORT_LEN}", bytes.len()),
+        ));
+    }
+    let f = Fields::new(bytes, WHAT);
+    let version = f.u32(0x00)?;
+    if version < 2 {
+        return Err(Error::malformed(
+            WHAT,
+            format!("version {version}, expected 2 or later"),
+        ));
+    }
+    let cpuid_fam_mod_step = if version >= 3 {
+        Some((
+            f.array::<1>(0x188)?[0],
+            f.array::<1>(0x189)?[0],
+            f.array::<1>(0x18A)?[0],
+        ))
+    } else {
+        None
+    };
+    Ok(SnpReport {
+        version,
+        guest_svn: f.u32(0x04)?,
+        policy: f.u64(0x08)?,
+        family_id: f.array(0x10)?,
+        image_id: f.array(0x20)?,
+        vmpl: f.u32(0x30)?,
+        sig_algo: f.u32(0x34)?,
+        current_tcb: f.u64(0x38)?,
+        platform_info: f.u64(0x40)?,
+        report_data: f.array(0x50)?,
+        measurement: f.array(0x90)?,
+        host_data: f.array(0xC0)?,
+        id_key_digest: f.array(0xE0)?,
+        author_key_digest: f.array(0x110)?,
+        report_id: f.array(0x140)?,
+        report_id_ma: f.array(0x160)?,
+        reported_tcb: f.u64(0x180)?,
+        cpuid_fam_mod_step,
+        chip_id: f.array(0x1A0)?,
+        committed_tcb: f.u64(0x1E0)?,
+        launch_tcb: f.u64(0x1F0)?,
+        signature_r: f.array(0x2A0)?,
+        signature_s: f.array(0x2E8)?,
+    })
+}
+
+/// The SNP evidence document as the CoCo attester emits it and Trustee's SNP verifier reads
+/// it: the report in the `sev` crate's serde form, plus the host's certificate table if any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnpEvidence {
+    pub attestation_report: AttestationReport,
+    pub cert_chain: Option<Vec<CertTableEntry>>,
+}
+
+impl SnpEvidence {
+    /// Builds the document from raw report bytes (as the firmware returned them).
+    pub fn from_raw(report: &[u8], cert_chain: Option<Vec<CertTableEntry>>) -> Result<Self, Error> {
+        let attestation_report = AttestationReport::from_bytes(report)
+            .map_err(|e| Error::malformed("SEV-SNP report", format!("sev decoder: {e}")))?;
+        Ok(SnpEvidence {
+            attestation_report,
+            cert_chain,
+        })
+    }
+
+    /// The report as raw bytes again (reserved fields zero, as the firmware writes them).
+    pub fn raw_report(&self) -> Result<Vec<u8>, Error> {
+        let raw = self.attestation_report.to_bytes().map_err(|e| {
+            Error::evidence("snp", format!("cannot encode attestation_report: {e}"))
+        })?;
+        Ok(raw.to_vec())
+    }
+
+    /// The VCEK (or VLEK) from the certificate table, if the host supplied one.
+    pub fn endorsement_key_cert(&self) -> Option<&[u8]> {
+        self.cert_chain.as_ref()?.iter().find_map(|entry| {
+            matches!(entry.cert_type, CertType::VCEK | CertType::VLEK).then_some(entry.data())
+        })
+    }
+}
+
+/// Size of one certificate table entry: GUID, offset, length.
+const CERT_ENTRY_LEN: usize = 24;
+
+/// Parses a host-supplied certificate table (the extended-report buffer or configfs
+/// `auxblob`): entries `{guid[16], offset u32, length u32}` ending with an all-zero entry,
+/// offsets relative to the table start. The host is untrusted, so every entry is
+/// bounds-checked. An empty or all-zero buffer gives an empty list.
+pub fn parse_cert_table(bytes: &[u8]) -> Result<Vec<CertTableEntry>, Error> {
+    const WHAT: &str = "SEV-SNP certificate table";
+    let f = Fields::new(bytes, WHAT);
+    let mut entries = Vec::new();
+    if bytes.is_empty() {
+        return Ok(entries);
+    }
+    let mut at = 0usize;
+    loop {
+        let guid: [u8; 16] = f.array(at).map_err(|_| {
+            Error::malformed(
+                WHAT,
+                format!("no terminating all-zero entry in {} bytes", bytes.len()),
+            )
+        })?;
+        if guid == [0; 16] {
+            return Ok(entries);
+        }
+        let offset = f.u32(at + 16)? as usize;
+        let length = f.u32(at + 20)? as usize;
+        let data = f.slice(offset, length).map_err(|_| {
+            Error::malformed(
+                WHAT,
+                format!(
+                    "entry {} points at {length} bytes from offset {offset:#x}, past the {}-byte table",
+                    entries.len(),
+                    bytes.len()
+                ),
+            )
+        })?;
+        let uuid = uuid::Uuid::from_bytes(guid);
+        let entry = CertTableEntry::from_guid(&uuid, data.to_vec())
+            .map_err(|e| Error::malformed(WHAT, format!("GUID {uuid}: {e}")))?;
+        entries.push(entry);
+        at += CERT_ENTRY_LEN;
+    }
+}
+
+/// Checks the report's ECDSA P-384 signature with the VCEK (or VLEK) certificate in DER.
+///
+/// This proves the key in `vek_der` signed the report; that the certificate itself chains to
+/// AMD is checked by [`verify_vek_chain`].
+pub fn verify_signature(report: &[u8], vek_der: &[u8]) -> Result<(), Error> {
+    const WHAT: &str = "SEV-SNP report signature";
+    use p384::ecdsa::signature::Verifier as _;
+
+    let parsed = parse_report(report)?;
+    if parsed.sig_algo != SIG_ALGO_ECDSA_P384_SHA384 {
+        return Err(Error::Verification {
+            what: WHAT,
+            reason: format!("signature algorithm {} is not ECDSA P-384", parsed.sig_algo),
+        });
+    }
+    let cert = Certificate::from_der(vek_der).map_err(|e| Error::Verification {
+        what: WHAT,
+        reason: format!("VCEK certificate: {e}"),
+    })?;
+    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(cert.public_key_sec1()).map_err(|e| {
+        Error::Verification {
+            what: WHAT,
+            reason: format!("VCEK public key is not a P-384 point: {e}"),
+        }
+    })?;
+    let signature = signature_from_le(&parsed.signature_r, &parsed.signature_s)?;
+    key.verify(&report[..SIGNED_LEN], &signature)
+        .map_err(|_| Error::Verification {
+            what: WHAT,
+            reason: "the VCEK did not sign this report".to_string(),
+        })
+}
+
+/// Converts the report's little-endian, 72-byte r and s into a P-384 signature.
+fn signature_from_le(r: &[u8; 72], s: &[u8; 72]) -> Result<p384::ecdsa::Signature, Error> {
+    let to_be = |le: &[u8; 72], name: &str| -> Result<[u8; 48], Error> {
+        if le[48..].iter().any(|&b| b != 0) {
+            return Err(Error::Verification {
+                what: "SEV-SNP report signature",
+                reason: format!("{name} exceeds 48 bytes"),
+            });
+        }
+        let mut be = [0u8; 48];
+        for (dst, src) in be.iter_mut().zip(le[..48].iter().rev()) {
+            *dst = *src;
+        }
+        Ok(be)
+    };
+    let (r, s) = (to_be(r, "r")?, to_be(s, "s")?);
+    p384::ecdsa::Signature::from_scalars(r, s).map_err(|e| Error::Verification {
+        what: "SEV-SNP report signature",
+        reason: format!("r or s out of range: {e}"),
+    })
+}
+
+/// AMD product lines whose root keys (ARK, ASK) are built in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductLine {
+    Milan,
+    Genoa,
+    Turin,
+}
+
+/// Checks that a VCEK certificate chains to AMD's built-in ARK via the ASK of some product
+/// line, and says which. Revocation (CRL) and TCB freshness are not checked.
+pub fn verify_vek_chain(vek_der: &[u8]) -> Result<ProductLine, Error> {
+    use sev::certs::snp::builtin;
+    const WHAT: &str = "VCEK certificate chain";
+    let vek = Certificate::from_der(vek_der).map_err(|e| Error::Verification {
+        what: WHAT,
+        reason: format!("VCEK certificate: {e}"),
+    })?;
+    type Roots = fn() -> std::io::Result<(Certificate, Certificate)>;
+    let lines: [(ProductLine, Roots); 3] = [
+        (ProductLine::Milan, || {
+            Ok((builtin::milan::ark()?, builtin::milan::ask()?))
+        }),
+        (ProductLine::Genoa, || {
+            Ok((builtin::genoa::ark()?, builtin::genoa::ask()?))
+        }),
+        (ProductLine::Turin, || {
+            Ok((builtin::turin::ark()?, builtin::turin::ask()?))
+        }),
+    ];
+    for (line, roots) in lines {
+        let (ark, ask) = roots().map_err(|e| Error::Verification {
+            what: WHAT,
+            reason: format!("built-in {line:?} roots: {e}"),
+        })?;
+        if (&ark, &ark).verify().is_ok()
+            && (&ark, &ask).verify().is_ok()
+            && (&ask, &vek).verify().is_ok()
+        {
+            return Ok(line);
+        }
+    }
+    Err(Error::Verification {
+        what: WHAT,
+        reason: "not signed by the ASK of Milan, Genoa or Turin".to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
