@@ -179,7 +179,7 @@ fn write_endpoint_table(dest: &Path) {
                     service: format!("{}.{}", file.package(), service.name()),
                     method: m.name().to_string(),
                     request: short_name(m.input_type()),
-                    response: m.output_type().trim_start_matches('.').to_string(),
+                    response: relative_name(m.output_type(), file.package()),
                     request_path: lookup(m.input_type()),
                     response_path: lookup(m.output_type()),
                 });
@@ -231,6 +231,15 @@ fn write_endpoint_table(dest: &Path) {
         },
     ));
     std::fs::write(dest, out).expect("writing endpoints.rs");
+}
+
+/// A type name as written inside `package`: `.grpc.Routes` -> `Routes`, `.types.Interface`
+/// stays `types.Interface` (the form Kata's RPC list uses).
+fn relative_name(full: &str, package: &str) -> String {
+    let full = full.trim_start_matches('.');
+    full.strip_prefix(&format!("{package}."))
+        .unwrap_or(full)
+        .to_string()
 }
 
 fn short_name(full: &str) -> String {

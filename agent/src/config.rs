@@ -297,4 +297,24 @@ mod tests {
         // An unreadable command line is an error too.
         assert!(Config::locate(None, &dir.path().join("missing")).is_err());
     }
+
+    #[test]
+    fn sample_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/sample-configs");
+        let conf = Config::load(&dir.join("confidential.toml")).unwrap();
+        let AllowList::Only(names) = &conf.allow_list else {
+            panic!("confidential sample must list endpoints");
+        };
+        for forbidden in [
+            "ExecProcessRequest",
+            "ReadStreamRequest",
+            "CopyFileRequest",
+            "SetPolicyRequest",
+        ] {
+            assert!(!names.iter().any(|n| n == forbidden), "{forbidden} allowed");
+        }
+        assert!(names.iter().any(|n| n == "CreateContainerRequest"));
+        let all = Config::load(&dir.join("all-endpoints.toml")).unwrap();
+        assert_eq!(all.allow_list, AllowList::All);
+    }
 }

@@ -18,7 +18,7 @@ pub struct Endpoint {
     /// Request message name, e.g. `CreateContainerRequest`: the name used by the allow-list
     /// and by agent policies. Two RPCs can share it (ReadStdout, ReadStderr).
     pub request: &'static str,
-    /// Fully qualified response message name.
+    /// Response message name, qualified when outside package `grpc` (`types.Interface`).
     pub response: &'static str,
 }
 

@@ -1,1 +1,174 @@
-//! Support code for vigil's cross-crate integration tests.
+//! Support code for vigil's integration tests: start the real binaries, wait on their
+//! readiness signals (never on timers), and serve a hybrid vsock front for the CLI.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; `hack/test.sh` does it).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// Path of a workspace binary next to the running test executable (target/<profile>/).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins, or hack/test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A running `vigil-agent` serving on a unix socket in its own temporary directory.
+pub struct Agent {
+    child: Child,
+    pub addr: String,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// The agent exited before it was ready.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+/// How to start the agent for a test.
+#[derive(Default)]
+pub struct AgentSetup<'a> {
+    /// Config file text, written to `vigil.toml` and passed with `--config` (unless
+    /// `config_via_cmdline`).
+    pub config: Option<&'a str>,
+    /// Pass the config through the fake kernel command line instead of `--config`.
+    pub config_via_cmdline: bool,
+    /// Extra kernel command line text.
+    pub cmdline: &'a str,
+    pub extra_args: Vec<String>,
+}
+
+impl Agent {
+    pub fn start(setup: AgentSetup) -> Result<Agent, StartFailure> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("agent.sock");
+        let addr = format!("unix://{}", socket.display());
+        let mut cmdline = setup.cmdline.to_string();
+        let mut cmd = Command::new(binary("vigil-agent"));
+        if let Some(text) = setup.config {
+            let cfg = dir.path().join("vigil.toml");
+            std::fs::write(&cfg, text).expect("write config");
+            if setup.config_via_cmdline {
+                cmdline.push_str(&format!(" agent.config_file={}", cfg.display()));
+            } else {
+                cmd.arg("--config").arg(&cfg);
+            }
+        }
+        let cmdline_file = dir.path().join("cmdline");
+        std::fs::write(&cmdline_file, cmdline).expect("write cmdline");
+        cmd.arg("--kernel-cmdline")
+            .arg(&cmdline_file)
+            .arg("--server-addr")
+            .arg(&addr)
+            .args(&setup.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vigil-agent");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        // Readiness: the agent prints "listening on ADDR" once the API is open; EOF means it
+        // exited instead.
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.any(|l| l.map(|l| l.contains("listening on")).unwrap_or(false));
+        if !ready {
+            let status = child.wait().expect("wait");
+            let stderr = stderr_reader.join().unwrap_or_default();
+            return Err(StartFailure { status, stderr });
+        }
+        Ok(Agent {
+            child,
+            addr,
+            socket,
+            dir,
+            stderr: Some(stderr_reader),
+        })
+    }
+
+    /// Sends SIGTERM and returns the exit status and everything the agent logged.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> (ExitStatus, String) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = self.child.wait().expect("wait for agent");
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.stderr.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// A hybrid vsock front (as Firecracker and Cloud Hypervisor expose a guest's vsock): a unix
+/// socket that answers `CONNECT <port>\n` with `OK <n>\n` and then relays to the agent.
+pub struct HybridVsock {
+    pub path: PathBuf,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl HybridVsock {
+    /// Serves on `path`, relaying connections for `port` to the unix socket `target`.
+    pub fn start(path: PathBuf, port: u32, target: PathBuf) -> HybridVsock {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind hybrid vsock");
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let mut line = Vec::new();
+                    while let Ok(b) = conn.read_u8().await {
+                        if b == b'\n' || line.len() > 64 {
+                            break;
+                        }
+                        line.push(b);
+                    }
+                    if String::from_utf8_lossy(&line) != format!("CONNECT {port}") {
+                        return; // refused: close
+                    }
+                    let Ok(mut agent) = tokio::net::UnixStream::connect(&target).await else {
+                        return;
+                    };
+                    if conn.write_all(b"OK 1073741824\n").await.is_err() {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut agent).await;
+                });
+            }
+        });
+        HybridVsock { path, _task: task }
+    }
+}
