@@ -79,6 +79,10 @@ fn build_tls(pem: &str) -> Result<rustls::ClientConfig> {
             "kbs_cert contains no CERTIFICATE block".into(),
         ));
     }
+    tls_config(roots)
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -109,12 +113,18 @@ impl KbsClient {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .http1_only();
-        if base.scheme() == "https" {
-            let pem = cfg.kbs_cert.as_deref().unwrap_or_default();
-            builder = builder
-                .tls_backend_preconfigured(build_tls(pem)?)
-                .https_only(true);
-        }
+        // Always hand reqwest our own rustls config (ring provider, pinned
+        // roots): it must never fall back to a process-wide default provider
+        // or the system trust store. Plain-HTTP clients get an empty root
+        // store, so nothing TLS can succeed through them.
+        let tls = if base.scheme() == "https" {
+            build_tls(cfg.kbs_cert.as_deref().unwrap_or_default())?
+        } else {
+            tls_config(rustls::RootCertStore::empty())?
+        };
+        builder = builder
+            .tls_backend_preconfigured(tls)
+            .https_only(base.scheme() == "https");
         let http = builder
             .build()
             .map_err(|e| Error::Config(format!("HTTP client setup failed: {e}")))?;
@@ -396,23 +406,21 @@ fn transport_error(step: Step, e: reqwest::Error) -> Error {
 }
 
 fn is_tls_error(e: &reqwest::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        // io::Error hides its payload from source(); look inside explicitly.
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        src = s.source();
+    contains_rustls_error(e)
+}
+
+fn contains_rustls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
     }
-    false
+    // io::Error hides its payload from source() (it returns the payload's
+    // source), and hyper wraps io errors in io errors: descend explicitly.
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if let Some(inner) = io.get_ref() {
+            return contains_rustls_error(inner);
+        }
+    }
+    e.source().is_some_and(contains_rustls_error)
 }
 
 fn expect_ok(step: Step, resp: RawResponse) -> Result<RawResponse> {

@@ -1,0 +1,157 @@
+//! What the test KBS checks in an attest request besides the session:
+//! evidence format per TEE, report_data binding and the init-data digest.
+
+use base64::prelude::{Engine as _, BASE64_STANDARD};
+use kbs_types::Tee;
+use serde_json::Value;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+/// Claims extracted from evidence that the KBS compares against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The evidence's runtime report_data field.
+    pub report_data: Vec<u8>,
+    /// The launch-time field bound to initdata (SNP HOST_DATA, TDX MRCONFIGID,
+    /// sample `init_data`).
+    pub launch_binding: Vec<u8>,
+}
+
+/// Size of the launch binding field for `tee`.
+pub fn launch_binding_len(tee: Tee) -> Option<usize> {
+    match tee {
+        Tee::Sample | Tee::Snp => Some(32),
+        Tee::Tdx => Some(48),
+        _ => None,
+    }
+}
+
+/// Extract claims from `evidence` for `tee`, checking its format.
+pub fn claims(tee: Tee, evidence: &Value) -> Result<Claims, String> {
+    match tee {
+        Tee::Sample => sample_claims(evidence),
+        other => Err(format!(
+            "evidence verification for TEE {other} is not available in this test server build"
+        )),
+    }
+}
+
+/// Sample evidence: `{"svn":"1","report_data":"<base64>","init_data":"<base64>"}`.
+fn sample_claims(evidence: &Value) -> Result<Claims, String> {
+    let obj = evidence
+        .as_object()
+        .ok_or("sample evidence is not a JSON object")?;
+    let field = |name: &str| -> Result<Option<&str>, String> {
+        match obj.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("sample evidence field {name:?} is not a string")),
+        }
+    };
+    let svn = field("svn")?.ok_or("sample evidence has no \"svn\"")?;
+    if svn.parse::<u64>().is_err() {
+        return Err(format!("sample evidence svn {svn:?} is not a number"));
+    }
+    let rd = field("report_data")?.ok_or("sample evidence has no \"report_data\"")?;
+    let report_data = BASE64_STANDARD
+        .decode(rd)
+        .map_err(|e| format!("sample evidence report_data is not base64: {e}"))?;
+    let launch_binding = match field("init_data")? {
+        None => Vec::new(),
+        Some(b) => BASE64_STANDARD
+            .decode(b)
+            .map_err(|e| format!("sample evidence init_data is not base64: {e}"))?,
+    };
+    Ok(Claims {
+        report_data,
+        launch_binding,
+    })
+}
+
+/// Digest of an initdata TOML body per its `algorithm` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitDataDigest {
+    /// `sha256`, `sha384` or `sha512`.
+    pub algorithm: String,
+    /// Hash of the raw body bytes.
+    pub digest: Vec<u8>,
+}
+
+impl InitDataDigest {
+    /// Compute from the body as delivered (no canonicalisation).
+    pub fn of(body: &str) -> Result<Self, String> {
+        let table: toml::Table =
+            toml::from_str(body).map_err(|e| format!("init-data body is not TOML: {e}"))?;
+        let algorithm = table
+            .get("algorithm")
+            .and_then(|v| v.as_str())
+            .ok_or("init-data has no string \"algorithm\" key")?;
+        let digest = match algorithm {
+            "sha256" => Sha256::digest(body.as_bytes()).to_vec(),
+            "sha384" => Sha384::digest(body.as_bytes()).to_vec(),
+            "sha512" => Sha512::digest(body.as_bytes()).to_vec(),
+            other => {
+                return Err(format!(
+                    "init-data algorithm {other:?} is not sha256/sha384/sha512"
+                ))
+            }
+        };
+        Ok(InitDataDigest {
+            algorithm: algorithm.to_string(),
+            digest,
+        })
+    }
+
+    /// The digest truncated or zero-padded to `len` bytes, as the launch
+    /// binding field holds it.
+    pub fn binding(&self, len: usize) -> Vec<u8> {
+        let mut v = self.digest.clone();
+        v.resize(len, 0);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_per_algorithm_and_binding_sizes() {
+        let body = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"a\" = \"b\"\n";
+        let d = InitDataDigest::of(body).unwrap();
+        assert_eq!(d.digest, Sha384::digest(body.as_bytes()).to_vec());
+        assert_eq!(d.binding(32), d.digest[..32].to_vec());
+        assert_eq!(d.binding(48), d.digest);
+        let body = body.replace("sha384", "sha256");
+        let d = InitDataDigest::of(&body).unwrap();
+        let b = d.binding(48);
+        assert_eq!(&b[..32], &Sha256::digest(body.as_bytes())[..]);
+        assert!(b[32..].iter().all(|x| *x == 0));
+        assert!(InitDataDigest::of("algorithm = \"md5\"")
+            .unwrap_err()
+            .contains("md5"));
+        assert!(InitDataDigest::of("version = 1")
+            .unwrap_err()
+            .contains("algorithm"));
+        assert!(InitDataDigest::of("not toml ==")
+            .unwrap_err()
+            .contains("TOML"));
+    }
+
+    #[test]
+    fn sample_format_is_checked() {
+        let ok = serde_json::json!({"svn":"1","report_data":"AAEC","init_data":"AAA="});
+        let c = claims(Tee::Sample, &ok).unwrap();
+        assert_eq!(c.report_data, vec![0, 1, 2]);
+        assert_eq!(c.launch_binding, vec![0, 0]);
+        for bad in [
+            serde_json::json!("x"),
+            serde_json::json!({"report_data":"AAEC"}),
+            serde_json::json!({"svn":"1"}),
+            serde_json::json!({"svn":"1","report_data":"***"}),
+            serde_json::json!({"svn":1,"report_data":"AAEC"}),
+        ] {
+            assert!(claims(Tee::Sample, &bad).is_err(), "{bad}");
+        }
+        assert!(claims(Tee::Snp, &ok).is_err());
+    }
+}
