@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use error::Error;
+/// The `kbs-types` version this crate's API uses (for [`Attester::tee`] and [`verify`]).
+pub use kbs_types;
 
 /// One trusted execution environment, as the guest sees it.
 pub trait Attester: Send + Sync {
