@@ -39,8 +39,11 @@ impl TsmFs for KernelTsm {
         std::fs::read(path)
     }
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        // One write(2) per attribute: configfs binary attributes take the whole value at once.
-        std::fs::write(path, data)
+        use std::io::Write as _;
+        // Open without O_CREAT: a missing attribute means the wrong provider or kernel, and
+        // must be an error rather than a new file.
+        let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.write_all(data)
     }
 }
 
@@ -391,6 +394,21 @@ mod tests {
         fake.fail_remove = true;
         let err = request(&fake, dir.path(), &req(&[0; 64])).unwrap_err();
         assert!(err.to_string().contains("remove configfs-tsm"), "{err}");
+    }
+
+    #[test]
+    fn kernel_fs_writes_only_existing_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = dir.path().join("entry");
+        KernelTsm.create_dir(&entry).unwrap();
+        std::fs::write(entry.join("inblob"), b"").unwrap();
+        KernelTsm.write(&entry.join("inblob"), &[7; 64]).unwrap();
+        assert_eq!(KernelTsm.read(&entry.join("inblob")).unwrap(), [7; 64]);
+        let missing = KernelTsm.write(&entry.join("privlevel"), b"0").unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        std::fs::remove_file(entry.join("inblob")).unwrap();
+        KernelTsm.remove_dir(&entry).unwrap();
+        assert!(leftover_entries(dir.path()).is_empty());
     }
 
     #[test]
