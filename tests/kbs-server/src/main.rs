@@ -14,9 +14,11 @@ use std::time::Duration;
 /// Speaks Trustee's KBS protocol 0.4.0 (auth / attest / resource) and checks
 /// protocol version, single-use session nonces, session cookie expiry, the
 /// report_data binding, the evidence format, the init-data digest against the
-/// evidence launch binding, and per-resource release rules. It verifies no
-/// hardware signatures (there is no attestation service behind it), keeps all
-/// state in memory, and must never guard real secrets. Use Trustee's KBS for that.
+/// evidence launch binding, and per-resource release rules. It has no
+/// attestation service and no reference values: SNP report signatures are
+/// checked only against the VCEK carried in the evidence, TDX quote signatures
+/// are not checked, sample evidence is unsigned by design. State is in memory.
+/// It must never guard real secrets: use Trustee's KBS for that.
 ///
 /// Resources: DIR/<repo>/<type>/<tag>; release rules: DIR/rules.json mapping
 /// "repo/type/tag" to {"tees": ["sample"], "init_data_digests": ["<hex>"]}.

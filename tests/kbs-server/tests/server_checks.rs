@@ -281,3 +281,61 @@ async fn resource_needs_attested_session_or_valid_token() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snp_evidence_is_parsed_and_bound_to_the_runtime_data() {
+    // Public SNP evidence (Trustee's e2e vector): its signature and VCEK chain
+    // check out, but its report_data was made for someone else's nonce.
+    let vector = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/vectors/snp/evidence.json");
+    let evidence: Value = serde_json::from_str(&std::fs::read_to_string(&vector).unwrap()).unwrap();
+    let server = server_with(kbs_test_server::ServerConfig {
+        allowed_tees: vec![Tee::Snp],
+        ..Default::default()
+    })
+    .await;
+    let raw = Raw::new(server.url());
+    let body = json!({"version": "0.4.0", "tee": "snp", "extra-params": {}});
+    let (raw, body) = (&raw, &body);
+    let attest = |evidence: Value| async move {
+        let r = raw
+            .send(
+                raw.http
+                    .post(format!("{}/kbs/v0/auth", raw.base))
+                    .json(body),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let nonce = r.json()["nonce"].as_str().unwrap().to_string();
+        let jwk = TeeKey::generate().public_jwk();
+        let req = json!({
+            "init-data": null,
+            "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+        });
+        raw.attest(r.cookie.as_deref(), &req).await
+    };
+    let r = attest(evidence.clone()).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (401, "AttestationFailed")
+    );
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("report_data"), "{detail}");
+    // Altering a signed field breaks the signature before any binding check.
+    let mut forged = evidence.clone();
+    forged["attestation_report"]["host_data"][0] = json!(1);
+    let r = attest(forged).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (401, "AttestationFailed")
+    );
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(!detail.contains("report_data"), "{detail}");
+    // Without the VCEK the server cannot check the signature, so it refuses.
+    let mut bare = evidence;
+    bare["cert_chain"] = Value::Null;
+    let r = attest(bare).await;
+    assert_eq!(r.status, 401);
+    assert!(r.json()["detail"].as_str().unwrap().contains("VCEK"));
+}

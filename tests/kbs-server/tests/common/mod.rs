@@ -39,8 +39,11 @@ pub fn init_data_digest_hex(init_data: &str) -> String {
     )
 }
 
+/// Evidence from the attester crate's mock TEE reporting `binding` as its launch binding.
 pub fn mock_evidence(binding: Vec<u8>) -> EvidenceFn {
-    Arc::new(move |rd: &[u8]| Ok(sample_evidence(rd, &binding)))
+    use vigil_attester::Attester as _;
+    let mock = vigil_attester::mock::MockAttester::new(binding);
+    Arc::new(move |rd: &[u8]| mock.evidence(rd).map_err(Into::into))
 }
 
 pub struct Tenant {
