@@ -52,7 +52,8 @@ pub enum TeeClaims {
 #[cfg(feature = "snp")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnpSignature {
-    /// Signed by the VCEK/VLEK in the document, which chains to AMD's roots for this line.
+    /// Signed by the VCEK/VLEK in the document, which chains to AMD's roots for this line
+    /// and whose chip ID and TCB extensions match the report.
     Verified(crate::snp::ProductLine),
     /// The document has no VCEK/VLEK: nothing was checked.
     NoCertificate,
@@ -109,7 +110,9 @@ fn sample_claims(evidence: &Value) -> Result<EvidenceClaims, Error> {
 
 #[cfg(feature = "snp")]
 fn snp_claims(evidence: &Value) -> Result<EvidenceClaims, Error> {
-    use crate::snp::{parse_report, verify_signature, verify_vek_chain, SnpEvidence};
+    use crate::snp::{
+        check_vek_matches_report, parse_report, verify_signature, verify_vek_chain, SnpEvidence,
+    };
 
     let doc: SnpEvidence = serde_json::from_value(evidence.clone())
         .map_err(|e| Error::evidence("snp", e.to_string()))?;
@@ -118,7 +121,9 @@ fn snp_claims(evidence: &Value) -> Result<EvidenceClaims, Error> {
     let signature = match doc.endorsement_key_cert() {
         Some(vek) => {
             verify_signature(&raw, vek)?;
-            SnpSignature::Verified(verify_vek_chain(vek)?)
+            let line = verify_vek_chain(vek)?;
+            check_vek_matches_report(vek, &report, line)?;
+            SnpSignature::Verified(line)
         }
         None => SnpSignature::NoCertificate,
     };

@@ -300,5 +300,94 @@ pub fn verify_vek_chain(vek_der: &[u8]) -> Result<ProductLine, Error> {
     })
 }
 
+/// AMD's OID arc for VCEK certificate extensions (1.3.6.1.4.1.3704.1).
+const AMD_VCEK_ARC: &str = "1.3.6.1.4.1.3704.1";
+
+/// Checks that the VCEK was issued for the platform state the report claims: its hardware
+/// ID extension equals the report's `CHIP_ID` (unless the host masks the chip ID) and its
+/// TCB extensions equal `REPORTED_TCB`, decoded with `line`'s TCB layout. Without this a
+/// VCEK of an older, weaker TCB could vouch for a report claiming a newer one.
+pub fn check_vek_matches_report(
+    vek_der: &[u8],
+    report: &SnpReport,
+    line: ProductLine,
+) -> Result<(), Error> {
+    use x509_cert::der::Decode as _;
+    const WHAT: &str = "VCEK extensions";
+    let fail = |reason: String| Error::Verification { what: WHAT, reason };
+
+    let cert = x509_cert::Certificate::from_der(vek_der)
+        .map_err(|e| fail(format!("VCEK certificate: {e}")))?;
+    let extensions = cert.tbs_certificate.extensions.unwrap_or_default();
+    let find = |suffix: &str| {
+        let oid = format!("{AMD_VCEK_ARC}.{suffix}");
+        extensions
+            .iter()
+            .find(|ext| ext.extn_id.to_string() == oid)
+            .map(|ext| ext.extn_value.as_bytes())
+    };
+
+    // hwID (.4): the raw 64-byte chip ID. VLEKs have none; masked chip IDs read as zero.
+    if let Some(hw_id) = find("4") {
+        if report.chip_id != [0; 64] && hw_id != report.chip_id.as_slice() {
+            return Err(fail(format!(
+                "hwID {} differs from the report's CHIP_ID {}",
+                hex::encode(hw_id),
+                hex::encode(report.chip_id)
+            )));
+        }
+    }
+
+    let tcb = report.reported_tcb.to_le_bytes();
+    // TCB_VERSION byte positions: Milan/Genoa [bootloader, tee, _, _, _, _, snp, microcode],
+    // Turin [fmc, bootloader, tee, snp, _, _, _, microcode].
+    let mut expected = match line {
+        ProductLine::Milan | ProductLine::Genoa => {
+            vec![
+                ("blSPL", "3.1", tcb[0]),
+                ("teeSPL", "3.2", tcb[1]),
+                ("snpSPL", "3.3", tcb[6]),
+            ]
+        }
+        ProductLine::Turin => vec![
+            ("fmcSPL", "3.9", tcb[0]),
+            ("blSPL", "3.1", tcb[1]),
+            ("teeSPL", "3.2", tcb[2]),
+            ("snpSPL", "3.3", tcb[3]),
+        ],
+    };
+    expected.push(("ucodeSPL", "3.8", tcb[7]));
+    for (name, suffix, want) in expected {
+        let value = find(suffix).ok_or_else(|| fail(format!("{name} extension missing")))?;
+        let got = der_small_uint(value).ok_or_else(|| {
+            fail(format!(
+                "{name} is not a small DER INTEGER: {}",
+                hex::encode(value)
+            ))
+        })?;
+        if got != want {
+            return Err(fail(format!(
+                "{name} is {got} in the VCEK but {want} in the report's REPORTED_TCB"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a DER INTEGER holding a value 0..=255.
+fn der_small_uint(der: &[u8]) -> Option<u8> {
+    let (&tag, rest) = der.split_first()?;
+    let (&len, body) = rest.split_first()?;
+    if tag != 0x02 || usize::from(len) != body.len() || body.is_empty() || body[0] & 0x80 != 0 {
+        return None;
+    }
+    let significant: Vec<u8> = body.iter().copied().skip_while(|&b| b == 0).collect();
+    match significant.as_slice() {
+        [] => Some(0),
+        [b] => Some(*b),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -190,3 +190,43 @@ fn hostile_cert_tables_are_errors() {
     // Truncated entry.
     assert!(parse_cert_table(&VCEK_GUID[..10]).is_err());
 }
+
+#[test]
+fn vector_vcek_matches_its_report() {
+    let report = parse_report(REPORT).unwrap();
+    check_vek_matches_report(VCEK, &report, ProductLine::Milan).unwrap();
+}
+
+#[test]
+fn vcek_for_other_tcb_or_chip_is_rejected() {
+    let report = parse_report(REPORT).unwrap();
+    // A report claiming a newer microcode SPL than the VCEK was issued for.
+    let mut newer = report.clone();
+    newer.reported_tcb = u64::from_le_bytes({
+        let mut tcb = report.reported_tcb.to_le_bytes();
+        tcb[7] = tcb[7].wrapping_add(1);
+        tcb
+    });
+    let err = check_vek_matches_report(VCEK, &newer, ProductLine::Milan).unwrap_err();
+    assert!(err.to_string().contains("ucodeSPL"), "{err}");
+    let mut other_chip = report.clone();
+    other_chip.chip_id[0] ^= 1;
+    let err = check_vek_matches_report(VCEK, &other_chip, ProductLine::Milan).unwrap_err();
+    assert!(err.to_string().contains("hwID"), "{err}");
+    // A masked chip ID does not match against hwID.
+    let mut masked = report.clone();
+    masked.chip_id = [0; 64];
+    check_vek_matches_report(VCEK, &masked, ProductLine::Milan).unwrap();
+}
+
+#[test]
+fn der_small_uint_decoding() {
+    assert_eq!(der_small_uint(&[2, 1, 10]), Some(10));
+    assert_eq!(der_small_uint(&[2, 2, 0, 200]), Some(200));
+    assert_eq!(der_small_uint(&[2, 1, 0]), Some(0));
+    assert_eq!(der_small_uint(&[2, 2, 1, 0]), None);
+    assert_eq!(der_small_uint(&[2, 1, 0x80]), None);
+    assert_eq!(der_small_uint(&[4, 1, 10]), None);
+    assert_eq!(der_small_uint(&[2, 3, 10]), None);
+    assert_eq!(der_small_uint(&[]), None);
+}
