@@ -6,8 +6,8 @@ use vigil_attester::snp;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(entries) = snp::parse_cert_table(data) {
-        // Every entry's data lies inside the table.
-        let total: usize = entries.iter().map(|e| e.data().len()).sum();
-        assert!(entries.is_empty() || total <= data.len() * entries.len());
+        // Bounded entry count, and every certificate lies inside the table.
+        assert!(entries.len() <= 32);
+        assert!(entries.iter().all(|e| e.data().len() < data.len()));
     }
 });

@@ -155,47 +155,71 @@ impl SnpEvidence {
 
 /// Size of one certificate table entry: GUID, offset, length.
 const CERT_ENTRY_LEN: usize = 24;
+/// Real tables hold a handful of entries (ARK, ASK, VCEK or VLEK, CRL). The cap keeps a
+/// hostile table of many entries all pointing at the same large blob from multiplying
+/// memory use.
+const MAX_CERT_ENTRIES: usize = 32;
 
 /// Parses a host-supplied certificate table (the extended-report buffer or configfs
 /// `auxblob`): entries `{guid[16], offset u32, length u32}` ending with an all-zero entry,
-/// offsets relative to the table start. The host is untrusted, so every entry is
-/// bounds-checked. An empty or all-zero buffer gives an empty list.
+/// offsets relative to the table start, certificates after the entries. The host is
+/// untrusted, so every entry is bounds-checked. An empty or all-zero buffer gives an empty
+/// list.
 pub fn parse_cert_table(bytes: &[u8]) -> Result<Vec<CertTableEntry>, Error> {
     const WHAT: &str = "SEV-SNP certificate table";
-    let f = Fields::new(bytes, WHAT);
-    let mut entries = Vec::new();
     if bytes.is_empty() {
-        return Ok(entries);
+        return Ok(Vec::new());
     }
-    let mut at = 0usize;
+    let f = Fields::new(bytes, WHAT);
+
+    // First pass: find the terminator, so the certificate area is known.
+    let mut count = 0usize;
     loop {
-        let guid: [u8; 16] = f.array(at).map_err(|_| {
+        let guid: [u8; 16] = f.array(count * CERT_ENTRY_LEN).map_err(|_| {
             Error::malformed(
                 WHAT,
                 format!("no terminating all-zero entry in {} bytes", bytes.len()),
             )
         })?;
         if guid == [0; 16] {
-            return Ok(entries);
+            break;
         }
+        count += 1;
+        if count > MAX_CERT_ENTRIES {
+            return Err(Error::malformed(
+                WHAT,
+                format!("more than {MAX_CERT_ENTRIES} entries"),
+            ));
+        }
+    }
+    let data_start = (count + 1) * CERT_ENTRY_LEN;
+
+    let mut entries = Vec::with_capacity(count);
+    for index in 0..count {
+        let at = index * CERT_ENTRY_LEN;
+        let guid: [u8; 16] = f.array(at)?;
         let offset = f.u32(at + 16)? as usize;
         let length = f.u32(at + 20)? as usize;
-        let data = f.slice(offset, length).map_err(|_| {
-            Error::malformed(
-                WHAT,
-                format!(
-                    "entry {} points at {length} bytes from offset {offset:#x}, past the {}-byte table",
-                    entries.len(),
-                    bytes.len()
-                ),
-            )
-        })?;
+        let data = f
+            .slice(offset, length)
+            .ok()
+            .filter(|_| offset >= data_start)
+            .ok_or_else(|| {
+                Error::malformed(
+                    WHAT,
+                    format!(
+                        "entry {index} points at {length} bytes from offset {offset:#x}, \
+                         outside the certificate area {data_start:#x}..{:#x}",
+                        bytes.len()
+                    ),
+                )
+            })?;
         let uuid = uuid::Uuid::from_bytes(guid);
         let entry = CertTableEntry::from_guid(&uuid, data.to_vec())
             .map_err(|e| Error::malformed(WHAT, format!("GUID {uuid}: {e}")))?;
         entries.push(entry);
-        at += CERT_ENTRY_LEN;
     }
+    Ok(entries)
 }
 
 /// Checks the report's ECDSA P-384 signature with the VCEK (or VLEK) certificate in DER.

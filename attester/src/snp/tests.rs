@@ -177,7 +177,26 @@ fn hostile_cert_tables_are_errors() {
     assert!(parse_cert_table(&table)
         .unwrap_err()
         .to_string()
-        .contains("past the"));
+        .contains("outside the certificate area"));
+    // Entry pointing into the entry headers themselves.
+    let mut into_header = cert_table(&[(VCEK_GUID, b"abc")]);
+    into_header[16..20].copy_from_slice(&0u32.to_le_bytes());
+    assert!(parse_cert_table(&into_header).is_err());
+    // Too many entries.
+    let many: Vec<([u8; 16], &[u8])> = (0..=MAX_CERT_ENTRIES)
+        .map(|_| (VCEK_GUID, &b"x"[..]))
+        .collect();
+    assert!(parse_cert_table(&cert_table(&many))
+        .unwrap_err()
+        .to_string()
+        .contains("more than"));
+    let most: Vec<([u8; 16], &[u8])> = (0..MAX_CERT_ENTRIES)
+        .map(|_| (VCEK_GUID, &b"x"[..]))
+        .collect();
+    assert_eq!(
+        parse_cert_table(&cert_table(&most)).unwrap().len(),
+        MAX_CERT_ENTRIES
+    );
     // No terminator.
     let mut unterminated = Vec::new();
     unterminated.extend_from_slice(&VCEK_GUID);
