@@ -57,6 +57,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -118,7 +119,7 @@ fn run(args: Args) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot start on {}: {e}", args.listen))?;
         tracing::warn!(
-            "this is a TEST KBS: it verifies no hardware signatures; never use it for real secrets"
+            "this is a TEST KBS without an attestation service; never use it for real secrets"
         );
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", server.addr()).map_err(|e| e.to_string())?;
