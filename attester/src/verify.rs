@@ -28,6 +28,32 @@ pub struct EvidenceClaims {
     pub details: TeeClaims,
 }
 
+impl EvidenceClaims {
+    /// Checks the runtime binding: `expected` (e.g. the 48-byte SHA-384 of the KBS runtime
+    /// data) must equal the report data exactly for sample evidence, and zero-padded to 64
+    /// bytes for SNP and TDX, as the attesters put it there.
+    pub fn check_report_data(&self, expected: &[u8]) -> Result<(), Error> {
+        let wanted = match self.details {
+            TeeClaims::Sample { .. } => expected.to_vec(),
+            #[allow(unreachable_patterns)]
+            _ => crate::binding::expected_field(expected, 64),
+        };
+        if expected.len() > 64 || wanted != self.report_data {
+            return Err(Error::ReportMismatch {
+                what: "evidence report_data",
+                expected: hex::encode(&wanted),
+                found: hex::encode(&self.report_data),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the launch binding against an initdata digest ([`crate::binding::check`]).
+    pub fn check_launch_binding(&self, initdata_digest: &[u8]) -> Result<(), Error> {
+        crate::binding::check(initdata_digest, &self.launch_binding)
+    }
+}
+
 /// TEE-specific claims.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -175,6 +201,32 @@ mod tests {
         assert_eq!(claims.report_data, report_data);
         assert_eq!(claims.launch_binding, binding);
         assert!(matches!(claims.details, TeeClaims::Sample { ref svn } if svn == "1"));
+    }
+
+    #[test]
+    fn report_data_and_binding_checks_follow_each_tee_rule() {
+        let hash = [0x5Au8; 48];
+        let digest = [0x11u8; 32];
+        let mock = MockAttester::new(digest.to_vec());
+        let sample = claims(Tee::Sample, &mock.evidence(&hash).unwrap()).unwrap();
+        sample.check_report_data(&hash).unwrap();
+        sample.check_launch_binding(&digest).unwrap();
+        assert!(sample.check_report_data(&hash[..47]).is_err());
+        let err = sample.check_launch_binding(&[0x22; 32]).unwrap_err();
+        assert!(matches!(err, Error::BindingMismatch { .. }), "{err}");
+
+        #[cfg(feature = "tdx")]
+        {
+            // A quote whose report data is the hash zero-padded to 64 bytes.
+            let mut quote = include_bytes!("../../../shared/vectors/tdx/tdx_quote_4.dat").to_vec();
+            quote[48 + 520..48 + 584].copy_from_slice(&crate::binding::expected_field(&hash, 64));
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let json = serde_json::json!({"cc_eventlog": null, "quote": b64.encode(&quote)});
+            let tdx = claims_from_value(Tee::Tdx, &json).unwrap();
+            tdx.check_report_data(&hash).unwrap();
+            assert!(tdx.check_report_data(&[0x5A; 64]).is_err());
+            assert!(tdx.check_report_data(&[0; 65]).is_err());
+        }
     }
 
     #[test]

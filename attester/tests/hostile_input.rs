@@ -2,6 +2,7 @@
 //! of host- or network-supplied bytes meets every truncation of the public vectors and many
 //! seeded mutations of them, and must answer with a value or an error, never a panic.
 //! (The cargo-fuzz targets in `fuzz/` explore further with coverage guidance.)
+#![cfg(all(feature = "snp", feature = "tdx"))]
 
 use vigil_attester::kbs_types::Tee;
 use vigil_attester::{snp, tdx, verify};
