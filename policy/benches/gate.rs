@@ -1,1 +1,306 @@
-fn main() {}
+//! Gate cost on the genpolicy-like policy (testdata/genpolicy-like, 2,500 lines): vigil's
+//! precompiled gate against a Kata-style baseline implemented here (serialise the request,
+//! then evaluate it on one regorus engine behind a mutex, applying ops the way Kata does).
+//!
+//! Run: cargo bench -p vigil-policy --bench gate -- --warm-up-time 1 --measurement-time 3
+
+use std::hint::black_box;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::Value;
+use vigil_policy::{Limits, PolicyEngine};
+
+const ENDPOINTS: &[&str] = &[
+    "CreateContainerRequest",
+    "StartContainerRequest",
+    "RemoveContainerRequest",
+    "ExecProcessRequest",
+    "SignalProcessRequest",
+    "WaitProcessRequest",
+    "UpdateContainerRequest",
+    "UpdateEphemeralMountsRequest",
+    "StatsContainerRequest",
+    "PauseContainerRequest",
+    "ResumeContainerRequest",
+    "RemoveStaleVirtiofsShareMountsRequest",
+    "GetDiagnosticDataRequest",
+    "WriteStreamRequest",
+    "ReadStreamRequest",
+    "CloseStdinRequest",
+    "TtyWinResizeRequest",
+    "UpdateInterfaceRequest",
+    "UpdateRoutesRequest",
+    "ListInterfacesRequest",
+    "ListRoutesRequest",
+    "AddARPNeighborsRequest",
+    "GetIPTablesRequest",
+    "SetIPTablesRequest",
+    "GetMetricsRequest",
+    "MemAgentMemcgConfig",
+    "MemAgentCompactConfig",
+    "CreateSandboxRequest",
+    "DestroySandboxRequest",
+    "OnlineCPUMemRequest",
+    "ReseedRandomDevRequest",
+    "GuestDetailsRequest",
+    "MemHotplugByProbeRequest",
+    "SetGuestDateTimeRequest",
+    "CopyFileRequest",
+    "GetOOMEventRequest",
+    "AddSwapRequest",
+    "AddSwapPathRequest",
+    "VolumeStatsRequest",
+    "ResizeVolumeRequest",
+    "SetPolicyRequest",
+];
+
+fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/genpolicy-like")
+        .join(rel)
+}
+
+fn request(name: &str) -> Value {
+    let text = std::fs::read_to_string(testdata(&format!("requests/{name}"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Kata's agent policy, reduced to what a request costs: one engine behind one lock, the
+/// request serialised to JSON and parsed into the engine for every call, and any `ops`
+/// field (even empty) applied by rebuilding the data document.
+struct KataBaseline {
+    engine: Mutex<regorus::Engine>,
+}
+
+impl KataBaseline {
+    fn load(rego: &str) -> Self {
+        let mut engine = regorus::Engine::new();
+        engine.set_strict_builtin_errors(false);
+        engine.set_gather_prints(true);
+        engine.set_policy_length_config(regorus::PolicyLengthConfig {
+            max_col: NonZeroU32::new(64 * 1024).unwrap(),
+            max_file_bytes: NonZeroUsize::new(16 << 20).unwrap(),
+            max_lines: NonZeroUsize::new(200_000).unwrap(),
+        });
+        engine
+            .add_data(regorus::Value::from_json_str(r#"{"pstate": {}}"#).unwrap())
+            .unwrap();
+        engine
+            .add_policy("agent_policy".into(), rego.into())
+            .unwrap();
+        let b = KataBaseline {
+            engine: Mutex::new(engine),
+        };
+        // Kata evaluates AllowRequestsFailingPolicy right after loading.
+        let _ = b.allow_request("AllowRequestsFailingPolicy", "{}");
+        b
+    }
+
+    fn allow_request(&self, ep: &str, input: &str) -> bool {
+        let mut engine = self.engine.lock().unwrap();
+        engine.set_input_json(input).unwrap();
+        let results = engine
+            .eval_query(format!("data.agent_policy.{ep}"), false)
+            .unwrap();
+        let _prints = engine.take_prints().unwrap().join(" ");
+        if results.result.len() != 1 {
+            return false;
+        }
+        match &results.result[0].expressions[0].value {
+            regorus::Value::Bool(b) => *b,
+            regorus::Value::Object(obj) => {
+                #[derive(serde::Deserialize)]
+                struct Reply {
+                    allowed: bool,
+                    ops: Option<json_patch::Patch>,
+                }
+                let reply: Reply =
+                    serde_json::from_str(&serde_json::to_string(obj).unwrap()).unwrap();
+                if reply.allowed {
+                    if let Some(ops) = reply.ops {
+                        let mut state = serde_json::to_value(engine.get_data()).unwrap();
+                        json_patch::patch(&mut state, &ops).unwrap();
+                        engine.clear_data();
+                        engine
+                            .add_data(regorus::Value::from_json_str(&state.to_string()).unwrap())
+                            .unwrap();
+                    }
+                }
+                reply.allowed
+            }
+            _ => false,
+        }
+    }
+
+    /// The whole per-request cost in Kata: serialise, then evaluate under the lock.
+    fn gate(&self, ep: &str, req: &Value) -> bool {
+        let input = serde_json::to_string(req).unwrap();
+        self.allow_request(ep, &input)
+    }
+}
+
+struct Fixture {
+    rego: String,
+    vigil: PolicyEngine,
+    kata: KataBaseline,
+    start: Value,
+    exec: Value,
+    create_web: Value,
+}
+
+fn fixture() -> Fixture {
+    let rego = std::fs::read_to_string(testdata("policy.rego")).unwrap();
+    let vigil = PolicyEngine::load(&rego, ENDPOINTS, Limits::default()).unwrap();
+    let kata = KataBaseline::load(&rego);
+    // Bring both to the steady state of a running pod: the pause container has fixed the
+    // sandbox name, so later CreateContainer requests emit no new state.
+    let pause = request("create_container_pause.json");
+    let cc = vigil.index_of("CreateContainerRequest").unwrap();
+    assert!(vigil.decide(cc, || Ok::<_, String>(pause.clone())).allowed);
+    assert!(kata.gate("CreateContainerRequest", &pause));
+    let f = Fixture {
+        vigil,
+        kata,
+        start: request("start_container.json"),
+        exec: request("exec_process_allowed.json"),
+        create_web: request("create_container_web.json"),
+        rego,
+    };
+    // Both implementations agree on the benchmarked requests.
+    for (ep, req) in [
+        ("StartContainerRequest", &f.start),
+        ("ExecProcessRequest", &f.exec),
+        ("CreateContainerRequest", &f.create_web),
+    ] {
+        let i = f.vigil.index_of(ep).unwrap();
+        let v = f.vigil.decide(i, || Ok::<_, String>(req.clone())).allowed;
+        assert!(v && f.kata.gate(ep, req), "{ep}");
+    }
+    f
+}
+
+/// Run `op` exactly `iters` times spread over `threads` threads; returns the wall time.
+fn parallel(threads: usize, iters: u64, op: &(dyn Fn() + Sync)) -> Duration {
+    let threads = threads as u64;
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let n = iters / threads + u64::from(t < iters % threads);
+            s.spawn(move || {
+                for _ in 0..n {
+                    op();
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    let start_i = f.vigil.index_of("StartContainerRequest").unwrap();
+    let exec_i = f.vigil.index_of("ExecProcessRequest").unwrap();
+    let create_i = f.vigil.index_of("CreateContainerRequest").unwrap();
+
+    let mut g = c.benchmark_group("constant");
+    g.bench_function("vigil/StartContainer", |b| {
+        b.iter(|| {
+            black_box(
+                f.vigil
+                    .decide(black_box(start_i), || Ok::<_, String>(f.start.clone()))
+                    .allowed,
+            )
+        })
+    });
+    g.bench_function("vigil_class_bit/StartContainer", |b| {
+        b.iter(|| black_box(f.vigil.class(black_box(start_i))))
+    });
+    g.bench_function("kata_baseline/StartContainer", |b| {
+        b.iter(|| black_box(f.kata.gate("StartContainerRequest", black_box(&f.start))))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("evaluated_1_thread");
+    g.bench_function("vigil/ExecProcess", |b| {
+        b.iter(|| {
+            black_box(
+                f.vigil
+                    .decide(exec_i, || Ok::<_, String>(f.exec.clone()))
+                    .allowed,
+            )
+        })
+    });
+    g.bench_function("kata_baseline/ExecProcess", |b| {
+        b.iter(|| black_box(f.kata.gate("ExecProcessRequest", &f.exec)))
+    });
+    g.bench_function("vigil/CreateContainer", |b| {
+        b.iter(|| {
+            black_box(
+                f.vigil
+                    .decide(create_i, || Ok::<_, String>(f.create_web.clone()))
+                    .allowed,
+            )
+        })
+    });
+    g.bench_function("kata_baseline/CreateContainer", |b| {
+        b.iter(|| black_box(f.kata.gate("CreateContainerRequest", &f.create_web)))
+    });
+    g.finish();
+
+    // Time per request with 16 client threads (lower is more throughput).
+    let mut g = c.benchmark_group("evaluated_16_threads");
+    g.bench_function("vigil/ExecProcess", |b| {
+        b.iter_custom(|iters| {
+            parallel(16, iters, &|| {
+                black_box(
+                    f.vigil
+                        .decide(exec_i, || Ok::<_, String>(f.exec.clone()))
+                        .allowed,
+                );
+            })
+        })
+    });
+    g.bench_function("kata_baseline/ExecProcess", |b| {
+        b.iter_custom(|iters| {
+            parallel(16, iters, &|| {
+                black_box(f.kata.gate("ExecProcessRequest", &f.exec));
+            })
+        })
+    });
+    g.bench_function("vigil/CreateContainer", |b| {
+        b.iter_custom(|iters| {
+            parallel(16, iters, &|| {
+                black_box(
+                    f.vigil
+                        .decide(create_i, || Ok::<_, String>(f.create_web.clone()))
+                        .allowed,
+                );
+            })
+        })
+    });
+    g.bench_function("kata_baseline/CreateContainer", |b| {
+        b.iter_custom(|iters| {
+            parallel(16, iters, &|| {
+                black_box(f.kata.gate("CreateContainerRequest", &f.create_web));
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("load");
+    g.sample_size(10);
+    g.bench_function("vigil/PolicyEngine::load", |b| {
+        b.iter(|| black_box(PolicyEngine::load(&f.rego, ENDPOINTS, Limits::default()).unwrap()))
+    });
+    g.bench_function("kata_baseline/load", |b| {
+        b.iter(|| black_box(KataBaseline::load(&f.rego)))
+    });
+    g.finish();
+}
+
+criterion_group!(gate, benches);
+criterion_main!(gate);

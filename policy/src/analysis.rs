@@ -69,6 +69,21 @@ struct Facts {
 pub(crate) struct Analysis {
     rules: BTreeMap<String, Taint>,
     subpackages: BTreeSet<String>,
+    /// Rule names whose every definition has a bare name as head (no `name.sub` or
+    /// `name[key]` heads), so `data.agent_policy.<name>` is exactly that rule's value.
+    simple: BTreeSet<String>,
+    /// `name := <expr>` rules with no body, the only definition of their name: candidates
+    /// for evaluating once at load (with the byte range of `<expr>` in the source).
+    assignments: BTreeMap<String, (usize, usize)>,
+}
+
+/// A complete rule whose value can be computed once at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hoistable {
+    pub name: String,
+    /// Byte range of the whole rule in the policy text.
+    pub start: usize,
+    pub end: usize,
 }
 
 impl Analysis {
@@ -80,9 +95,32 @@ impl Analysis {
         self.rules.get(name).copied()
     }
 
+    /// Whether `data.agent_policy.<name>` can be evaluated as a single rule.
+    pub(crate) fn is_simple_rule(&self, name: &str) -> bool {
+        self.simple.contains(name) && !self.subpackages.contains(name)
+    }
+
+    /// Composite-valued `name := <expr>` rules that depend on neither input nor state.
+    pub(crate) fn hoistable(&self) -> Vec<Hoistable> {
+        self.assignments
+            .iter()
+            .filter(|(name, _)| {
+                self.is_simple_rule(name) && self.taint_of(name) == Some(Taint::default())
+            })
+            .map(|(name, (start, end))| Hoistable {
+                name: name.clone(),
+                start: *start,
+                end: *end,
+            })
+            .collect()
+    }
+
     pub(crate) fn analyse(modules: &[Ref<Module>]) -> Analysis {
         let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
         let mut subpackages = BTreeSet::new();
+        let mut not_simple = BTreeSet::new();
+        let mut definitions: BTreeMap<String, usize> = BTreeMap::new();
+        let mut assignments = BTreeMap::new();
 
         for module in modules {
             let package = match chain_fields(&module.package.refr) {
@@ -107,6 +145,13 @@ impl Analysis {
                 let Some(name) = rule_name(rule) else {
                     continue;
                 };
+                *definitions.entry(name.clone()).or_default() += 1;
+                if !head_is_bare_name(rule) {
+                    not_simple.insert(name.clone());
+                }
+                if let Some(range) = composite_assignment(rule) {
+                    assignments.insert(name.clone(), range);
+                }
                 let entry = facts.entry(name).or_default();
                 entry.taint.merge(module_taint);
                 walk_rule(rule, entry);
@@ -143,11 +188,82 @@ impl Analysis {
                 break;
             }
         }
+        let simple = closure
+            .keys()
+            .filter(|n| !not_simple.contains(*n))
+            .cloned()
+            .collect();
+        assignments.retain(|name, _| definitions.get(name) == Some(&1));
         Analysis {
             rules: closure,
             subpackages,
+            simple,
+            assignments,
         }
     }
+}
+
+fn head_is_bare_name(rule: &Ref<Rule>) -> bool {
+    let refr = match rule.as_ref() {
+        Rule::Spec { head, .. } => match head {
+            RuleHead::Compr { refr, .. } | RuleHead::Func { refr, .. } => refr,
+            // Partial set rules build a set under the name: fine as a whole, but keep
+            // them on the query path that Kata uses.
+            RuleHead::Set { .. } => return false,
+        },
+        Rule::Default { refr, .. } => refr,
+    };
+    matches!(refr.as_ref(), Expr::Var { .. })
+}
+
+/// `name := <composite expr>` with no body: the byte range of the whole rule (the span of
+/// the expression alone does not always start at its first token).
+fn composite_assignment(rule: &Ref<Rule>) -> Option<(usize, usize)> {
+    let Rule::Spec { head, bodies, span } = rule.as_ref() else {
+        return None;
+    };
+    let RuleHead::Compr {
+        refr,
+        assign: Some(assign),
+        ..
+    } = head
+    else {
+        return None;
+    };
+    if !bodies.is_empty() || !matches!(refr.as_ref(), Expr::Var { .. }) {
+        return None;
+    }
+    match assign.value.as_ref() {
+        Expr::Object { .. }
+        | Expr::Array { .. }
+        | Expr::Set { .. }
+        | Expr::ArrayCompr { .. }
+        | Expr::SetCompr { .. }
+        | Expr::ObjectCompr { .. } => Some((span.start as usize, span.end as usize)),
+        _ => None,
+    }
+}
+
+/// Every rule's name, package-qualified, in source order: a rewrite of the policy text must
+/// leave this list unchanged.
+pub(crate) fn rule_names(modules: &[Ref<Module>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for module in modules {
+        let package = chain_fields(&module.package.refr)
+            .map(|(root, fields)| {
+                let mut p = root;
+                for f in fields {
+                    p.push('.');
+                    p.push_str(&f);
+                }
+                p
+            })
+            .unwrap_or_default();
+        for rule in module.policy.iter() {
+            out.push(format!("{package}.{}", rule_name(rule).unwrap_or_default()));
+        }
+    }
+    out
 }
 
 /// `a.b["c"].d` as ("a", ["b", "c", "d"]) when every component is a constant name.

@@ -12,7 +12,7 @@ use regorus::{LimitError, PolicyLengthConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::analysis::{Analysis, PACKAGE};
+use crate::analysis::{rule_names, Analysis, Hoistable, PACKAGE};
 
 /// The rule Kata evaluates once after loading a policy: when true, denials and undefined
 /// results are logged and allowed (a debugging aid that must never ship in production).
@@ -165,9 +165,19 @@ impl fmt::Display for EvalError {
     }
 }
 
+/// How an endpoint's rule is read from the engine.
+#[derive(Debug, Clone)]
+struct RuleQuery {
+    /// `data.agent_policy.<Name>`
+    path: String,
+    /// The path names exactly one rule, so `eval_rule` (no query parsing or scheduling)
+    /// gives the same value as Kata's `eval_query`.
+    by_rule: bool,
+}
+
 struct Endpoint {
     name: String,
-    query: String,
+    query: RuleQuery,
     class: DecisionClass,
     stateful: bool,
     /// For constant endpoints, the decision every request gets.
@@ -179,8 +189,13 @@ struct Endpoint {
 /// update.
 struct State {
     engine: regorus::Engine,
-    data: Value,
+    /// `{"pstate": ...}`: the only part of the data document ops may change.
+    doc: Value,
 }
+
+/// Where rule values computed at load live in the data document (ops cannot reach it: they
+/// are confined to /pstate).
+const HOISTED_ROOT: &str = "__vigil_hoisted";
 
 /// A loaded policy. `Send + Sync`: share it behind an `Arc` and call [`PolicyEngine::decide`]
 /// from any thread.
@@ -189,6 +204,12 @@ pub struct PolicyEngine {
     /// Prepared engine holding the initial data; cloned for each stateless evaluation.
     base: regorus::Engine,
     state: Mutex<State>,
+    /// `{"__vigil_hoisted": {...}}`, re-added whenever the data document is rebuilt.
+    hoisted: regorus::Value,
+    hoisted_names: Vec<String>,
+    /// The policy compiled as written, evaluated the way Kata does; only for
+    /// [`PolicyEngine::decide_evaluated`], which proves the optimised path equivalent.
+    reference: Mutex<State>,
     allow_failing: bool,
     limits: Limits,
     digest: String,
@@ -211,7 +232,12 @@ fn valid_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn new_engine(rego: &str, limits: &Limits, rego_v0: bool) -> Result<regorus::Engine, String> {
+fn new_engine(
+    rego: &str,
+    limits: &Limits,
+    rego_v0: bool,
+    data: regorus::Value,
+) -> Result<regorus::Engine, String> {
     let mut engine = regorus::Engine::new();
     // As Kata: builtin errors make an expression undefined instead of aborting evaluation,
     // and print output is gathered for the log.
@@ -227,17 +253,116 @@ fn new_engine(rego: &str, limits: &Limits, rego_v0: bool) -> Result<regorus::Eng
         limit: limits.eval_time_budget,
         check_interval: NonZeroU32::new(32).expect("non-zero"),
     });
-    engine
-        .add_data(regorus::Value::from(initial_data()))
-        .map_err(|e| e.to_string())?;
+    engine.add_data(data).map_err(|e| e.to_string())?;
     engine
         .add_policy(format!("{PACKAGE}.rego"), rego.to_string())
+        .map_err(|e| e.to_string())?;
+    // Prepare once (scheduling, rule and function tables) so clones start ready; a
+    // trivial query does it without evaluating any rule.
+    engine.set_input(regorus::Value::new_object());
+    engine
+        .eval_query("true".to_string(), false)
         .map_err(|e| e.to_string())?;
     Ok(engine)
 }
 
-fn initial_data() -> Value {
+fn initial_doc() -> Value {
     serde_json::json!({ STATE_ROOT: {} })
+}
+
+/// Compile the policy as written: Rego v1 (regorus' default, as in Kata), falling back to
+/// v0 for policies written for older Kata releases before reporting the v1 error.
+fn compile(rego: &str, limits: &Limits) -> Result<(regorus::Engine, bool), LoadError> {
+    let data = || regorus::Value::from(initial_doc());
+    match new_engine(rego, limits, false, data()) {
+        Ok(e) => Ok((e, false)),
+        Err(v1_err) => match new_engine(rego, limits, true, data()) {
+            Ok(e) => Ok((e, true)),
+            Err(_) => Err(LoadError::Compile(v1_err)),
+        },
+    }
+}
+
+/// Precompute rules like genpolicy's `policy_data := {...}`: composite values that depend
+/// on neither input nor state. Kata rebuilds such a value on every request that reads it;
+/// here it is evaluated once, stored in the data document, and the rule's expression is
+/// replaced by a reference to it. Returns the rewritten engine and the hoisted document, or
+/// `None` (keep the policy as written) if anything does not check out.
+fn hoist(
+    original: &regorus::Engine,
+    rego: &str,
+    candidates: &[Hoistable],
+    limits: &Limits,
+    rego_v0: bool,
+) -> Option<(regorus::Engine, regorus::Value)> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let mut probe = original.clone();
+    let mut values = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let v = probe.eval_rule(format!("data.{PACKAGE}.{}", c.name)).ok()?;
+        if v == regorus::Value::Undefined {
+            return None;
+        }
+        values.push(v);
+    }
+    let mut sorted: Vec<&Hoistable> = candidates.iter().collect();
+    sorted.sort_by_key(|c| std::cmp::Reverse(c.start));
+    let mut text = rego.to_string();
+    for c in sorted {
+        if c.start >= c.end
+            || c.end > text.len()
+            || !text.is_char_boundary(c.start)
+            || !text.is_char_boundary(c.end)
+        {
+            return None;
+        }
+        if !text[c.start..].starts_with(c.name.as_str()) {
+            return None;
+        }
+        // Keep line numbers of everything after the rule unchanged.
+        let newlines = text[c.start..c.end].matches('\n').count();
+        let replacement = format!(
+            "{name} := data.{HOISTED_ROOT}.{name}{pad}",
+            name = c.name,
+            pad = "\n".repeat(newlines)
+        );
+        text.replace_range(c.start..c.end, &replacement);
+    }
+    let mut table = regorus::Value::new_object();
+    {
+        let map = table.as_object_mut().ok()?;
+        for (c, v) in candidates.iter().zip(&values) {
+            map.insert(regorus::Value::from(c.name.as_str()), v.clone());
+        }
+    }
+    let mut hoisted = regorus::Value::new_object();
+    hoisted
+        .as_object_mut()
+        .ok()?
+        .insert(regorus::Value::from(HOISTED_ROOT), table.clone());
+    let mut data = regorus::Value::from(initial_doc());
+    data.as_object_mut()
+        .ok()?
+        .insert(regorus::Value::from(HOISTED_ROOT), table);
+    let mut engine = new_engine(&text, limits, rego_v0, data).ok()?;
+    // Same rules, in the same order: the rewrite replaced rule values, nothing else.
+    let mut original = original.clone();
+    if rule_names(engine.get_modules()) != rule_names(original.get_modules()) {
+        return None;
+    }
+    // The rewritten rules must give exactly the values they replaced.
+    for (c, v) in candidates.iter().zip(&values) {
+        if engine
+            .eval_rule(format!("data.{PACKAGE}.{}", c.name))
+            .ok()?
+            != *v
+        {
+            return None;
+        }
+    }
+    Some((engine, hoisted))
 }
 
 /// Ops may only touch `/pstate`: the rest of the data document is what makes constant
@@ -261,34 +386,41 @@ fn check_op_paths(ops: &[json_patch::PatchOperation]) -> Result<(), String> {
     Ok(())
 }
 
+/// regorus reports errors as `anyhow::Error`; a timer expiry carries `LimitError`.
+fn eval_error(e: anyhow::Error, budget: Duration) -> EvalError {
+    let timed_out = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<LimitError>(),
+            Some(LimitError::TimeLimitExceeded { .. })
+        )
+    });
+    if timed_out {
+        EvalError::TimeBudget(budget)
+    } else {
+        EvalError::Other(format!("policy evaluation failed: {e}"))
+    }
+}
+
 fn evaluate(
     engine: &mut regorus::Engine,
-    query: &str,
+    query: &RuleQuery,
     input: regorus::Value,
     budget: Duration,
 ) -> (Result<Answer, EvalError>, Vec<String>) {
     engine.set_input(input);
-    let results = engine.eval_query(query.to_string(), false);
-    let prints = engine.take_prints().unwrap_or_default();
-    let results = match results {
-        Ok(r) => r,
-        Err(e) => {
-            let err = if e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<LimitError>(),
-                    Some(LimitError::TimeLimitExceeded { .. })
-                )
-            }) || e.to_string().contains("TimeLimitExceeded")
-                || e.to_string().contains("time limit")
-            {
-                EvalError::TimeBudget(budget)
-            } else {
-                EvalError::Other(format!("policy evaluation failed: {e}"))
-            };
-            return (Err(err), prints);
+    let answer = if query.by_rule {
+        match engine.eval_rule(query.path.clone()) {
+            Ok(v) => interpret_value(&v),
+            Err(e) => Err(eval_error(e, budget)),
+        }
+    } else {
+        match engine.eval_query(query.path.clone(), false) {
+            Ok(r) => interpret(r),
+            Err(e) => Err(eval_error(e, budget)),
         }
     };
-    (interpret(results), prints)
+    let prints = engine.take_prints().unwrap_or_default();
+    (answer, prints)
 }
 
 /// Kata's reading of a query result: exactly one result with one expression, whose value is
@@ -304,7 +436,12 @@ fn interpret(results: regorus::QueryResults) -> Result<Answer, EvalError> {
             exprs.len()
         )));
     }
-    match &exprs[0].value {
+    interpret_value(&exprs[0].value)
+}
+
+/// The same reading for a rule value (`eval_rule`), where "no result" is `Undefined`.
+fn interpret_value(value: &regorus::Value) -> Result<Answer, EvalError> {
+    match value {
         regorus::Value::Bool(b) => Ok(Answer::Bool(*b)),
         regorus::Value::Undefined => Ok(Answer::Undefined),
         v @ regorus::Value::Object(_) => {
@@ -376,22 +513,46 @@ fn finish(
     Decision::new(outcome, class, reason)
 }
 
-fn apply_ops(state: &mut State, ops: &[json_patch::PatchOperation]) -> Result<(), String> {
+fn apply_ops(
+    state: &mut State,
+    ops: &[json_patch::PatchOperation],
+    hoisted: &regorus::Value,
+) -> Result<(), String> {
     if ops.is_empty() {
         return Ok(());
     }
     check_op_paths(ops)?;
-    let mut data = state.data.clone();
-    json_patch::patch(&mut data, ops).map_err(|e| format!("policy state update failed: {e}"))?;
+    let mut doc = state.doc.clone();
+    json_patch::patch(&mut doc, ops).map_err(|e| format!("policy state update failed: {e}"))?;
     let mut engine = state.engine.clone();
     engine.clear_data();
     engine
-        .add_data(regorus::Value::from(data.clone()))
+        .add_data(hoisted.clone())
+        .and_then(|()| engine.add_data(regorus::Value::from(doc.clone())))
         .map_err(|e| format!("policy state update failed: {e}"))?;
     // Commit only once everything succeeded: a failed update leaves the old state.
     state.engine = engine;
-    state.data = data;
+    state.doc = doc;
     Ok(())
+}
+
+/// Evaluate on a state-holding engine and apply allowed ops under the caller's lock.
+fn evaluate_stateful(
+    state: &mut State,
+    query: &RuleQuery,
+    input: regorus::Value,
+    budget: Duration,
+    hoisted: &regorus::Value,
+) -> (Result<Answer, EvalError>, Vec<String>) {
+    let (answer, prints) = evaluate(&mut state.engine, query, input, budget);
+    let answer = match answer {
+        Ok(Answer::Object { allowed: true, ops }) => match apply_ops(state, &ops, hoisted) {
+            Ok(()) => Ok(Answer::Object { allowed: true, ops }),
+            Err(m) => Err(EvalError::Other(m)),
+        },
+        other => other,
+    };
+    (answer, prints)
 }
 
 impl PolicyEngine {
@@ -415,51 +576,48 @@ impl PolicyEngine {
             }
         }
 
-        // regorus defaults to Rego v1; policies written for older Kata releases may still
-        // use v0 syntax, so fall back to v0 before reporting the v1 error.
-        let mut base = match new_engine(rego, &limits, false) {
-            Ok(e) => e,
-            Err(v1_err) => {
-                new_engine(rego, &limits, true).map_err(|_| LoadError::Compile(v1_err))?
-            }
-        };
-        let analysis = Analysis::analyse(base.get_modules());
-
-        // Prepare once (scheduling, rule and function tables) so clones start ready; a
-        // trivial query does it without evaluating any rule. Unknown functions and unsafe
-        // variables surface here.
-        base.set_input(regorus::Value::new_object());
-        if let Err(e) = base.eval_query("true".to_string(), false) {
-            return Err(LoadError::Compile(e.to_string()));
-        }
+        let (mut original, rego_v0) = compile(rego, &limits)?;
+        let analysis = Analysis::analyse(original.get_modules());
+        let empty = regorus::Value::new_object();
+        let candidates = analysis.hoistable();
+        let (base, hoisted, hoisted_names) =
+            match hoist(&original, rego, &candidates, &limits, rego_v0) {
+                Some((engine, doc)) => (
+                    engine,
+                    doc,
+                    candidates.into_iter().map(|c| c.name).collect(),
+                ),
+                None => (original.clone(), empty, Vec::new()),
+            };
+        let budget = limits.eval_time_budget;
 
         let mut state = State {
             engine: base.clone(),
-            data: initial_data(),
+            doc: initial_doc(),
         };
 
-        // AllowRequestsFailingPolicy: evaluated once, never itself overridden, errors read as
-        // false. As in Kata, an allowed object result applies its ops.
+        // AllowRequestsFailingPolicy: evaluated once as Kata does (a query, so a missing
+        // rule is simply undefined), never itself overridden, errors read as false. As in
+        // Kata, an allowed object result applies its ops.
         let allow_failing = {
-            let (answer, _) = evaluate(
-                &mut state.engine,
-                &format!("data.{PACKAGE}.{ALLOW_FAILING_RULE}"),
-                regorus::Value::new_object(),
-                limits.eval_time_budget,
-            );
-            match answer {
+            let query = RuleQuery {
+                path: format!("data.{PACKAGE}.{ALLOW_FAILING_RULE}"),
+                by_rule: false,
+            };
+            let input = regorus::Value::new_object();
+            match evaluate_stateful(&mut state, &query, input, budget, &hoisted).0 {
                 Ok(Answer::Bool(b)) => b,
-                Ok(Answer::Object { allowed, ops }) => {
-                    allowed && apply_ops(&mut state, &ops).is_ok()
-                }
+                Ok(Answer::Object { allowed, .. }) => allowed,
                 _ => false,
             }
         };
 
         let mut table = Vec::with_capacity(endpoints.len());
         for name in endpoints {
-            let query = format!("data.{PACKAGE}.{name}");
-            let taint = analysis.taint_of(name);
+            let query = RuleQuery {
+                path: format!("data.{PACKAGE}.{name}"),
+                by_rule: analysis.is_simple_rule(name),
+            };
             let mut ep = Endpoint {
                 name: name.to_string(),
                 query,
@@ -468,23 +626,22 @@ impl PolicyEngine {
                 constant: None,
                 note: String::new(),
             };
-            match taint {
+            let constant = |answer: Result<&Answer, &EvalError>, ep: &mut Endpoint| {
+                let d = finish(answer, allow_failing, DecisionClass::ConstDeny);
+                ep.class = if d.allowed {
+                    DecisionClass::ConstAllow
+                } else {
+                    DecisionClass::ConstDeny
+                };
+                ep.constant = Some(Decision {
+                    class: ep.class,
+                    ..d
+                });
+            };
+            match analysis.taint_of(name) {
                 None => {
-                    let d = finish(
-                        Ok(&Answer::Undefined),
-                        allow_failing,
-                        DecisionClass::ConstDeny,
-                    );
                     ep.note = "no such rule".into();
-                    ep.class = if d.allowed {
-                        DecisionClass::ConstAllow
-                    } else {
-                        DecisionClass::ConstDeny
-                    };
-                    ep.constant = Some(Decision {
-                        class: ep.class,
-                        ..d
-                    });
+                    constant(Ok(&Answer::Undefined), &mut ep);
                 }
                 Some(t) if t.input || t.state => {
                     ep.stateful = t.state;
@@ -497,12 +654,8 @@ impl PolicyEngine {
                 }
                 Some(_) => {
                     let mut probe = base.clone();
-                    let (answer, _) = evaluate(
-                        &mut probe,
-                        &ep.query,
-                        regorus::Value::new_object(),
-                        limits.eval_time_budget,
-                    );
+                    let input = regorus::Value::new_object();
+                    let (answer, _) = evaluate(&mut probe, &ep.query, input, budget);
                     match &answer {
                         Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => {
                             ep.note = "constant value, but emits state ops".into();
@@ -514,17 +667,8 @@ impl PolicyEngine {
                         // Any other answer, errors included, is a function of the policy
                         // text alone.
                         a => {
-                            let d = finish(a.as_ref(), allow_failing, DecisionClass::ConstDeny);
-                            ep.class = if d.allowed {
-                                DecisionClass::ConstAllow
-                            } else {
-                                DecisionClass::ConstDeny
-                            };
                             ep.note = "independent of input and state".into();
-                            ep.constant = Some(Decision {
-                                class: ep.class,
-                                ..d
-                            });
+                            constant(a.as_ref(), &mut ep);
                         }
                     }
                 }
@@ -532,11 +676,18 @@ impl PolicyEngine {
             table.push(ep);
         }
 
+        let reference = State {
+            engine: original,
+            doc: initial_doc(),
+        };
         let digest = hex::encode(Sha256::digest(rego.as_bytes()));
         Ok(PolicyEngine {
             endpoints: table.into_boxed_slice(),
             base,
             state: Mutex::new(state),
+            hoisted,
+            hoisted_names,
+            reference: Mutex::new(reference),
             allow_failing,
             limits,
             digest,
@@ -544,7 +695,6 @@ impl PolicyEngine {
         })
     }
 
-    /// Record the version of the signed envelope this policy came from (for the logs).
     pub fn set_version(&mut self, version: Option<u64>) {
         self.version = version;
     }
@@ -631,15 +781,7 @@ impl PolicyEngine {
         let (answer, prints) = if ep.stateful {
             // Read and update under one lock so each request sees every earlier update.
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let (answer, prints) = evaluate(&mut state.engine, &ep.query, input, budget);
-            let answer = match answer {
-                Ok(Answer::Object { allowed: true, ops }) => match apply_ops(&mut state, &ops) {
-                    Ok(()) => Ok(Answer::Object { allowed: true, ops }),
-                    Err(m) => Err(EvalError::Other(m)),
-                },
-                other => other,
-            };
-            (answer, prints)
+            evaluate_stateful(&mut state, &ep.query, input, budget, &self.hoisted)
         } else {
             let mut engine = self.base.clone();
             let (answer, prints) = evaluate(&mut engine, &ep.query, input, budget);
@@ -648,7 +790,7 @@ impl PolicyEngine {
             let answer = match answer {
                 Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => {
                     let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    match apply_ops(&mut state, &ops) {
+                    match apply_ops(&mut state, &ops, &self.hoisted) {
                         Ok(()) => Ok(Answer::Object { allowed: true, ops }),
                         Err(m) => Err(EvalError::Other(m)),
                     }
@@ -662,14 +804,23 @@ impl PolicyEngine {
         d
     }
 
+    /// Rules whose value was computed once at load (input- and state-independent composite
+    /// values such as genpolicy's `policy_data`).
+    pub fn precomputed_rules(&self) -> &[String] {
+        &self.hoisted_names
+    }
+
     /// A copy of the current policy state (`data.pstate`).
     pub fn state(&self) -> Value {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.data[STATE_ROOT].clone()
+        state.doc[STATE_ROOT].clone()
     }
 
-    /// Full evaluation of an endpoint, bypassing the precompiled decision (used to prove the
-    /// fast path equals evaluation). Ops are applied as usual.
+    /// Kata's evaluation of one request, on the policy as written and with its own state:
+    /// every request is queried (`eval_query`) on one serialised engine, with no
+    /// precompiled decision, no precomputed rule values and no `eval_rule`. Tests use it to
+    /// prove the gate equals it; its state starts at load like the gate's and is updated
+    /// only by calls to this method.
     #[doc(hidden)]
     pub fn decide_evaluated(&self, index: usize, input: Value) -> Decision {
         let Some(ep) = self.endpoints.get(index) else {
@@ -679,22 +830,28 @@ impl PolicyEngine {
                 "unknown endpoint index",
             );
         };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (answer, prints) = evaluate(
-            &mut state.engine,
-            &ep.query,
+        let query = RuleQuery {
+            path: ep.query.path.clone(),
+            by_rule: false,
+        };
+        let mut state = self.reference.lock().unwrap_or_else(|p| p.into_inner());
+        let empty = regorus::Value::new_object();
+        let (answer, prints) = evaluate_stateful(
+            &mut state,
+            &query,
             regorus::Value::from(input),
             self.limits.eval_time_budget,
+            &empty,
         );
-        let answer = match answer {
-            Ok(Answer::Object { allowed: true, ops }) => match apply_ops(&mut state, &ops) {
-                Ok(()) => Ok(Answer::Object { allowed: true, ops }),
-                Err(m) => Err(EvalError::Other(m)),
-            },
-            other => other,
-        };
         let mut d = finish(answer.as_ref(), self.allow_failing, DecisionClass::Evaluate);
         d.prints = prints;
         d
+    }
+
+    /// The state of the [`PolicyEngine::decide_evaluated`] path.
+    #[doc(hidden)]
+    pub fn reference_state(&self) -> Value {
+        let state = self.reference.lock().unwrap_or_else(|p| p.into_inner());
+        state.doc[STATE_ROOT].clone()
     }
 }
