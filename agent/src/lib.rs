@@ -6,6 +6,7 @@ pub mod cmdline;
 pub mod config;
 pub mod gate;
 pub mod guest;
+pub mod pid1;
 pub mod server;
 pub mod service;
 pub mod startup;

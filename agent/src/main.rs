@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use clap::Parser;
+use vigil_agent::pid1;
 use vigil_agent::startup::{self, Options};
 
 /// vigil guest agent: serves the Kata agent API (ttrpc) inside a confidential VM, and lets
@@ -20,18 +21,30 @@ struct Cli {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // As the guest's init (see pid1): mounts, modules and network come first, and no error
+    // may end the process (the kernel would panic): it powers the VM off instead.
+    let init = pid1::is_init();
+    if init {
+        if let Err(e) = pid1::setup() {
+            pid1::fatal(&format!("init: {e}"));
+        }
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if init => pid1::fatal(&format!("command line: {e}")),
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vigil-agent: error: starting the async runtime: {e}");
-            std::process::exit(1);
-        }
+        Err(e) => pid1::fatal(&format!("starting the async runtime: {e}")),
     };
     let code = runtime.block_on(async {
+        if init {
+            tokio::spawn(pid1::Reaper::new().run());
+        }
         let running = match startup::start(&cli.opts).await {
             Ok(r) => r,
             Err(e) => {
@@ -47,6 +60,9 @@ fn main() {
         running.shutdown().await;
         0
     });
+    if init {
+        pid1::power_off();
+    }
     std::process::exit(code);
 }
 
