@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use vigil_agent::config::AllowList;
 use vigil_agent::gate::{self, Gate, Rules};
-use vigil_agent::guest::GuestInfo;
 use vigil_agent::service::AgentApi;
 
 const WARMUP: usize = 2_000;
@@ -16,11 +15,11 @@ const CALLS_PER_CLIENT: usize = 5_000;
 
 async fn serve(dir: &std::path::Path, name: &str, gated: bool) -> (ttrpc::r#async::Server, String) {
     let addr = format!("unix://{}", dir.join(name).display());
-    let api = Arc::new(AgentApi::new(GuestInfo::default()));
+    let gate = Arc::new(Gate::new(Rules::from_allow_list(&AllowList::Only(vec![
+        "GuestDetailsRequest".into(),
+    ]))));
+    let api = Arc::new(AgentApi::with_gate(gate.clone()));
     let map = if gated {
-        let gate = Arc::new(Gate::new(Rules::from_allow_list(&AllowList::Only(vec![
-            "GuestDetailsRequest".into(),
-        ]))));
         gate::protect(api.service_map(), gate).unwrap()
     } else {
         api.service_map()

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use vigil_protos::ENDPOINTS;
 
 use crate::cmdline::KernelCmdline;
+use crate::policy::PolicySection;
 
 /// Kernel parameter naming the config file, as Kata's agent reads it.
 pub const CMDLINE_CONFIG_KEY: &str = "agent.config_file";
@@ -76,6 +77,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub agent: AgentSection,
     pub endpoints: Option<EndpointsSection>,
+    pub policy: Option<PolicySection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub agent: AgentSection,
     pub allow_list: AllowList,
+    /// `[policy]`; absent: no policy, the allow-list alone decides.
+    pub policy: PolicySection,
 }
 
 impl Config {
@@ -119,6 +123,7 @@ impl Config {
             source: None,
             agent: AgentSection::default(),
             allow_list: AllowList::All,
+            policy: PolicySection::default(),
         }
     }
 
@@ -146,10 +151,16 @@ impl Config {
                 AllowList::Only(section.allowed)
             }
         };
+        let policy = file.policy.unwrap_or_default();
+        policy.validate().map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
             allow_list,
+            policy,
         })
     }
 

@@ -12,13 +12,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::borrow::Cow;
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ttrpc::r#async::{MethodHandler, Service, StreamHandler, TtrpcContext};
 use ttrpc::{Code, Request, Response, Status};
 use vigil_protos::{Endpoint, EndpointId, ENDPOINTS};
 
+use vigil_policy::Outcome;
+
+use crate::audit::DecisionLog;
 use crate::config::AllowList;
+use crate::policy::CompiledPolicy;
 
 /// The service whose requests are gated.
 pub const GATED_SERVICE: &str = "grpc.AgentService";
@@ -69,46 +75,174 @@ impl EndpointSet {
 }
 
 /// The compiled rules in force at one moment.
-#[derive(Debug)]
 pub struct Rules {
     /// Endpoints the allow-list lets through.
     pub allowed: EndpointSet,
+    /// The agent policy; `None` means the allow-list alone decides (Kata without policy).
+    pub policy: Option<Arc<CompiledPolicy>>,
+    /// Give the host the policy's reason for a denial (otherwise it stays in the guest log).
+    pub host_error_details: bool,
 }
 
 impl Rules {
     pub fn from_allow_list(list: &AllowList) -> Rules {
         Rules {
             allowed: EndpointSet::from_allow_list(list),
+            policy: None,
+            host_error_details: false,
         }
     }
 }
 
-/// Decides, for each request, whether its handler may run.
+/// What the gate decided about one request, and why.
+pub struct Verdict {
+    pub outcome: Outcome,
+    /// What decided: "allow-list", "no-policy", or the policy's decision class.
+    pub by: &'static str,
+    pub reason: Cow<'static, str>,
+    /// Status for the host when the request does not pass.
+    pub status: Option<Status>,
+    /// The policy that decided, for the audit record.
+    pub policy: Option<Arc<CompiledPolicy>>,
+}
+
+impl Verdict {
+    fn allowed(by: &'static str) -> Verdict {
+        Verdict {
+            outcome: Outcome::Allowed,
+            by,
+            reason: Cow::Borrowed(""),
+            status: None,
+            policy: None,
+        }
+    }
+}
+
+/// Decides, for each request, whether its handler may run, and records each decision.
 pub struct Gate {
     rules: ArcSwap<Rules>,
+    log: DecisionLog,
 }
 
 impl Gate {
     pub fn new(rules: Rules) -> Gate {
+        Gate::with_log(rules, DecisionLog::counters_only())
+    }
+
+    pub fn with_log(rules: Rules, log: DecisionLog) -> Gate {
         Gate {
             rules: ArcSwap::from_pointee(rules),
+            log,
         }
     }
 
-    /// The gate's one decision: `Ok` lets the request through, `Err` is the status the host
-    /// gets instead of the handler's answer.
+    /// The gate's entry point: decides and records. `Ok` lets the request through; `Err` is
+    /// the status the host gets instead of the handler's answer.
     #[inline]
-    pub fn check(&self, endpoint: &Endpoint, _payload: &[u8]) -> Result<(), Status> {
-        let rules = self.rules.load();
-        if !rules.allowed.contains(endpoint.id) {
-            return Err(blocked(endpoint));
+    pub fn check(&self, endpoint: &'static Endpoint, payload: &[u8]) -> Result<(), Status> {
+        let verdict = self.decide(endpoint, payload);
+        let status = verdict.status.clone();
+        self.log.record(endpoint, verdict);
+        match status {
+            None => Ok(()),
+            Some(st) => Err(st),
         }
-        Ok(())
+    }
+
+    /// The decision alone. Allow-list and constant policy decisions are bit tests; only
+    /// endpoints whose policy rule depends on the request decode it and reach the engine.
+    pub fn decide(&self, endpoint: &Endpoint, payload: &[u8]) -> Verdict {
+        let rules = self.rules.load();
+        let id = endpoint.id;
+        if !rules.allowed.contains(id) {
+            return Verdict {
+                outcome: Outcome::Denied,
+                by: "allow-list",
+                reason: Cow::Borrowed("not in [endpoints] allowed"),
+                status: Some(blocked(endpoint)),
+                policy: None,
+            };
+        }
+        let Some(policy) = rules.policy.as_ref() else {
+            return Verdict::allowed("no-policy");
+        };
+        if policy.constant_allow.contains(id) {
+            let mut v = Verdict::allowed("constant-allow");
+            v.policy = Some(policy.clone());
+            return v;
+        }
+        let decision = match (policy.constant_deny.contains(id), policy.engine_index(id)) {
+            (true, _) => policy
+                .constant_decision(id)
+                .cloned()
+                .expect("constant-deny endpoints keep their decision"),
+            (false, Some(index)) => policy
+                .engine
+                .decide(index, || CompiledPolicy::input(endpoint, payload)),
+            // Not a gated endpoint: the service wrapper never asks. Fail closed regardless.
+            (false, None) => return denied_without_policy(endpoint),
+        };
+        for line in &decision.prints {
+            tracing::info!(endpoint = endpoint.request, "policy print: {line}");
+        }
+        let status = match decision.outcome {
+            Outcome::Allowed => None,
+            Outcome::Denied => Some(policy_status(
+                Code::PERMISSION_DENIED,
+                endpoint,
+                &decision.reason,
+                rules.host_error_details,
+            )),
+            Outcome::Error => Some(policy_status(
+                Code::INTERNAL,
+                endpoint,
+                &decision.reason,
+                rules.host_error_details,
+            )),
+        };
+        if decision.outcome != Outcome::Allowed {
+            tracing::warn!(endpoint = endpoint.request, reason = %decision.reason, "denied by policy");
+        }
+        Verdict {
+            outcome: decision.outcome,
+            by: decision.class.as_str(),
+            reason: decision.reason,
+            status,
+            policy: Some(policy.clone()),
+        }
     }
 
     /// Replaces the rules as a whole.
     pub fn replace(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
+    }
+
+    /// Replaces the policy, keeping the allow-list: one atomic swap, so a request sees either
+    /// the old policy with its state or the new one with fresh state.
+    pub fn replace_policy(&self, policy: Option<Arc<CompiledPolicy>>) {
+        self.rules.rcu(|old| Rules {
+            allowed: old.allowed,
+            policy: policy.clone(),
+            host_error_details: old.host_error_details,
+        });
+    }
+
+    /// Version of the policy in force (from its signed envelope), if any.
+    pub fn policy_version(&self) -> Option<u64> {
+        self.rules
+            .load()
+            .policy
+            .as_ref()
+            .and_then(|p| p.engine.version())
+    }
+
+    /// The policy in force, if any.
+    pub fn policy(&self) -> Option<Arc<CompiledPolicy>> {
+        self.rules.load().policy.clone()
+    }
+
+    pub fn decision_log(&self) -> &DecisionLog {
+        &self.log
     }
 }
 
@@ -118,6 +252,25 @@ fn blocked(endpoint: &Endpoint) -> Status {
         Code::UNIMPLEMENTED,
         format!("{} is blocked", endpoint.request),
     )
+}
+
+fn policy_status(code: Code, endpoint: &Endpoint, reason: &str, details: bool) -> Status {
+    let msg = if details {
+        format!("{} is blocked by policy: {reason}", endpoint.request)
+    } else {
+        format!("{} is blocked by policy", endpoint.request)
+    };
+    ttrpc::get_status(code, msg)
+}
+
+fn denied_without_policy(endpoint: &Endpoint) -> Verdict {
+    Verdict {
+        outcome: Outcome::Error,
+        by: "policy",
+        reason: Cow::Borrowed("endpoint unknown to the policy"),
+        status: Some(policy_status(Code::INTERNAL, endpoint, "", false)),
+        policy: None,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,11 +2,14 @@
 //!
 //! Start-up is [`startup::run`]; the gate every request passes is [`gate`].
 
+pub mod audit;
 pub mod cmdline;
 pub mod config;
 pub mod gate;
 pub mod guest;
+pub mod metrics;
 pub mod pid1;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod startup;

@@ -45,6 +45,9 @@ fn main() {
         if init {
             tokio::spawn(pid1::Reaper::new().run());
         }
+        // Installed before the API opens, so a SIGTERM sent right after the readiness line
+        // (or during start-up) is seen rather than killing the process.
+        let signals = TerminationSignals::install();
         let running = match startup::start(&cli.opts).await {
             Ok(r) => r,
             Err(e) => {
@@ -55,7 +58,7 @@ fn main() {
         // Readiness line on stdout for scripts and tests to wait on.
         println!("vigil-agent: listening on {}", running.addr);
         let _ = std::io::stdout().flush();
-        wait_for_termination().await;
+        signals.wait().await;
         tracing::info!("terminating: closing the API");
         running.shutdown().await;
         0
@@ -66,20 +69,31 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn wait_for_termination() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            eprintln!("vigil-agent: error: cannot install signal handlers");
-            std::process::exit(1);
+/// SIGTERM and SIGINT, caught from installation on.
+struct TerminationSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    fn install() -> TerminationSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => TerminationSignals { term, int },
+            _ => {
+                eprintln!("vigil-agent: error: cannot install signal handlers");
+                std::process::exit(1);
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }

@@ -11,7 +11,9 @@ use protobuf::well_known_types::empty::Empty;
 use ttrpc::r#async::TtrpcContext;
 use vigil_protos::{agent::*, csi, health, health_ttrpc, types};
 
+use crate::gate::Gate;
 use crate::guest::GuestInfo;
+use crate::policy::{PolicyAdmin, SetPolicyError};
 
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
 pub const API_VERSION: &str = "0.0.1";
@@ -27,7 +29,18 @@ pub enum AgentError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     Internal(String),
+}
+
+impl From<SetPolicyError> for AgentError {
+    fn from(e: SetPolicyError) -> AgentError {
+        match e {
+            SetPolicyError::Unauthorized(_) => AgentError::PermissionDenied(e.to_string()),
+            SetPolicyError::Invalid(_) => AgentError::InvalidArgument(e.to_string()),
+        }
+    }
 }
 
 impl From<AgentError> for ttrpc::Error {
@@ -36,6 +49,7 @@ impl From<AgentError> for ttrpc::Error {
             AgentError::NotImplemented(_) => ttrpc::Code::UNIMPLEMENTED,
             AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
             AgentError::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            AgentError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
             AgentError::Internal(_) => ttrpc::Code::INTERNAL,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
@@ -47,11 +61,25 @@ type RpcResult<T> = ttrpc::Result<T>;
 /// The state the handlers share.
 pub struct AgentApi {
     guest: GuestInfo,
+    gate: Arc<Gate>,
+    policy: PolicyAdmin,
+    started: std::time::Instant,
 }
 
 impl AgentApi {
-    pub fn new(guest: GuestInfo) -> AgentApi {
-        AgentApi { guest }
+    pub fn new(guest: GuestInfo, gate: Arc<Gate>, policy: PolicyAdmin) -> AgentApi {
+        AgentApi {
+            guest,
+            gate,
+            policy,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// An API with default guest facts and no SetPolicy rights, serving behind `gate`.
+    pub fn with_gate(gate: Arc<Gate>) -> AgentApi {
+        let admin = PolicyAdmin::new(Default::default(), None, gate.clone());
+        AgentApi::new(GuestInfo::default(), gate, admin)
     }
 
     /// The generated service maps for `grpc.AgentService` and `grpc.Health`, not yet gated.
@@ -93,6 +121,17 @@ agent_service! {
     ) -> RpcResult<GuestDetailsResponse> {
         Ok(self.guest.details(&req)?)
     }
+
+    async fn set_policy(&self, _ctx: &TtrpcContext, req: SetPolicyRequest) -> RpcResult<Empty> {
+        Ok(self.policy.set_policy(&req.policy).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn get_metrics(&self, _ctx: &TtrpcContext, _req: GetMetricsRequest) -> RpcResult<Metrics> {
+        Ok(Metrics {
+            metrics: crate::metrics::render(&self.gate, self.started),
+            ..Default::default()
+        })
+    }
     }
 
     not_implemented {
@@ -121,7 +160,6 @@ agent_service! {
         add_arp_neighbors(AddARPNeighborsRequest) -> Empty;
         get_ip_tables(GetIPTablesRequest) -> GetIPTablesResponse;
         set_ip_tables(SetIPTablesRequest) -> SetIPTablesResponse;
-        get_metrics(GetMetricsRequest) -> Metrics;
         mem_agent_memcg_set(MemAgentMemcgConfig) -> Empty;
         mem_agent_compact_set(MemAgentCompactConfig) -> Empty;
         create_sandbox(CreateSandboxRequest) -> Empty;
@@ -136,7 +174,6 @@ agent_service! {
         add_swap_path(AddSwapPathRequest) -> Empty;
         get_volume_stats(VolumeStatsRequest) -> csi::VolumeStatsResponse;
         resize_volume(ResizeVolumeRequest) -> Empty;
-        set_policy(SetPolicyRequest) -> Empty;
     }
 }
 

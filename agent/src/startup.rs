@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::audit::DecisionLog;
 use crate::config::{Config, LogFormat, LogLevel};
-use crate::gate::{self, Gate, Rules};
+use crate::gate::{self, EndpointSet, Gate, Rules};
 use crate::guest::GuestInfo;
+use crate::policy::{CompiledPolicy, PolicyAdmin};
 use crate::service::AgentApi;
 
 /// What the command line may set.
@@ -27,6 +29,9 @@ pub struct Options {
     /// Log format, overriding [agent] log_format [default: text]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Audit log path, overriding [policy] audit_log (for tests and development)
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub audit_log: Option<PathBuf>,
     /// Kernel command line to read agent.* parameters from (for tests).
     #[arg(
         long,
@@ -61,6 +66,13 @@ impl Running {
         if let Err(e) = self.server.shutdown().await {
             tracing::warn!(error = %e, "shutting the listener down");
         }
+        if !self
+            .gate
+            .decision_log()
+            .flush(std::time::Duration::from_secs(5))
+        {
+            tracing::warn!("audit log: not every record could be written before exit");
+        }
     }
 }
 
@@ -84,11 +96,16 @@ pub async fn start(opts: &Options) -> Result<Running, StartupError> {
 
     // 4. The gate, compiled before anything can reach it.
     let t = Instant::now();
-    let gate = Arc::new(Gate::new(Rules::from_allow_list(&config.allow_list)));
-    let api = Arc::new(AgentApi::new(GuestInfo::default()));
+    let gate = Arc::new(compile_gate(&config, opts)?);
+    let signer = config
+        .policy
+        .validate()
+        .map_err(|e| fail("compile gate")(e))?;
+    let admin = PolicyAdmin::new(config.policy.clone(), signer, gate.clone());
+    let api = Arc::new(AgentApi::new(GuestInfo::default(), gate.clone(), admin));
     let services = gate::protect(api.service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
-    tracing::info!(ms = ms(t), allow_list = ?config.allow_list, "step 4/5: gate compiled");
+    tracing::info!(ms = ms(t), "step 4/5: gate compiled");
 
     // 5. Only now does anything listen.
     let t = Instant::now();
@@ -101,6 +118,61 @@ pub async fn start(opts: &Options) -> Result<Running, StartupError> {
         .map_err(|e| fail("open API")(e.to_string()))?;
     tracing::info!(addr = %addr, ms = ms(t), "step 5/5: API open");
     Ok(Running { server, addr, gate })
+}
+
+/// The allow-list bitmap, the policy (from its file) with its precompiled decisions, and the
+/// decision log.
+fn compile_gate(config: &Config, opts: &Options) -> Result<Gate, StartupError> {
+    let step = "compile gate";
+    let policy = match config.policy.policy_path() {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(step)(format!("reading policy {}: {e}", path.display())))?;
+            let compiled = CompiledPolicy::compile(
+                &text,
+                None,
+                config.policy.limits(),
+                path.display().to_string(),
+            )
+            .map_err(|e| fail(step)(format!("policy {}: {e}", path.display())))?;
+            log_policy_table(&compiled);
+            Some(Arc::new(compiled))
+        }
+        None => {
+            tracing::info!("no policy configured: the allow-list alone decides");
+            None
+        }
+    };
+    let audit_path = opts
+        .audit_log
+        .as_deref()
+        .or_else(|| config.policy.audit_log_path());
+    let log = match audit_path {
+        Some(path) => {
+            DecisionLog::with_audit_log(path, config.policy.log_max_bytes, config.policy.log_keep)
+                .map_err(|e| fail(step)(format!("opening audit log {}: {e}", path.display())))?
+        }
+        None => DecisionLog::counters_only(),
+    };
+    let rules = Rules {
+        allowed: EndpointSet::from_allow_list(&config.allow_list),
+        policy,
+        host_error_details: config.policy.host_error_details,
+    };
+    Ok(Gate::with_log(rules, log))
+}
+
+fn log_policy_table(policy: &CompiledPolicy) {
+    let table = policy.engine.table();
+    let count = |c| table.iter().filter(|r| r.class == c).count();
+    tracing::info!(
+        source = %policy.source,
+        digest = policy.engine.digest(),
+        constant_allow = count(vigil_policy::DecisionClass::ConstAllow),
+        constant_deny = count(vigil_policy::DecisionClass::ConstDeny),
+        evaluated = count(vigil_policy::DecisionClass::Evaluate),
+        "policy loaded"
+    );
 }
 
 fn ms(t: Instant) -> f64 {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use vigil_agent::config::AllowList;
 use vigil_agent::gate::{self, Gate, Rules, GATED_SERVICE};
-use vigil_agent::guest::GuestInfo;
 use vigil_agent::service::AgentApi;
 use vigil_protos::{Endpoint, ENDPOINTS};
 
@@ -44,7 +43,7 @@ fn endpoint_table_is_exactly_kata_s_rpc_list() {
 #[test]
 fn protect_refuses_a_map_that_disagrees_with_the_table() {
     let gate = Arc::new(Gate::new(Rules::from_allow_list(&AllowList::All)));
-    let api = Arc::new(AgentApi::new(GuestInfo::default()));
+    let api = Arc::new(AgentApi::with_gate(gate.clone()));
     let mut map = api.clone().service_map();
     map.get_mut(GATED_SERVICE)
         .unwrap()
@@ -76,7 +75,7 @@ async fn every_agent_rpc_is_wrapped_and_health_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("unix://{}", dir.path().join("a.sock").display());
     let gate = Arc::new(Gate::new(Rules::from_allow_list(&AllowList::Only(vec![]))));
-    let api = Arc::new(AgentApi::new(GuestInfo::default()));
+    let api = Arc::new(AgentApi::with_gate(gate.clone()));
     let services = gate::protect(api.service_map(), gate).unwrap();
     let mut server = vigil_agent::server::listen(&addr, services).await.unwrap();
 

@@ -75,6 +75,8 @@ impl Agent {
             .arg(&cmdline_file)
             .arg("--server-addr")
             .arg(&addr)
+            .arg("--audit-log")
+            .arg(dir.path().join("audit.jsonl"))
             .args(&setup.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -105,8 +107,9 @@ impl Agent {
         })
     }
 
-    /// Sends SIGTERM and returns the exit status and everything the agent logged.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    /// Sends SIGTERM and returns the exit status and everything the agent logged. The
+    /// temporary directory stays until the `Agent` is dropped.
+    pub fn stop(&mut self) -> (ExitStatus, String) {
         self.terminate()
     }
 

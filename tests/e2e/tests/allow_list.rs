@@ -143,7 +143,7 @@ fn config_named_on_the_kernel_command_line_is_used() {
 
 fn start_fails(setup: AgentSetup) -> String {
     match Agent::start(setup) {
-        Ok(agent) => {
+        Ok(mut agent) => {
             let (_, log) = agent.stop();
             panic!("agent started but should have refused to:\n{log}")
         }
@@ -250,10 +250,11 @@ fn sixteen_clients_get_every_answer_right() {
 
 #[test]
 fn sigterm_shuts_down_gracefully() {
-    let agent = start(None);
-    let socket = agent.socket.clone();
+    let mut agent = start(None);
     let (status, log) = agent.stop();
     assert!(status.success(), "exit {status:?}\n{log}");
     assert!(log.contains("terminating"), "{log}");
-    drop(socket);
+    assert!(
+        !agent.socket.exists() || std::os::unix::net::UnixStream::connect(&agent.socket).is_err()
+    );
 }

@@ -1,0 +1,179 @@
+//! What the gate records about each decision: per-endpoint counters (always) and the audit
+//! log (on by default; one JSON line per decision, never request contents).
+//!
+//! The audit line is written by a background thread, so the request path only pays for a
+//! counter increment and a non-blocking channel send. If the writer falls behind by more
+//! than the channel holds, records are dropped and counted (`vigil_audit_dropped_total`),
+//! never waited for: a slow disk must not stall the API.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use vigil_policy::{Outcome, RotatingLog};
+use vigil_protos::{Endpoint, ENDPOINTS};
+
+use crate::gate::Verdict;
+use crate::policy::CompiledPolicy;
+
+const AUDIT_QUEUE: usize = 16 * 1024;
+
+enum AuditMessage {
+    Record(AuditRecord),
+    /// Answered once every earlier record is written.
+    Flush(SyncSender<()>),
+}
+
+struct AuditRecord {
+    endpoint: &'static str,
+    outcome: Outcome,
+    by: &'static str,
+    reason: Cow<'static, str>,
+    policy: Option<Arc<CompiledPolicy>>,
+}
+
+/// Counters and the audit log writer.
+pub struct DecisionLog {
+    /// [endpoint id][allowed, denied, error]
+    counts: Vec<[AtomicU64; 3]>,
+    audit: Option<SyncSender<AuditMessage>>,
+    dropped: AtomicU64,
+    write_errors: Arc<AtomicU64>,
+}
+
+impl DecisionLog {
+    pub fn counters_only() -> DecisionLog {
+        DecisionLog {
+            counts: ENDPOINTS.iter().map(|_| Default::default()).collect(),
+            audit: None,
+            dropped: AtomicU64::new(0),
+            write_errors: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counters plus an audit log at `path` (rotated at `max_bytes`, `keep` old files).
+    pub fn with_audit_log(path: &Path, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = RotatingLog::open(path, max_bytes, keep)?;
+        let (tx, rx) = sync_channel::<AuditMessage>(AUDIT_QUEUE);
+        let mut me = DecisionLog::counters_only();
+        let errors = me.write_errors.clone();
+        std::thread::Builder::new()
+            .name("vigil-audit".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        AuditMessage::Record(rec) => {
+                            if log.write_line(&audit_line(&rec)).is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        AuditMessage::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })?;
+        me.audit = Some(tx);
+        Ok(me)
+    }
+
+    pub(crate) fn record(&self, endpoint: &'static Endpoint, verdict: Verdict) {
+        let slot = match verdict.outcome {
+            Outcome::Allowed => 0,
+            Outcome::Denied => 1,
+            Outcome::Error => 2,
+        };
+        if let Some(c) = self.counts.get(endpoint.id.0 as usize) {
+            c[slot].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(tx) = &self.audit {
+            let rec = AuditRecord {
+                endpoint: endpoint.request,
+                outcome: verdict.outcome,
+                by: verdict.by,
+                reason: verdict.reason,
+                policy: verdict.policy,
+            };
+            match tx.try_send(AuditMessage::Record(rec)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) until every record sent so far is written; used at shutdown.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let Some(tx) = &self.audit else {
+            return true;
+        };
+        let (done_tx, done_rx) = sync_channel(1);
+        if tx.send(AuditMessage::Flush(done_tx)).is_err() {
+            return false;
+        }
+        done_rx.recv_timeout(timeout).is_ok()
+    }
+
+    /// (allowed, denied, error) for an endpoint.
+    pub fn counts(&self, endpoint: &Endpoint) -> (u64, u64, u64) {
+        let c = &self.counts[endpoint.id.0 as usize];
+        (
+            c[0].load(Ordering::Relaxed),
+            c[1].load(Ordering::Relaxed),
+            c[2].load(Ordering::Relaxed),
+        )
+    }
+
+    /// The counters in Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        out.push_str("# HELP vigil_gate_decisions_total Gate decisions per RPC and outcome.\n");
+        out.push_str("# TYPE vigil_gate_decisions_total counter\n");
+        for e in ENDPOINTS.iter() {
+            let (a, d, x) = self.counts(e);
+            for (outcome, n) in [("allowed", a), ("denied", d), ("error", x)] {
+                let _ = writeln!(
+                    out,
+                    "vigil_gate_decisions_total{{rpc=\"{}\",request=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    e.method, e.request
+                );
+            }
+        }
+        out.push_str("# HELP vigil_audit_dropped_total Audit records dropped because the writer fell behind.\n");
+        out.push_str("# TYPE vigil_audit_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "vigil_audit_dropped_total {}",
+            self.dropped.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP vigil_audit_write_errors_total Audit lines that could not be written.\n",
+        );
+        out.push_str("# TYPE vigil_audit_write_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "vigil_audit_write_errors_total {}",
+            self.write_errors.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn audit_line(rec: &AuditRecord) -> String {
+    serde_json::json!({
+        // Stamped by the writer: formatting a time is kept off the request path.
+        "time": vigil_policy::rfc3339_now(),
+        "endpoint": rec.endpoint,
+        "decision": rec.outcome.as_str(),
+        "by": rec.by,
+        "reason": rec.reason,
+        "policy_version": rec.policy.as_ref().and_then(|p| p.engine.version()),
+        "policy_digest": rec.policy.as_ref().map(|p| p.engine.digest()),
+    })
+    .to_string()
+}
