@@ -191,6 +191,9 @@ struct State {
     engine: regorus::Engine,
     /// `{"pstate": ...}`: the only part of the data document ops may change.
     doc: Value,
+    /// Incremented by every committed update; a decision computed on a snapshot may only
+    /// commit ops if no update happened since.
+    version: u64,
 }
 
 /// Where rule values computed at load live in the data document (ops cannot reach it: they
@@ -533,6 +536,7 @@ fn apply_ops(
     // Commit only once everything succeeded: a failed update leaves the old state.
     state.engine = engine;
     state.doc = doc;
+    state.version += 1;
     Ok(())
 }
 
@@ -594,6 +598,7 @@ impl PolicyEngine {
         let mut state = State {
             engine: base.clone(),
             doc: initial_doc(),
+            version: 0,
         };
 
         // AllowRequestsFailingPolicy: evaluated once as Kata does (a query, so a missing
@@ -679,6 +684,7 @@ impl PolicyEngine {
         let reference = State {
             engine: original,
             doc: initial_doc(),
+            version: 0,
         };
         let digest = hex::encode(Sha256::digest(rego.as_bytes()));
         Ok(PolicyEngine {
@@ -779,14 +785,12 @@ impl PolicyEngine {
         };
         let budget = self.limits.eval_time_budget;
         let (answer, prints) = if ep.stateful {
-            // Read and update under one lock so each request sees every earlier update.
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            evaluate_stateful(&mut state, &ep.query, input, budget, &self.hoisted)
+            self.decide_stateful(&ep.query, input, budget)
         } else {
             let mut engine = self.base.clone();
             let (answer, prints) = evaluate(&mut engine, &ep.query, input, budget);
             // The rule does not read state, so its ops may be applied at any point; the
-            // lock makes the update atomic and orders it with the stateful endpoints.
+            // lock makes the update atomic and orders it with the other updates.
             let answer = match answer {
                 Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => {
                     let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -802,6 +806,37 @@ impl PolicyEngine {
         let mut d = finish(answer.as_ref(), self.allow_failing, DecisionClass::Evaluate);
         d.prints = prints;
         d
+    }
+
+    /// A rule that reads state, evaluated optimistically: on a snapshot of the state-holding
+    /// engine, outside the lock (state changes are rare: genpolicy's only update is the
+    /// first container fixing the sandbox name). A decision without ops is linearised at
+    /// its snapshot. One with ops commits only if no update happened since the snapshot;
+    /// otherwise it is evaluated again under the lock, so every update is computed from
+    /// the state it replaces and none is lost or reordered.
+    fn decide_stateful(
+        &self,
+        query: &RuleQuery,
+        input: regorus::Value,
+        budget: Duration,
+    ) -> (Result<Answer, EvalError>, Vec<String>) {
+        let (mut engine, version) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.engine.clone(), state.version)
+        };
+        let (answer, prints) = evaluate(&mut engine, query, input.clone(), budget);
+        let ops = match &answer {
+            Ok(Answer::Object { allowed: true, ops }) if !ops.is_empty() => ops,
+            _ => return (answer, prints),
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.version != version {
+            return evaluate_stateful(&mut state, query, input, budget, &self.hoisted);
+        }
+        match apply_ops(&mut state, ops, &self.hoisted) {
+            Ok(()) => (answer, prints),
+            Err(m) => (Err(EvalError::Other(m)), prints),
+        }
     }
 
     /// Rules whose value was computed once at load (input- and state-independent composite

@@ -8,8 +8,14 @@
 //! * Precompiled decisions: at load every endpoint is classified constant-allow,
 //!   constant-deny or evaluated by a conservative dependency analysis of the parsed policy;
 //!   constant endpoints never touch the engine (see [`PolicyEngine::decide`]).
-//! * Concurrency: stateless endpoints evaluate on a clone of the prepared engine, in
-//!   parallel; endpoints that read state are serialised on one lock, as are all state updates.
+//! * Concurrency: every evaluation runs on a clone of a prepared engine, in parallel.
+//!   Endpoints that read state evaluate on a snapshot of it; all state updates are
+//!   serialised on one lock, and an update computed on a snapshot commits only if no other
+//!   update happened since (otherwise it is evaluated again under the lock), so updates are
+//!   atomic, never lost and applied in a single order.
+//! * Limits: a policy size cap and an evaluation time budget (regorus' execution timer).
+//! * Records: audit log, Kata-format input log, per-endpoint counters ([`Recorder`]), and
+//!   [`replay`] of an input log.
 
 mod analysis;
 mod copy_file;
