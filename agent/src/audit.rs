@@ -16,7 +16,7 @@ use std::sync::Arc;
 use vigil_policy::{Outcome, RotatingLog};
 use vigil_protos::{Endpoint, ENDPOINTS};
 
-use crate::gate::Verdict;
+use crate::gate::{verdict_reason, DecidedBy, Rules, Verdict};
 use crate::policy::CompiledPolicy;
 
 const AUDIT_QUEUE: usize = 16 * 1024;
@@ -32,6 +32,7 @@ struct AuditRecord {
     outcome: Outcome,
     by: &'static str,
     reason: Cow<'static, str>,
+    /// The policy that decided (for its version and digest).
     policy: Option<Arc<CompiledPolicy>>,
 }
 
@@ -83,7 +84,7 @@ impl DecisionLog {
         Ok(me)
     }
 
-    pub(crate) fn record(&self, endpoint: &'static Endpoint, verdict: Verdict) {
+    pub(crate) fn record(&self, endpoint: &'static Endpoint, verdict: &Verdict, rules: &Rules) {
         let slot = match verdict.outcome {
             Outcome::Allowed => 0,
             Outcome::Denied => 1,
@@ -93,12 +94,20 @@ impl DecisionLog {
             c[slot].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(tx) = &self.audit {
+            let policy_decided = !matches!(verdict.by, DecidedBy::AllowList | DecidedBy::NoPolicy);
             let rec = AuditRecord {
                 endpoint: endpoint.request,
                 outcome: verdict.outcome,
-                by: verdict.by,
-                reason: verdict.reason,
-                policy: verdict.policy,
+                by: verdict.by.as_str(),
+                reason: match &verdict.reason {
+                    Some(r) => r.clone(),
+                    None => Cow::Owned(verdict_reason(rules, endpoint, verdict).to_string()),
+                },
+                policy: if policy_decided {
+                    rules.policy.clone()
+                } else {
+                    None
+                },
             };
             match tx.try_send(AuditMessage::Record(rec)) {
                 Ok(()) => {}

@@ -94,27 +94,42 @@ impl Rules {
     }
 }
 
-/// What the gate decided about one request, and why.
+/// Who decided a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    AllowList,
+    /// No policy is configured: the allow-list alone decides.
+    NoPolicy,
+    /// The policy's precompiled decision for the endpoint.
+    PolicyConstant,
+    /// The policy engine, on this request.
+    PolicyEvaluated,
+}
+
+impl DecidedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::AllowList => "allow-list",
+            DecidedBy::NoPolicy => "no-policy",
+            DecidedBy::PolicyConstant => "constant",
+            DecidedBy::PolicyEvaluated => "evaluated",
+        }
+    }
+}
+
+/// What the gate decided about one request. Building it allocates nothing unless the policy
+/// engine ran: a constant decision's reason stays in the compiled policy.
+#[derive(Debug)]
 pub struct Verdict {
     pub outcome: Outcome,
-    /// What decided: "allow-list", "no-policy", or the policy's decision class.
-    pub by: &'static str,
-    pub reason: Cow<'static, str>,
-    /// Status for the host when the request does not pass.
-    pub status: Option<Status>,
-    /// The policy that decided, for the audit record.
-    pub policy: Option<Arc<CompiledPolicy>>,
+    pub by: DecidedBy,
+    /// The engine's reason, for evaluated decisions only.
+    pub reason: Option<Cow<'static, str>>,
 }
 
 impl Verdict {
-    fn allowed(by: &'static str) -> Verdict {
-        Verdict {
-            outcome: Outcome::Allowed,
-            by,
-            reason: Cow::Borrowed(""),
-            status: None,
-            policy: None,
-        }
+    pub fn allowed(&self) -> bool {
+        self.outcome == Outcome::Allowed
     }
 }
 
@@ -140,76 +155,19 @@ impl Gate {
     /// the status the host gets instead of the handler's answer.
     #[inline]
     pub fn check(&self, endpoint: &'static Endpoint, payload: &[u8]) -> Result<(), Status> {
-        let verdict = self.decide(endpoint, payload);
-        let status = verdict.status.clone();
-        self.log.record(endpoint, verdict);
+        let rules = self.rules.load();
+        let verdict = decide(&rules, endpoint, payload);
+        let status = (!verdict.allowed()).then(|| denial_status(&rules, endpoint, &verdict));
+        self.log.record(endpoint, &verdict, &rules);
         match status {
             None => Ok(()),
             Some(st) => Err(st),
         }
     }
 
-    /// The decision alone. Allow-list and constant policy decisions are bit tests; only
-    /// endpoints whose policy rule depends on the request decode it and reach the engine.
+    /// The decision alone, without recording it (benchmarks, `policy eval`).
     pub fn decide(&self, endpoint: &Endpoint, payload: &[u8]) -> Verdict {
-        let rules = self.rules.load();
-        let id = endpoint.id;
-        if !rules.allowed.contains(id) {
-            return Verdict {
-                outcome: Outcome::Denied,
-                by: "allow-list",
-                reason: Cow::Borrowed("not in [endpoints] allowed"),
-                status: Some(blocked(endpoint)),
-                policy: None,
-            };
-        }
-        let Some(policy) = rules.policy.as_ref() else {
-            return Verdict::allowed("no-policy");
-        };
-        if policy.constant_allow.contains(id) {
-            let mut v = Verdict::allowed("constant-allow");
-            v.policy = Some(policy.clone());
-            return v;
-        }
-        let decision = match (policy.constant_deny.contains(id), policy.engine_index(id)) {
-            (true, _) => policy
-                .constant_decision(id)
-                .cloned()
-                .expect("constant-deny endpoints keep their decision"),
-            (false, Some(index)) => policy
-                .engine
-                .decide(index, || CompiledPolicy::input(endpoint, payload)),
-            // Not a gated endpoint: the service wrapper never asks. Fail closed regardless.
-            (false, None) => return denied_without_policy(endpoint),
-        };
-        for line in &decision.prints {
-            tracing::info!(endpoint = endpoint.request, "policy print: {line}");
-        }
-        let status = match decision.outcome {
-            Outcome::Allowed => None,
-            Outcome::Denied => Some(policy_status(
-                Code::PERMISSION_DENIED,
-                endpoint,
-                &decision.reason,
-                rules.host_error_details,
-            )),
-            Outcome::Error => Some(policy_status(
-                Code::INTERNAL,
-                endpoint,
-                &decision.reason,
-                rules.host_error_details,
-            )),
-        };
-        if decision.outcome != Outcome::Allowed {
-            tracing::warn!(endpoint = endpoint.request, reason = %decision.reason, "denied by policy");
-        }
-        Verdict {
-            outcome: decision.outcome,
-            by: decision.class.as_str(),
-            reason: decision.reason,
-            status,
-            policy: Some(policy.clone()),
-        }
+        decide(&self.rules.load(), endpoint, payload)
     }
 
     /// Replaces the rules as a whole.
@@ -246,31 +204,94 @@ impl Gate {
     }
 }
 
-/// Kata's answer for an endpoint the allow-list does not name.
-fn blocked(endpoint: &Endpoint) -> Status {
-    ttrpc::get_status(
-        Code::UNIMPLEMENTED,
-        format!("{} is blocked", endpoint.request),
-    )
+/// Allow-list and constant policy decisions are bit tests; only endpoints whose policy rule
+/// depends on the request decode it and reach the engine.
+#[inline]
+fn decide(rules: &Rules, endpoint: &Endpoint, payload: &[u8]) -> Verdict {
+    let id = endpoint.id;
+    let constant = |outcome| Verdict {
+        outcome,
+        by: DecidedBy::PolicyConstant,
+        reason: None,
+    };
+    if !rules.allowed.contains(id) {
+        return Verdict {
+            outcome: Outcome::Denied,
+            by: DecidedBy::AllowList,
+            reason: None,
+        };
+    }
+    let Some(policy) = rules.policy.as_ref() else {
+        return Verdict {
+            outcome: Outcome::Allowed,
+            by: DecidedBy::NoPolicy,
+            reason: None,
+        };
+    };
+    if policy.constant_allow.contains(id) {
+        return constant(Outcome::Allowed);
+    }
+    if policy.constant_deny.contains(id) {
+        let outcome = policy
+            .constant_decision(id)
+            .map_or(Outcome::Error, |d| d.outcome);
+        return constant(outcome);
+    }
+    let Some(index) = policy.engine_index(id) else {
+        // Not a gated endpoint: the service wrapper never asks. Fail closed regardless.
+        return Verdict {
+            outcome: Outcome::Error,
+            by: DecidedBy::PolicyEvaluated,
+            reason: Some(Cow::Borrowed("endpoint unknown to the policy")),
+        };
+    };
+    let decision = policy
+        .engine
+        .decide(index, || CompiledPolicy::input(endpoint, payload));
+    for line in &decision.prints {
+        tracing::info!(endpoint = endpoint.request, "policy print: {line}");
+    }
+    Verdict {
+        outcome: decision.outcome,
+        by: DecidedBy::PolicyEvaluated,
+        reason: Some(decision.reason),
+    }
 }
 
-fn policy_status(code: Code, endpoint: &Endpoint, reason: &str, details: bool) -> Status {
-    let msg = if details {
+/// The reason behind a verdict: the engine's, or the constant decision's.
+pub(crate) fn verdict_reason<'a>(rules: &'a Rules, endpoint: &Endpoint, v: &'a Verdict) -> &'a str {
+    match (&v.reason, v.by) {
+        (Some(r), _) => r,
+        (None, DecidedBy::AllowList) => "not in [endpoints] allowed",
+        (None, DecidedBy::PolicyConstant) => rules
+            .policy
+            .as_ref()
+            .and_then(|p| p.constant_decision(endpoint.id))
+            .map_or("", |d| &d.reason),
+        (None, _) => "",
+    }
+}
+
+/// The status the host gets for a request that does not pass: Kata's messages.
+fn denial_status(rules: &Rules, endpoint: &Endpoint, v: &Verdict) -> Status {
+    if v.by == DecidedBy::AllowList {
+        return ttrpc::get_status(
+            Code::UNIMPLEMENTED,
+            format!("{} is blocked", endpoint.request),
+        );
+    }
+    let reason = verdict_reason(rules, endpoint, v);
+    tracing::warn!(endpoint = endpoint.request, reason, "denied by policy");
+    let code = match v.outcome {
+        Outcome::Error => Code::INTERNAL,
+        _ => Code::PERMISSION_DENIED,
+    };
+    let msg = if rules.host_error_details {
         format!("{} is blocked by policy: {reason}", endpoint.request)
     } else {
         format!("{} is blocked by policy", endpoint.request)
     };
     ttrpc::get_status(code, msg)
-}
-
-fn denied_without_policy(endpoint: &Endpoint) -> Verdict {
-    Verdict {
-        outcome: Outcome::Error,
-        by: "policy",
-        reason: Cow::Borrowed("endpoint unknown to the policy"),
-        status: Some(policy_status(Code::INTERNAL, endpoint, "", false)),
-        policy: None,
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

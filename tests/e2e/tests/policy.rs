@@ -287,7 +287,7 @@ fn metrics_and_audit_log_record_decisions() {
         .collect();
     assert_eq!(exec.len(), 3, "{text}");
     assert_eq!(exec[0]["decision"], "deny");
-    assert_eq!(exec[0]["by"], "constant-deny");
+    assert_eq!(exec[0]["by"], "constant");
     assert_eq!(exec[0]["policy_digest"].as_str().unwrap().len(), 64);
     // Never request contents.
     assert!(!text.contains("\"request\""), "{text}");
