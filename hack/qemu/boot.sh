@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Boots the guest (kernel + initramfs, the agent as init) under QEMU/TCG.
+#
+# Host <-> agent: vsock through vhost-device-vsock (vhost-user). The host side is the hybrid
+# vsock unix socket RUN_DIR/vsock.sock: `vigilctl --addr hvsock://RUN_DIR/vsock.sock:1024`.
+# Guest -> host: only QEMU user networking (restrict=on: no other route out), where
+# 10.0.2.100:8080 in the guest is forwarded to 127.0.0.1:KBS_PORT on the host; the guest's
+# address comes from the kernel parameter agent.ip (set here).
+# Control: QMP at RUN_DIR/qmp.sock (`hack/qemu/qmp.py RUN_DIR/qmp.sock ctrl-alt-delete`
+# asks the agent to shut down; it then powers the VM off and QEMU exits).
+#
+# Usage: boot.sh [options]
+#   --kernel FILE        [default: hack/out/kernel/current/vmlinux, else vmlinuz]
+#   --initrd FILE        [default: hack/out/initramfs.cpio.gz]
+#   --run-dir DIR        sockets and pid files [default: hack/out/run]
+#   --kbs-port PORT      forward guest 10.0.2.100:8080 to host 127.0.0.1:PORT (no network
+#                        device without it)
+#   --append PARAMS      more kernel parameters, e.g. "agent.config_file=/etc/vigil/agent.toml"
+#   --console-log FILE   serial console to FILE instead of stdout
+#   --memory MB          [default: 512]
+#   --verbose            kernel messages on the console (default: quiet)
+#   --qemu-arg ARG       one more QEMU argument (repeatable), e.g. --qemu-arg -fw_cfg
+#                        --qemu-arg name=opt/vigil/x,string=y
+# The exit status is QEMU's.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+# The uncompressed PVH kernel boots seconds faster on TCG than the bzImage.
+kernel=$OUT_DIR/kernel/current/vmlinux
+[ -f "$kernel" ] || kernel=$OUT_DIR/kernel/current/vmlinuz
+initrd=$OUT_DIR/initramfs.cpio.gz
+run_dir=$OUT_DIR/run
+kbs_port="" append="" console_log="" memory=512 quiet=quiet
+qemu_extra=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --kernel) kernel=$2; shift 2 ;;
+        --initrd) initrd=$2; shift 2 ;;
+        --run-dir) run_dir=$2; shift 2 ;;
+        --kbs-port) kbs_port=$2; shift 2 ;;
+        --append) append="$append $2"; shift 2 ;;
+        --console-log) console_log=$2; shift 2 ;;
+        --memory) memory=$2; shift 2 ;;
+        --verbose) quiet=""; shift ;;
+        --qemu-arg) qemu_extra+=("$2"); shift 2 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+for f in "$kernel" "$initrd"; do [ -f "$f" ] || die "no such file: $f"; done
+[[ -z $kbs_port || $kbs_port =~ ^[0-9]+$ ]] || die "--kbs-port wants a port number, not '$kbs_port'"
+[[ $memory =~ ^[0-9]+$ ]] || die "--memory wants megabytes, not '$memory'"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (hack/qemu/setup.sh)"
+vhost=$(command -v vhost-device-vsock || echo "$HOME/.cargo/bin/vhost-device-vsock")
+[ -x "$vhost" ] || die "vhost-device-vsock missing (hack/qemu/setup.sh)"
+
+mkdir -p "$run_dir"
+run_dir=$(cd "$run_dir" && pwd)
+vhost_sock=$run_dir/vhost-vsock.sock # QEMU <-> vhost-device-vsock (vhost-user control)
+host_vsock=$run_dir/vsock.sock       # host applications <-> guest vsock (hybrid vsock)
+qmp_sock=$run_dir/qmp.sock
+# Sockets of an earlier run would make the binds below fail.
+rm -f "$vhost_sock" "$host_vsock" "$qmp_sock" "$run_dir/qemu.pid"
+
+vhost_pid=""
+cleanup() {
+    if [ -n "$vhost_pid" ]; then
+        kill "$vhost_pid" 2>/dev/null || true
+        wait "$vhost_pid" 2>/dev/null || true
+    fi
+    rm -f "$vhost_sock" "$host_vsock"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$vhost" --guest-cid 3 --socket "$vhost_sock" --uds-path "$host_vsock" \
+    >"$run_dir/vhost-device-vsock.log" 2>&1 &
+vhost_pid=$!
+# The backend's readiness signal is its listening socket; bounded wait for it to appear.
+for _ in $(seq 1 500); do
+    [ -S "$vhost_sock" ] && break
+    kill -0 "$vhost_pid" 2>/dev/null || die "vhost-device-vsock exited: $(cat "$run_dir/vhost-device-vsock.log")"
+    sleep 0.01
+done
+[ -S "$vhost_sock" ] || die "vhost-device-vsock did not create $vhost_sock within 5 s"
+
+cmdline="console=ttyS0 panic=-1 $quiet"
+net=()
+if [ -n "$kbs_port" ]; then
+    cmdline="$cmdline agent.ip=eth0:$GUEST_IP"
+    # restrict=on: the guest reaches nothing but the forwards listed here. guestfwd's cmd runs
+    # once per guest connection, with the connection on its stdin/stdout.
+    net=(-netdev "user,id=net0,restrict=on,ipv6=off,guestfwd=tcp:$GUEST_KBS_ADDR:$GUEST_KBS_PORT-cmd:socat STDIO TCP:127.0.0.1:$kbs_port"
+        -device virtio-net-pci,netdev=net0,romfile=)
+    command -v socat >/dev/null || die "socat missing (hack/qemu/setup.sh)"
+fi
+cmdline="$cmdline$append"
+
+if [ -n "$console_log" ]; then
+    serial=(-chardev "file,id=console,path=$console_log" -serial chardev:console)
+else
+    serial=(-serial stdio)
+fi
+
+mem="${memory}M"
+set +e
+qemu-system-x86_64 \
+    -machine q35,accel=tcg,memory-backend=mem \
+    -object "memory-backend-memfd,id=mem,size=$mem,share=on" \
+    -cpu max -smp 1 -m "$mem" \
+    -nodefaults -no-user-config -display none -no-reboot \
+    "${serial[@]}" \
+    -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \
+    -chardev "socket,id=vsock,path=$vhost_sock" -device vhost-user-vsock-pci,chardev=vsock \
+    -device virtio-rng-pci \
+    "${net[@]+"${net[@]}"}" \
+    -qmp "unix:$qmp_sock,server=on,wait=off" \
+    -pidfile "$run_dir/qemu.pid" \
+    "${qemu_extra[@]+"${qemu_extra[@]}"}"
+rc=$?
+set -e
+exit "$rc"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds the static vigil-agent for the guest initramfs (glibc, +crt-static: no loader, no
+# libraries in the guest) and checks that it really is static. Prints the binary's path.
+#
+# Env: VIGIL_AGENT_PROFILE=release (default) | dev; CARGO_TARGET_DIR as usual.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+profile=${VIGIL_AGENT_PROFILE:-release}
+case $profile in
+    release) dir=release ;;
+    dev) dir=debug ;;
+    *) die "VIGIL_AGENT_PROFILE must be release or dev, not '$profile'" ;;
+esac
+
+cd "$REPO_ROOT"
+# --target keeps RUSTFLAGS away from build scripts and proc macros (they stay dynamic).
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --locked --profile "$profile" --target "$AGENT_TARGET" -p vigil-agent >&2
+
+bin=$TARGET_DIR/$AGENT_TARGET/$dir/vigil-agent
+[ -x "$bin" ] || die "no binary at $bin"
+desc=$(file -b "$bin")
+case $desc in
+    *"static-pie linked"* | *"statically linked"*) ;;
+    *) die "$bin is not static: $desc" ;;
+esac
+# ldd says "not a dynamic executable" (static) or "statically linked" (static-pie).
+deps=$(ldd "$bin" 2>&1 || true)
+case $deps in
+    *"not a dynamic executable"* | *"statically linked"*) ;;
+    *) die "$bin has dynamic dependencies: $(tr '\n' ' ' <<<"$deps")" ;;
+esac
+log "static agent: $bin ($(du -h "$bin" | cut -f1))"
+echo "$bin"

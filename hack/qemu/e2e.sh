@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# End-to-end in QEMU/TCG: the static agent boots as the guest's init (PID 1) with an
+# allow-list config; from the host, over vsock (vhost-device-vsock, hybrid vsock socket):
+# Check, an allowed call, a call blocked by the allow-list, each with its exact status; then
+# Ctrl-Alt-Del through QMP, which the kernel turns into SIGINT for init: the agent shuts
+# down and powers the VM off, and QEMU must exit. Prints boot -> first answered request.
+#
+# Usage: e2e.sh [--agent PATH] [--vigilctl PATH] [--timeout SECS]
+#   --agent, --vigilctl  use these binaries instead of building them
+#   --timeout            bound for each wait (boot to readiness, shutdown) [default: 180]
+# Needs hack/qemu/setup.sh. Logs stay in hack/out/e2e/ (console.log is the guest's serial).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+agent="" vigilctl="" timeout=180
+while [ $# -gt 0 ]; do
+    case $1 in
+        --agent) agent=$2; shift 2 ;;
+        --vigilctl) vigilctl=$2; shift 2 ;;
+        --timeout) timeout=$2; shift 2 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+
+work=$OUT_DIR/e2e
+rm -rf "$work"
+mkdir -p "$work"
+
+[ -n "$agent" ] || agent=$("$QEMU_HACK_DIR/build-agent.sh")
+if [ -z "$vigilctl" ]; then
+    (cd "$REPO_ROOT" && cargo build --locked -p vigilctl >&2)
+    vigilctl=$TARGET_DIR/debug/vigilctl
+fi
+kernel_dir=$("$QEMU_HACK_DIR/get-kernel.sh")
+
+cat >"$work/agent.toml" <<'TOML'
+[agent]
+server_addr = "vsock://-1:1024"
+log_level = "info"
+
+[endpoints]
+allowed = ["GuestDetailsRequest"]
+TOML
+"$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
+    --config "$work/agent.toml" -o "$work/initramfs.cpio.gz" >/dev/null
+
+console=$work/console.log
+run_dir=$work/run
+: >"$console"
+boot_pid=""
+cleanup() {
+    if [ -n "$boot_pid" ] && kill -0 "$boot_pid" 2>/dev/null; then
+        kill "$boot_pid" 2>/dev/null || true
+        wait "$boot_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+fail() {
+    log "FAIL: $*"
+    log "guest console (last 30 lines of $console):"
+    tail -n 30 "$console" | tr -d '\r' >&2
+    exit 1
+}
+
+t_start=$(now)
+"$QEMU_HACK_DIR/boot.sh" --kernel "$(ls "$kernel_dir"/vmlinux 2>/dev/null || echo "$kernel_dir/vmlinuz")" \
+    --initrd "$work/initramfs.cpio.gz" --run-dir "$run_dir" --console-log "$console" \
+    --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot.log" 2>&1 &
+boot_pid=$!
+
+# Readiness is the agent's own line on the console; a fatal line, a panic or a power-off
+# before it is a failure.
+rc=0
+wait_for_line "$console" "$timeout" "vigil-agent: listening on " \
+    "vigil-agent: (fatal|error)|Kernel panic|reboot: Power down" || rc=$?
+case $rc in
+    0) ;;
+    2) fail "the guest stopped before the agent listened" ;;
+    *) fail "no readiness line within ${timeout}s" ;;
+esac
+t_listening=$(now)
+
+addr="hvsock://$run_dir/vsock.sock:$AGENT_VSOCK_PORT"
+call() { "$vigilctl" --addr "$addr" call "$@"; }
+
+# expect_ok RPC REQUEST JQ-LIKE-SUBSTRING: the call succeeds and its JSON contains the text.
+expect_ok() {
+    local out
+    out=$(call "$1" "$2" 2>&1) || fail "$1 failed: $out"
+    grep -q -- "$3" <<<"$out" || fail "$1 answered without '$3': $out"
+    log "ok: $1 -> $(tr -d '\n ' <<<"$out" | cut -c1-100)"
+}
+# expect_status RPC REQUEST CODE MESSAGE: the call fails with exactly this status.
+expect_status() {
+    local out
+    if out=$(call "$1" "$2" 2>&1); then fail "$1 should have failed with $3: $out"; fi
+    [ "$out" = "vigilctl: $1: $3: $4" ] || fail "$1: expected status $3 \"$4\", got: $out"
+    log "ok: $1 -> $3 \"$4\""
+}
+
+expect_ok Check '{}' '"status": 1'
+t_first_answer=$(now)
+# init_daemon is true only when the agent runs as PID 1: proof that it booted as init.
+expect_ok GetGuestDetails '{"mem_block_size": true}' '"init_daemon": true'
+expect_status ExecProcess '{"container_id": "c1", "exec_id": "e1"}' UNIMPLEMENTED \
+    "ExecProcessRequest is blocked"
+
+# Clean shutdown: Ctrl-Alt-Del -> SIGINT to init -> the agent closes the API and powers off.
+"$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" ctrl-alt-delete >/dev/null ||
+    fail "QMP send-key failed"
+rc=0
+wait_for_line "$console" "$timeout" "reboot: Power down" "Kernel panic|vigil-agent: fatal" || rc=$?
+[ $rc = 0 ] || fail "the guest did not power off cleanly after Ctrl-Alt-Del"
+qemu_rc=0
+wait "$boot_pid" || qemu_rc=$?
+boot_pid=""
+[ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc"
+t_end=$(now)
+
+log "PASS"
+printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; total %s ms\n' \
+    "$(elapsed_ms "$t_start" "$t_listening")" "$(elapsed_ms "$t_start" "$t_first_answer")" \
+    "$(elapsed_ms "$t_start" "$t_end")"
+echo "e2e: 1 passed, 0 failed"

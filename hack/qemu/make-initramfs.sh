@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Writes the guest initramfs: the static agent as /init, the kernel modules from
+# get-kernel.sh (loaded by the agent in the order of /etc/vigil/modules), and optionally the
+# agent config and an initdata file.
+#
+# Usage: make-initramfs.sh [options]
+#   --agent PATH        static agent binary [default: the release build of build-agent.sh]
+#   --kernel-dir DIR    output of get-kernel.sh [default: hack/out/kernel/current]
+#   --config FILE       agent config, installed as /etc/vigil/agent.toml
+#                       (boot with agent.config_file=/etc/vigil/agent.toml)
+#   --initdata FILE     initdata TOML, installed as /etc/vigil/initdata.toml
+#                       (boot with agent.initdata=/etc/vigil/initdata.toml)
+#   --add SRC:DEST      any other file (executables keep mode 0755, others get 0644)
+#   --busybox           add a static busybox as /bin/busybox and /bin/sh (debugging only:
+#                       boot with rdinit=/bin/sh)
+#   --no-compress       plain cpio (the kernel unpacks it without decompressing)
+#   -o, --output FILE   [default: hack/out/initramfs.cpio.gz, or .cpio with --no-compress]
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+agent=$TARGET_DIR/$AGENT_TARGET/release/vigil-agent
+kernel_dir=$OUT_DIR/kernel/current
+config="" initdata="" busybox=0 compress=1 output=""
+extra=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --agent) agent=$2; shift 2 ;;
+        --kernel-dir) kernel_dir=$2; shift 2 ;;
+        --config) config=$2; shift 2 ;;
+        --initdata) initdata=$2; shift 2 ;;
+        --add) extra+=("$2"); shift 2 ;;
+        --busybox) busybox=1; shift ;;
+        --no-compress) compress=0; shift ;;
+        -o | --output) output=$2; shift 2 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+[ -n "$output" ] || output=$OUT_DIR/initramfs.cpio$([ $compress = 1 ] && echo .gz)
+[ -x "$agent" ] || die "no agent binary at $agent (run hack/qemu/build-agent.sh or pass --agent)"
+[ -f "$kernel_dir/modules/list" ] || die "no modules in $kernel_dir (run hack/qemu/get-kernel.sh)"
+for f in "$config" "$initdata"; do
+    [ -z "$f" ] || [ -f "$f" ] || die "no such file: $f"
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$(dirname "$output")"
+
+# Symbols are of no use in the guest and cost boot time (the kernel copies every byte).
+strip -o "$work/init" "$agent"
+
+{
+    # Mount points and /dev/console: the kernel opens it as init's stdio before init runs.
+    for d in /dev /proc /sys /run /tmp /etc /etc/vigil /lib /lib/modules /lib/modules/vigil; do
+        echo "dir $d 0755 0 0"
+    done
+    echo "nod /dev/console 0600 0 0 c 5 1"
+    echo "file /init $work/init 0755 0 0"
+    while read -r ko; do
+        [ -n "$ko" ] || continue
+        echo "file /lib/modules/vigil/$ko $kernel_dir/modules/$ko 0644 0 0"
+    done <"$kernel_dir/modules/list"
+    echo "file /etc/vigil/modules $kernel_dir/modules/list 0644 0 0"
+    [ -z "$config" ] || echo "file /etc/vigil/agent.toml $config 0644 0 0"
+    [ -z "$initdata" ] || echo "file /etc/vigil/initdata.toml $initdata 0644 0 0"
+    for spec in "${extra[@]+"${extra[@]}"}"; do
+        src=${spec%%:*} dst=${spec#*:}
+        [ -f "$src" ] && [ "$src" != "$spec" ] || die "--add wants SRC:DEST with an existing SRC: '$spec'"
+        mode=0644
+        [ -x "$src" ] && mode=0755
+        echo "file $dst $src $mode 0 0"
+    done
+    if [ $busybox = 1 ]; then
+        bb=$(command -v busybox) || die "--busybox: no busybox (apt-get install busybox-static)"
+        file -b "$bb" | grep -q "statically linked" || die "--busybox: $bb is not static"
+        echo "dir /bin 0755 0 0"
+        echo "file /bin/busybox $bb 0755 0 0"
+        echo "slink /bin/sh busybox 0777 0 0"
+    fi
+} >"$work/manifest"
+
+python3 "$QEMU_HACK_DIR/mkcpio.py" $([ $compress = 1 ] && echo --gzip) "$work/manifest" "$output"
+log "initramfs: $output ($(du -h "$output" | cut -f1))"
+echo "$output"
