@@ -1,0 +1,21 @@
+//! vigil's container backend: one sandbox, its containers, their processes and stdio, behind
+//! the agent API's request and response types.
+//!
+//! - [`Sandbox`]: the manager the agent's handlers call, one async method per RPC.
+//! - [`ContainerRuntime`]: the seam to an OCI runtime library; [`LibcontainerRuntime`] is the
+//!   implementation on youki's `libcontainer` (see README.md for why).
+//! - [`RuntimeError`]: every failure, one variant per ttrpc status the agent answers with.
+
+mod copy_file;
+mod error;
+mod runtime;
+mod sandbox;
+mod spec;
+mod stdio;
+mod storage;
+mod youki;
+
+pub use error::RuntimeError;
+pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, ProcessIo};
+pub use sandbox::{Sandbox, SandboxConfig};
+pub use youki::LibcontainerRuntime;

@@ -1,0 +1,1142 @@
+//! The sandbox manager: one sandbox, its containers and their processes, and the agent API
+//! operations on them.
+//!
+//! Locking: the sandbox slot and each container map are `std` mutexes held only to look up or
+//! insert. Lifecycle operations on one container (start, exec, pause, update, remove...) are
+//! serialised by that container's own async lock, so a slow operation on one container never
+//! blocks another. Stdio and waits take no container lock at all.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protobuf::well_known_types::empty::Empty;
+use tokio::sync::{mpsc, watch};
+use vigil_protos::agent::*;
+use vigil_protos::oci;
+
+use crate::error::{Result, RuntimeError};
+use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, ProcessIo};
+use crate::spec::{self, SpecContext};
+use crate::stdio::{self, OutputBuffer, StdinWriter};
+use crate::storage::{self, Mounted};
+use crate::youki::LibcontainerRuntime;
+
+/// Where and how the sandbox lives.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Parent of the sandbox run directories (one per sandbox id) and of the runtime's state.
+    pub run_root: PathBuf,
+    /// Whether container specs may carry OCI hooks.
+    pub allow_hooks: bool,
+    /// Bytes of unread output kept per stream; older output is dropped past this.
+    pub output_limit: usize,
+    /// Cgroup under which each container gets `<cgroup_parent>/<container id>`.
+    pub cgroup_parent: String,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> SandboxConfig {
+        SandboxConfig {
+            run_root: PathBuf::from("/run/vigil/sandbox"),
+            allow_hooks: false,
+            output_limit: 1 << 20,
+            cgroup_parent: "vigil".into(),
+        }
+    }
+}
+
+/// Largest chunk one ReadStdout/ReadStderr returns (well under ttrpc's message limit).
+const MAX_READ: usize = 1 << 20;
+/// How long DestroySandbox waits for each container's processes to die.
+const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sandbox manager the agent's handlers call.
+pub struct Sandbox {
+    config: SandboxConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    claims: Arc<dyn ChildClaims>,
+    current: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
+    oom_tx: mpsc::UnboundedSender<String>,
+    oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+struct SandboxState {
+    id: String,
+    hostname: String,
+    dir: PathBuf,
+    shared_dir: PathBuf,
+    resolv_conf: Option<PathBuf>,
+    shared_pidns: bool,
+    mounts: Mutex<Vec<Mounted>>,
+    containers: Mutex<Containers>,
+    destroyed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Containers {
+    live: HashMap<String, Arc<Container>>,
+    creating: HashSet<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Created,
+    Running,
+    Paused,
+}
+
+struct Container {
+    id: String,
+    bundle: PathBuf,
+    ops: tokio::sync::Mutex<ContainerOps>,
+    processes: Mutex<HashMap<String, Arc<Process>>>,
+    init: Arc<Process>,
+    oom_kills_seen: AtomicU64,
+}
+
+struct ContainerOps {
+    status: Status,
+    mounts: Vec<Mounted>,
+    removed: bool,
+}
+
+struct Process {
+    pid: i32,
+    pidfd: Arc<OwnedFd>,
+    stdin: tokio::sync::Mutex<Option<StdinWriter>>,
+    stdout: Option<Arc<OutputBuffer>>,
+    stderr: Option<Arc<OutputBuffer>>,
+    pty_master: Option<OwnedFd>,
+    exit: watch::Receiver<Option<i32>>,
+    waited: AtomicBool,
+}
+
+impl Process {
+    fn exited(&self) -> Option<i32> {
+        *self.exit.borrow()
+    }
+
+    async fn wait(&self) -> i32 {
+        let mut rx = self.exit.clone();
+        let status = match rx.wait_for(|s| s.is_some()).await {
+            Ok(s) => s.unwrap_or(255),
+            Err(_) => self.exited().unwrap_or(255),
+        };
+        self.waited.store(true, Ordering::SeqCst);
+        status
+    }
+
+    /// Nothing more can be asked of it: exited, waited for, all output read.
+    fn finished(&self) -> bool {
+        self.exited().is_some()
+            && self.waited.load(Ordering::SeqCst)
+            && self.stdout.as_ref().is_none_or(|b| b.is_finished())
+            && self.stderr.as_ref().is_none_or(|b| b.is_finished())
+    }
+}
+
+/// The agent-side ends of a new process's stdio.
+struct ParentIo {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    pty_master: Option<OwnedFd>,
+}
+
+fn new_io(process: &oci::Process) -> Result<(ProcessIo, ParentIo)> {
+    if process.Terminal {
+        let size = process.ConsoleSize.as_ref();
+        let rows = size
+            .map(|s| s.Height)
+            .unwrap_or(24)
+            .clamp(1, u16::MAX as u32) as u16;
+        let cols = size
+            .map(|s| s.Width)
+            .unwrap_or(80)
+            .clamp(1, u16::MAX as u32) as u16;
+        let (master, slave) = stdio::pty(rows, cols)?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| RuntimeError::internal("pty", e));
+        Ok((
+            ProcessIo {
+                stdin: Some(dup(&slave)?),
+                stdout: Some(dup(&slave)?),
+                stderr: Some(slave),
+                controlling_tty: true,
+            },
+            ParentIo {
+                stdin: Some(dup(&master)?),
+                stdout: Some(dup(&master)?),
+                stderr: None,
+                pty_master: Some(master),
+            },
+        ))
+    } else {
+        let (in_r, in_w) = stdio::pipe()?;
+        let (out_r, out_w) = stdio::pipe()?;
+        let (err_r, err_w) = stdio::pipe()?;
+        Ok((
+            ProcessIo {
+                stdin: Some(in_r),
+                stdout: Some(out_w),
+                stderr: Some(err_w),
+                controlling_tty: false,
+            },
+            ParentIo {
+                stdin: Some(in_w),
+                stdout: Some(out_r),
+                stderr: Some(err_r),
+                pty_master: None,
+            },
+        ))
+    }
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is a fresh descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(RuntimeError::internal(
+            format!("pidfd_open({pid})"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Reaps the process behind `pidfd` once it exits; Kata's convention for the status:
+/// the exit code, or 128 + the signal that killed it.
+fn reap(pidfd: &OwnedFd) -> std::io::Result<Option<i32>> {
+    // SAFETY: a zeroed siginfo_t is valid; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid succeeded, so the child fields are set (si_pid 0: not exited yet).
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => status,
+        _ => 128 + status,
+    }))
+}
+
+impl Sandbox {
+    /// A sandbox manager on youki's libcontainer, keeping its state under `config.run_root`.
+    pub fn new(config: SandboxConfig) -> Sandbox {
+        let runtime = Arc::new(LibcontainerRuntime::new(config.run_root.join(".runtime")));
+        Sandbox::with_runtime(config, runtime)
+    }
+
+    /// A sandbox manager on another [`ContainerRuntime`].
+    pub fn with_runtime(config: SandboxConfig, runtime: Arc<dyn ContainerRuntime>) -> Sandbox {
+        let (oom_tx, oom_rx) = mpsc::unbounded_channel();
+        Sandbox {
+            config,
+            runtime,
+            claims: Arc::new(NoReaper),
+            current: tokio::sync::Mutex::new(None),
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
+        }
+    }
+
+    /// Makes container processes (and the runtime's helper children) off-limits to the
+    /// embedding process's own child reaper.
+    pub fn with_child_claims(mut self, claims: Arc<dyn ChildClaims>) -> Sandbox {
+        self.claims = claims;
+        self
+    }
+
+    /// Runs a runtime call that forks (create, exec) under a claim; returns the new pid and
+    /// the claim, to be released once the process has been reaped.
+    async fn spawn_claimed(
+        &self,
+        spawn: impl FnOnce() -> Result<i32> + Send + 'static,
+    ) -> Result<(i32, ClaimToken)> {
+        let claims = self.claims.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut spawn = Some(spawn);
+            let mut outcome = None;
+            let token = claims.claimed(&mut || {
+                let r = spawn.take().map(|f| f());
+                let pid = r.as_ref().and_then(|r| r.as_ref().ok().copied());
+                outcome = r;
+                pid
+            });
+            match (outcome, token) {
+                (Some(Ok(pid)), Some(token)) => Ok((pid, token)),
+                (Some(Err(e)), _) => Err(e),
+                _ => Err(RuntimeError::Internal(
+                    "the process could not be claimed from the agent's reaper".into(),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| RuntimeError::internal("spawn task", e))?
+    }
+
+    async fn sandbox(&self) -> Result<Arc<SandboxState>> {
+        self.current
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "sandbox",
+                id: "(none: CreateSandbox first)".into(),
+            })
+    }
+
+    async fn container(&self, id: &str) -> Result<Arc<Container>> {
+        if id.is_empty() {
+            return Err(RuntimeError::invalid("container_id", "empty"));
+        }
+        let sandbox = self.sandbox().await?;
+        let found = lock(&sandbox.containers).live.get(id).cloned();
+        found.ok_or_else(|| RuntimeError::not_found("container", id))
+    }
+
+    async fn process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+    ) -> Result<(Arc<Container>, Arc<Process>)> {
+        let c = self.container(container_id).await?;
+        let p = if exec_id.is_empty() {
+            c.init.clone()
+        } else {
+            lock(&c.processes)
+                .get(exec_id)
+                .cloned()
+                .ok_or_else(|| RuntimeError::not_found("process", exec_id))?
+        };
+        Ok((c, p))
+    }
+
+    /// The sandbox's shared directory (CopyFile's jail), if a sandbox exists.
+    pub async fn shared_dir(&self) -> Result<PathBuf> {
+        Ok(self.sandbox().await?.shared_dir.clone())
+    }
+
+    /// The run directory of the sandbox, if one exists.
+    pub async fn sandbox_dir(&self) -> Result<PathBuf> {
+        Ok(self.sandbox().await?.dir.clone())
+    }
+
+    pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<Empty> {
+        check_id(&req.sandbox_id, "sandbox_id")?;
+        if !req.guest_hook_path.is_empty() && !self.config.allow_hooks {
+            return Err(RuntimeError::invalid(
+                "guest_hook_path",
+                "OCI hooks are not allowed by the agent configuration",
+            ));
+        }
+        if !req.kernel_modules.is_empty() {
+            return Err(RuntimeError::invalid(
+                "kernel_modules",
+                "loading kernel modules is not supported",
+            ));
+        }
+        if req.guest_userns {
+            return Err(RuntimeError::invalid(
+                "guest_userns",
+                "guest user namespaces are not supported",
+            ));
+        }
+        for (i, d) in req.dns.iter().enumerate() {
+            if d.contains('\n') || d.contains('\0') {
+                return Err(RuntimeError::invalid(
+                    format!("dns[{i}]"),
+                    "contains a line break",
+                ));
+            }
+        }
+        let mut slot = self.current.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Err(RuntimeError::AlreadyExists {
+                kind: "sandbox",
+                id: s.id.clone(),
+            });
+        }
+        let dir = self.config.run_root.join(&req.sandbox_id);
+        if dir.exists() {
+            // Left over from an agent that died: start clean rather than inherit its files.
+            clean_dir(&dir)?;
+        }
+        let shared_dir = dir.join("shared");
+        std::fs::create_dir_all(&shared_dir)
+            .map_err(|e| RuntimeError::internal(shared_dir.display(), e))?;
+        std::fs::create_dir_all(dir.join("containers"))
+            .map_err(|e| RuntimeError::internal(dir.display(), e))?;
+        let resolv_conf = if req.dns.is_empty() {
+            None
+        } else {
+            let p = dir.join("resolv.conf");
+            let mut text = req.dns.join("\n");
+            text.push('\n');
+            std::fs::write(&p, text).map_err(|e| RuntimeError::internal(p.display(), e))?;
+            Some(p)
+        };
+        let mounts = match storage::mount_all(&req.storages, &dir, "storages") {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = clean_dir(&dir);
+                return Err(e);
+            }
+        };
+        *slot = Some(Arc::new(SandboxState {
+            id: req.sandbox_id.clone(),
+            hostname: req.hostname.clone(),
+            dir,
+            shared_dir,
+            resolv_conf,
+            shared_pidns: req.sandbox_pidns,
+            mounts: Mutex::new(mounts),
+            containers: Mutex::new(Containers::default()),
+            destroyed: AtomicBool::new(false),
+        }));
+        Ok(Empty::new())
+    }
+
+    pub async fn destroy_sandbox(&self, _req: DestroySandboxRequest) -> Result<Empty> {
+        let state = self
+            .current
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| RuntimeError::not_found("sandbox", "(none)"))?;
+        state.destroyed.store(true, Ordering::SeqCst);
+        let containers: Vec<Arc<Container>> =
+            lock(&state.containers).live.values().cloned().collect();
+        let mut errors = Vec::new();
+        for c in containers {
+            if let Err(e) = self.remove(&state, &c, Some(DESTROY_TIMEOUT)).await {
+                errors.push(format!("container {}: {e}", c.id));
+            }
+        }
+        errors.extend(storage::unmount_all(&mut lock(&state.mounts)));
+        if let Err(e) = clean_dir(&state.dir) {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() {
+            Ok(Empty::new())
+        } else {
+            Err(RuntimeError::Internal(format!(
+                "destroying sandbox {}: {}",
+                state.id,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
+        check_id(&req.container_id, "container_id")?;
+        let oci_spec = req
+            .OCI
+            .as_ref()
+            .ok_or_else(|| RuntimeError::invalid("OCI", "missing"))?;
+        if !req.devices.is_empty() {
+            return Err(RuntimeError::invalid(
+                "devices",
+                "device hot-plug is not supported",
+            ));
+        }
+        if !req.shared_mounts.is_empty() {
+            return Err(RuntimeError::invalid(
+                "shared_mounts",
+                "shared mounts are not supported",
+            ));
+        }
+        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
+            return Err(RuntimeError::invalid(
+                "stdin_port",
+                "passfd I/O is not supported",
+            ));
+        }
+        let sandbox = self.sandbox().await?;
+        {
+            let mut map = lock(&sandbox.containers);
+            if map.live.contains_key(&req.container_id)
+                || !map.creating.insert(req.container_id.clone())
+            {
+                return Err(RuntimeError::AlreadyExists {
+                    kind: "container",
+                    id: req.container_id.clone(),
+                });
+            }
+        }
+        let result = self.build_container(&sandbox, &req, oci_spec).await;
+        let container = {
+            let mut map = lock(&sandbox.containers);
+            map.creating.remove(&req.container_id);
+            let container = result?;
+            if !sandbox.destroyed.load(Ordering::SeqCst) {
+                map.live.insert(req.container_id.clone(), container);
+                return Ok(Empty::new());
+            }
+            container
+        };
+        let _ = self
+            .remove(&sandbox, &container, Some(DESTROY_TIMEOUT))
+            .await;
+        Err(RuntimeError::FailedPrecondition(
+            "the sandbox was destroyed while the container was being created".into(),
+        ))
+    }
+
+    async fn build_container(
+        &self,
+        sandbox: &Arc<SandboxState>,
+        req: &CreateContainerRequest,
+        spec_in: &oci::Spec,
+    ) -> Result<Arc<Container>> {
+        let id = req.container_id.clone();
+        let bundle = sandbox.dir.join("containers").join(&id);
+        if bundle.exists() {
+            clean_dir(&bundle)?;
+        }
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| RuntimeError::internal(bundle.display(), e))?;
+        let mut mounts = match storage::mount_all(&req.storages, &sandbox.dir, "storages") {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = clean_dir(&bundle);
+                return Err(e);
+            }
+        };
+        let fail = |mut mounts: Vec<Mounted>, e: RuntimeError| {
+            storage::unmount_all(&mut mounts);
+            let _ = clean_dir(&bundle);
+            e
+        };
+        let pid_namespace = match (req.sandbox_pidns, sandbox.shared_pidns) {
+            (false, _) => None,
+            (true, false) => {
+                return Err(fail(
+                    mounts,
+                    RuntimeError::invalid(
+                        "sandbox_pidns",
+                        "the sandbox was created without a shared PID namespace",
+                    ),
+                ))
+            }
+            // The first container's PID namespace is the sandbox's (as the pause container's is
+            // in a Kubernetes pod); later ones join it while its init lives.
+            (true, true) => lock(&sandbox.containers)
+                .live
+                .values()
+                .filter(|c| c.init.exited().is_none())
+                .min_by_key(|c| c.init.pid)
+                .map(|c| PathBuf::from(format!("/proc/{}/ns/pid", c.init.pid))),
+        };
+        let mut spec_in = spec_in.clone();
+        if let Some(resolv) = &sandbox.resolv_conf {
+            if !spec_in
+                .Mounts
+                .iter()
+                .any(|m| m.destination == "/etc/resolv.conf")
+            {
+                spec_in.Mounts.push(oci::Mount {
+                    destination: "/etc/resolv.conf".into(),
+                    source: resolv.to_string_lossy().into_owned(),
+                    type_: "bind".into(),
+                    options: vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()],
+                    ..Default::default()
+                });
+            }
+        }
+        let ctx = SpecContext {
+            bundle: &bundle,
+            sandbox_dir: &sandbox.dir,
+            allow_hooks: self.config.allow_hooks,
+            cgroups_path: format!("/{}/{}", self.config.cgroup_parent, id),
+            hostname: &sandbox.hostname,
+            pid_namespace,
+        };
+        let spec = match spec::container_spec(&spec_in, &ctx) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(mounts, e)),
+        };
+        let config_json = bundle.join("config.json");
+        if let Err(e) = spec
+            .save(&config_json)
+            .map_err(|e| RuntimeError::internal(config_json.display(), e))
+        {
+            return Err(fail(mounts, e));
+        }
+        let process = spec_in.Process.as_ref().cloned().unwrap_or_default();
+        let (child_io, parent_io) = match new_io(&process) {
+            Ok(io) => io,
+            Err(e) => return Err(fail(mounts, e)),
+        };
+        let runtime = self.runtime.clone();
+        let (cid, b) = (id.clone(), bundle.clone());
+        let created = self
+            .spawn_claimed(move || runtime.create(&cid, &b, child_io))
+            .await;
+        let (pid, claim) = match created {
+            Ok(p) => p,
+            Err(e) => {
+                let runtime = self.runtime.clone();
+                let cid = id.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await;
+                return Err(fail(mounts, e));
+            }
+        };
+        let init = match self.track(&id, pid, claim, parent_io) {
+            Ok(p) => p,
+            Err(e) => {
+                let runtime = self.runtime.clone();
+                let cid = id.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await;
+                return Err(fail(std::mem::take(&mut mounts), e));
+            }
+        };
+        Ok(Arc::new(Container {
+            id,
+            bundle,
+            ops: tokio::sync::Mutex::new(ContainerOps {
+                status: Status::Created,
+                mounts,
+                removed: false,
+            }),
+            processes: Mutex::new(HashMap::new()),
+            init,
+            oom_kills_seen: AtomicU64::new(0),
+        }))
+    }
+
+    /// Starts draining the process's output and watching for its exit.
+    fn track(
+        &self,
+        container_id: &str,
+        pid: i32,
+        claim: ClaimToken,
+        io: ParentIo,
+    ) -> Result<Arc<Process>> {
+        let pidfd = Arc::new(pidfd_open(pid)?);
+        let limit = self.config.output_limit;
+        let stdout = match io.stdout {
+            Some(fd) => {
+                let b = OutputBuffer::new(limit);
+                stdio::spawn_drain(fd, b.clone())?;
+                Some(b)
+            }
+            None => None,
+        };
+        let stderr = match io.stderr {
+            Some(fd) => {
+                let b = OutputBuffer::new(limit);
+                stdio::spawn_drain(fd, b.clone())?;
+                Some(b)
+            }
+            None => None,
+        };
+        let stdin = io.stdin.map(StdinWriter::new).transpose()?;
+        let (tx, rx) = watch::channel(None);
+        let watched = pidfd
+            .try_clone()
+            .map_err(|e| RuntimeError::internal("pidfd", e))?;
+        let runtime = self.runtime.clone();
+        let oom_tx = self.oom_tx.clone();
+        let cid = container_id.to_string();
+        tokio::spawn(async move {
+            let status = watch_exit(watched).await;
+            drop(claim); // reaped: the agent's reaper may have the pid back
+            let _ = tx.send(Some(status));
+            // A SIGKILL may be the OOM killer's: report it if the cgroup's counter moved.
+            if status == 128 + libc::SIGKILL {
+                let id = cid.clone();
+                if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || runtime.oom_kills(&id)).await
+                {
+                    if n > 0 {
+                        let _ = oom_tx.send(format!("{cid}\0{n}"));
+                    }
+                }
+            }
+        });
+        Ok(Arc::new(Process {
+            pid,
+            pidfd,
+            stdin: tokio::sync::Mutex::new(stdin),
+            stdout,
+            stderr,
+            pty_master: io.pty_master,
+            exit: rx,
+            waited: AtomicBool::new(false),
+        }))
+    }
+
+    pub async fn start_container(&self, req: StartContainerRequest) -> Result<Empty> {
+        let c = self.container(&req.container_id).await?;
+        let mut ops = c.ops.lock().await;
+        live(&ops, &c)?;
+        if ops.status != Status::Created {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is already started",
+                c.id
+            )));
+        }
+        self.blocking(&c.id, |rt, id| rt.start(id)).await?;
+        ops.status = Status::Running;
+        Ok(Empty::new())
+    }
+
+    pub async fn remove_container(&self, req: RemoveContainerRequest) -> Result<Empty> {
+        let sandbox = self.sandbox().await?;
+        let c = self.container(&req.container_id).await?;
+        let timeout = (req.timeout > 0).then(|| Duration::from_secs(req.timeout.into()));
+        self.remove(&sandbox, &c, timeout).await?;
+        Ok(Empty::new())
+    }
+
+    /// Kills the container's processes, waits for them (within `timeout`), deletes it from the
+    /// runtime (cgroup, state), unmounts its storages and removes its bundle. Every step runs
+    /// even if an earlier one failed; the container stays listed (so removal can be retried)
+    /// only if the runtime could not delete it.
+    async fn remove(
+        &self,
+        sandbox: &SandboxState,
+        c: &Arc<Container>,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let mut ops = c.ops.lock().await;
+        if ops.removed {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        if c.init.exited().is_none() {
+            if let Err(e) = self
+                .blocking(&c.id, |rt, id| rt.signal_all(id, libc::SIGKILL))
+                .await
+            {
+                // The runtime may refuse a container whose init just died; the pidfd can't lie.
+                if let Err(e2) = send_signal(&c.init, libc::SIGKILL) {
+                    errors.push(format!("{e}; {e2}"));
+                }
+            }
+            if ops.status == Status::Paused {
+                let _ = self.blocking(&c.id, |rt, id| rt.resume(id)).await;
+            }
+        }
+        let processes: Vec<Arc<Process>> = std::iter::once(c.init.clone())
+            .chain(lock(&c.processes).values().cloned())
+            .collect();
+        let all_exited = async {
+            for p in &processes {
+                p.exit.clone().wait_for(|s| s.is_some()).await.ok();
+            }
+        };
+        match timeout {
+            Some(t) => {
+                if tokio::time::timeout(t, all_exited).await.is_err() {
+                    return Err(RuntimeError::Timeout(format!(
+                        "container {}: processes still running after {}s",
+                        c.id,
+                        t.as_secs()
+                    )));
+                }
+            }
+            None => all_exited.await,
+        }
+        let deleted = self.blocking(&c.id, |rt, id| rt.delete(id)).await;
+        if let Err(e) = &deleted {
+            errors.push(e.to_string());
+        }
+        errors.extend(storage::unmount_all(&mut ops.mounts));
+        if let Err(e) = clean_dir(&c.bundle) {
+            errors.push(e.to_string());
+        }
+        if deleted.is_ok() {
+            ops.removed = true;
+            lock(&sandbox.containers).live.remove(&c.id);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Internal(format!(
+                "removing container {}: {}",
+                c.id,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    pub async fn exec_process(&self, req: ExecProcessRequest) -> Result<Empty> {
+        check_id(&req.exec_id, "exec_id")?;
+        let process = req
+            .process
+            .as_ref()
+            .ok_or_else(|| RuntimeError::invalid("process", "missing"))?;
+        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
+            return Err(RuntimeError::invalid(
+                "stdin_port",
+                "passfd I/O is not supported",
+            ));
+        }
+        let oci_process = spec::exec_process(process)?;
+        let c = self.container(&req.container_id).await?;
+        let ops = c.ops.lock().await;
+        live(&ops, &c)?;
+        not_running(&ops, &c)?;
+        if lock(&c.processes).contains_key(&req.exec_id) {
+            return Err(RuntimeError::AlreadyExists {
+                kind: "process",
+                id: req.exec_id.clone(),
+            });
+        }
+        let (child_io, parent_io) = new_io(process)?;
+        let (runtime, id) = (self.runtime.clone(), c.id.clone());
+        let (pid, claim) = self
+            .spawn_claimed(move || runtime.exec(&id, &oci_process, child_io))
+            .await?;
+        let p = self.track(&c.id, pid, claim, parent_io)?;
+        lock(&c.processes).insert(req.exec_id.clone(), p);
+        Ok(Empty::new())
+    }
+
+    pub async fn signal_process(&self, req: SignalProcessRequest) -> Result<Empty> {
+        let signal = i32::try_from(req.signal)
+            .ok()
+            .filter(|s| (0..=64).contains(s))
+            .ok_or_else(|| {
+                RuntimeError::invalid("signal", format!("{} is not a signal", req.signal))
+            })?;
+        if req.exec_id.is_empty() {
+            let c = self.container(&req.container_id).await?;
+            let ops = c.ops.lock().await;
+            live(&ops, &c)?;
+            if c.init.exited().is_some() {
+                return Ok(Empty::new()); // nothing left to signal (Kata ignores ESRCH too)
+            }
+            self.blocking(&c.id, move |rt, id| rt.signal_all(id, signal))
+                .await?;
+        } else {
+            let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
+            send_signal(&p, signal)?;
+        }
+        Ok(Empty::new())
+    }
+
+    pub async fn wait_process(&self, req: WaitProcessRequest) -> Result<WaitProcessResponse> {
+        let (c, p) = self.process(&req.container_id, &req.exec_id).await?;
+        let status = p.wait().await;
+        forget_if_finished(&c, &req.exec_id);
+        Ok(WaitProcessResponse {
+            status,
+            ..Default::default()
+        })
+    }
+
+    pub async fn update_container(&self, req: UpdateContainerRequest) -> Result<Empty> {
+        let resources = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| RuntimeError::invalid("resources", "missing"))?;
+        let resources = spec::resources(resources)?;
+        let c = self.container(&req.container_id).await?;
+        let ops = c.ops.lock().await;
+        live(&ops, &c)?;
+        self.blocking(&c.id, move |rt, id| rt.update(id, &resources))
+            .await?;
+        Ok(Empty::new())
+    }
+
+    pub async fn stats_container(
+        &self,
+        req: StatsContainerRequest,
+    ) -> Result<StatsContainerResponse> {
+        let c = self.container(&req.container_id).await?;
+        let stats = self.blocking(&c.id, |rt, id| rt.stats(id)).await?;
+        Ok(StatsContainerResponse {
+            cgroup_stats: Some(stats).into(),
+            ..Default::default()
+        })
+    }
+
+    pub async fn pause_container(&self, req: PauseContainerRequest) -> Result<Empty> {
+        let c = self.container(&req.container_id).await?;
+        let mut ops = c.ops.lock().await;
+        live(&ops, &c)?;
+        not_running(&ops, &c)?;
+        self.blocking(&c.id, |rt, id| rt.pause(id)).await?;
+        ops.status = Status::Paused;
+        Ok(Empty::new())
+    }
+
+    pub async fn resume_container(&self, req: ResumeContainerRequest) -> Result<Empty> {
+        let c = self.container(&req.container_id).await?;
+        let mut ops = c.ops.lock().await;
+        live(&ops, &c)?;
+        if ops.status != Status::Paused {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not paused",
+                c.id
+            )));
+        }
+        self.blocking(&c.id, |rt, id| rt.resume(id)).await?;
+        ops.status = Status::Running;
+        Ok(Empty::new())
+    }
+
+    /// Waits for the next out-of-memory kill in any container and names the container.
+    pub async fn get_oom_event(&self, _req: GetOOMEventRequest) -> Result<OOMEvent> {
+        let mut rx = self.oom_rx.lock().await;
+        loop {
+            let event = rx
+                .recv()
+                .await
+                .ok_or_else(|| RuntimeError::Internal("OOM event source closed".into()))?;
+            let (cid, count) = event.split_once('\0').unwrap_or((&event, "0"));
+            let count: u64 = count.parse().unwrap_or(0);
+            // Several processes killed by one OOM episode report the same counter: one event.
+            if let Ok(c) = self.container(cid).await {
+                if c.oom_kills_seen.fetch_max(count, Ordering::SeqCst) >= count {
+                    continue;
+                }
+            }
+            return Ok(OOMEvent {
+                container_id: cid.to_string(),
+                ..Default::default()
+            });
+        }
+    }
+
+    pub async fn write_stdin(&self, req: WriteStreamRequest) -> Result<WriteStreamResponse> {
+        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
+        let mut stdin = p.stdin.lock().await;
+        if req.data.is_empty() {
+            // Kata's convention: an empty write closes stdin.
+            close(&p, &mut stdin).await?;
+        } else {
+            stdin
+                .as_ref()
+                .ok_or_else(|| RuntimeError::FailedPrecondition("stdin is closed".into()))?
+                .write_all(&req.data)
+                .await?;
+        }
+        Ok(WriteStreamResponse {
+            len: req.data.len() as u32,
+            ..Default::default()
+        })
+    }
+
+    pub async fn read_stdout(&self, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
+        self.read(req, true).await
+    }
+
+    pub async fn read_stderr(&self, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
+        self.read(req, false).await
+    }
+
+    async fn read(&self, req: ReadStreamRequest, stdout: bool) -> Result<ReadStreamResponse> {
+        let (c, p) = self.process(&req.container_id, &req.exec_id).await?;
+        let buf = if stdout { &p.stdout } else { &p.stderr };
+        // A terminal has one output stream, read as stdout.
+        let buf = buf.as_ref().ok_or(RuntimeError::EndOfStream)?;
+        let len = if req.len == 0 {
+            MAX_READ
+        } else {
+            (req.len as usize).min(MAX_READ)
+        };
+        let data = buf.read(len).await;
+        if matches!(data, Err(RuntimeError::EndOfStream)) {
+            forget_if_finished(&c, &req.exec_id);
+        }
+        Ok(ReadStreamResponse {
+            data: data?,
+            ..Default::default()
+        })
+    }
+
+    pub async fn close_stdin(&self, req: CloseStdinRequest) -> Result<Empty> {
+        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
+        let mut stdin = p.stdin.lock().await;
+        close(&p, &mut stdin).await?;
+        Ok(Empty::new())
+    }
+
+    pub async fn tty_win_resize(&self, req: TtyWinResizeRequest) -> Result<Empty> {
+        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
+        let master = p.pty_master.as_ref().ok_or_else(|| {
+            RuntimeError::FailedPrecondition("the process has no terminal".into())
+        })?;
+        let rows = u16::try_from(req.row)
+            .map_err(|_| RuntimeError::invalid("row", format!("{} is too large", req.row)))?;
+        let cols = u16::try_from(req.column)
+            .map_err(|_| RuntimeError::invalid("column", format!("{} is too large", req.column)))?;
+        stdio::resize(master, rows, cols)?;
+        Ok(Empty::new())
+    }
+
+    pub async fn copy_file(&self, req: CopyFileRequest) -> Result<Empty> {
+        let shared = self.sandbox().await?.shared_dir.clone();
+        tokio::task::spawn_blocking(move || crate::copy_file::copy_file(&shared, &req))
+            .await
+            .map_err(|e| RuntimeError::internal("copy task", e))??;
+        Ok(Empty::new())
+    }
+
+    /// Runs a blocking runtime call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&dyn ContainerRuntime, &str) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let rt = self.runtime.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || f(rt.as_ref(), &id))
+            .await
+            .map_err(|e| RuntimeError::internal("runtime task", e))?
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses operations that need a running container, saying what state it is in instead.
+fn not_running(ops: &ContainerOps, c: &Container) -> Result<()> {
+    let why = match (c.init.exited(), ops.status) {
+        (Some(status), _) => format!("its init process exited with status {status}"),
+        (None, Status::Created) => "it is not started".to_string(),
+        (None, Status::Paused) => "it is paused".to_string(),
+        (None, Status::Running) => return Ok(()),
+    };
+    Err(RuntimeError::FailedPrecondition(format!(
+        "container {} is not running: {why}",
+        c.id
+    )))
+}
+
+fn live(ops: &ContainerOps, c: &Container) -> Result<()> {
+    if ops.removed {
+        return Err(RuntimeError::not_found("container", &c.id));
+    }
+    Ok(())
+}
+
+/// Drops a finished exec process so long-lived containers with many execs (probes) do not
+/// accumulate them. The init process stays until the container is removed.
+fn forget_if_finished(c: &Container, exec_id: &str) {
+    if exec_id.is_empty() {
+        return;
+    }
+    let mut procs = lock(&c.processes);
+    if procs.get(exec_id).is_some_and(|p| p.finished()) {
+        procs.remove(exec_id);
+    }
+}
+
+async fn close(p: &Process, stdin: &mut Option<StdinWriter>) -> Result<()> {
+    if p.pty_master.is_some() {
+        // Closing a terminal's master would hang it up; end-of-file on a terminal is ^D.
+        if let Some(w) = stdin.as_ref() {
+            w.write_all(&[0x04]).await?;
+        }
+    } else {
+        stdin.take();
+    }
+    Ok(())
+}
+
+fn send_signal(p: &Process, signal: i32) -> Result<()> {
+    // pidfd_send_signal cannot hit a recycled pid, unlike kill(2).
+    // SAFETY: plain syscall on a descriptor we own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            p.pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(()); // already exited
+        }
+        return Err(RuntimeError::internal(
+            format!("signal {signal} to pid {}", p.pid),
+            e,
+        ));
+    }
+    Ok(())
+}
+
+async fn watch_exit(pidfd: OwnedFd) -> i32 {
+    let afd = match stdio::async_fd(pidfd, "pidfd") {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch a process for exit");
+            return 255;
+        }
+    };
+    loop {
+        match reap(afd.get_ref()) {
+            Ok(Some(status)) => return status,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reaping a container process");
+                return 255;
+            }
+        }
+        match afd.readable().await {
+            Ok(mut g) => g.clear_ready(),
+            Err(_) => return 255,
+        }
+    }
+}
+
+/// Ids become directory and cgroup names: keep them to a safe alphabet.
+fn check_id(id: &str, field: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::invalid(
+            field,
+            format!("{id:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"),
+        ))
+    }
+}
+
+/// Unmounts anything left under `dir`, then removes it. Refuses to delete while a mount is
+/// still there: deleting through a bind mount would delete its source.
+fn clean_dir(dir: &Path) -> Result<()> {
+    for m in storage::mounts_under(dir) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let left = storage::mounts_under(dir);
+    if !left.is_empty() {
+        return Err(RuntimeError::Internal(format!(
+            "not removing {}: still mounted: {left:?}",
+            dir.display()
+        )));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::internal(dir.display(), e)),
+    }
+}

@@ -1,0 +1,214 @@
+//! Storages of the simple kinds, mounted under the sandbox directory and unmounted by whoever
+//! owns them (the sandbox, or one container).
+//!
+//! | driver | effect |
+//! |---|---|
+//! | `ephemeral`, or fstype `tmpfs` | a tmpfs at `mount_point` (options such as `size=` pass through) |
+//! | `bind` | `source` (an absolute guest path) bind-mounted at `mount_point`; `ro` honoured |
+//! | `local` | a directory at `mount_point` (option `mode=0NNN`), nothing mounted |
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use vigil_protos::agent::Storage;
+
+use crate::error::{Result, RuntimeError};
+use crate::spec::confined_path;
+
+/// A mount this sandbox made, to be undone.
+#[derive(Debug)]
+pub(crate) struct Mounted {
+    pub(crate) target: PathBuf,
+}
+
+fn flags_and_data(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "bind" | "rbind" => {}
+            other => data.push(other.to_string()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// Sets up `storages` (field name prefix `field`, e.g. `storages`); on failure undoes the ones
+/// already mounted, so a refused request leaves nothing behind.
+pub(crate) fn mount_all(
+    storages: &[Storage],
+    sandbox_dir: &Path,
+    field: &str,
+) -> Result<Vec<Mounted>> {
+    let mut done = Vec::new();
+    for (i, s) in storages.iter().enumerate() {
+        match mount_one(s, sandbox_dir, &format!("{field}[{i}]")) {
+            Ok(Some(m)) => done.push(m),
+            Ok(None) => {}
+            Err(e) => {
+                unmount_all(&mut done);
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn mount_one(s: &Storage, sandbox_dir: &Path, field: &str) -> Result<Option<Mounted>> {
+    if s.mount_point.is_empty() {
+        return Err(RuntimeError::invalid(
+            format!("{field}.mount_point"),
+            "empty",
+        ));
+    }
+    let target = confined_path(
+        &s.mount_point,
+        sandbox_dir,
+        sandbox_dir,
+        &format!("{field}.mount_point"),
+    )?;
+    let kind = if s.driver == "ephemeral" || (s.driver.is_empty() && s.fstype == "tmpfs") {
+        "tmpfs"
+    } else {
+        s.driver.as_str()
+    };
+    match kind {
+        "local" => {
+            let mode = s
+                .options
+                .iter()
+                .find_map(|o| o.strip_prefix("mode="))
+                .map(|m| {
+                    u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
+                        RuntimeError::invalid(
+                            format!("{field}.options"),
+                            format!("mode {m:?} is not octal"),
+                        )
+                    })
+                })
+                .transpose()?
+                .unwrap_or(0o777);
+            std::fs::create_dir_all(&target)
+                .map_err(|e| RuntimeError::internal(target.display(), e))?;
+            std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .map_err(|e| RuntimeError::internal(target.display(), e))?;
+            Ok(None)
+        }
+        "tmpfs" => {
+            let (flags, data) = flags_and_data(&s.options);
+            std::fs::create_dir_all(&target)
+                .map_err(|e| RuntimeError::internal(target.display(), e))?;
+            mount(
+                Some("tmpfs"),
+                &target,
+                Some("tmpfs"),
+                flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                (!data.is_empty()).then_some(data.as_str()),
+            )
+            .map_err(|e| {
+                RuntimeError::internal(format!("mounting tmpfs at {}", target.display()), e)
+            })?;
+            Ok(Some(Mounted { target }))
+        }
+        "bind" => {
+            let source = Path::new(&s.source);
+            if !source.is_absolute()
+                || source
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(RuntimeError::invalid(
+                    format!("{field}.source"),
+                    format!("{:?} must be an absolute path without \"..\"", s.source),
+                ));
+            }
+            let meta = std::fs::metadata(source).map_err(|e| {
+                RuntimeError::invalid(format!("{field}.source"), format!("{:?}: {e}", s.source))
+            })?;
+            if meta.is_dir() {
+                std::fs::create_dir_all(&target)
+                    .map_err(|e| RuntimeError::internal(target.display(), e))?;
+            } else {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| RuntimeError::internal(parent.display(), e))?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&target)
+                    .map_err(|e| RuntimeError::internal(target.display(), e))?;
+            }
+            let (flags, _) = flags_and_data(&s.options);
+            mount(
+                Some(source),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                RuntimeError::internal(
+                    format!("bind-mounting {} at {}", s.source, target.display()),
+                    e,
+                )
+            })?;
+            let m = Mounted { target };
+            // Read-only (and the other flags) need a remount of the bind.
+            if !flags.is_empty() {
+                if let Err(e) = mount(
+                    None::<&str>,
+                    &m.target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                    None::<&str>,
+                ) {
+                    unmount_all(&mut vec![m]);
+                    return Err(RuntimeError::internal(
+                        "remounting a bind with its options",
+                        e,
+                    ));
+                }
+            }
+            Ok(Some(m))
+        }
+        other => Err(RuntimeError::invalid(
+            format!("{field}.driver"),
+            format!("{other:?} is not supported (ephemeral, bind, local)"),
+        )),
+    }
+}
+
+/// Unmounts in reverse order; a mount that will not go is detached (lazy), never kept.
+pub(crate) fn unmount_all(mounts: &mut Vec<Mounted>) -> Vec<String> {
+    let mut errors = Vec::new();
+    while let Some(m) = mounts.pop() {
+        if let Err(e) = umount2(&m.target, MntFlags::MNT_DETACH) {
+            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+                errors.push(format!("unmounting {}: {e}", m.target.display()));
+            }
+        }
+    }
+    errors
+}
+
+/// Every mount point at or under `dir`, deepest first (from /proc/self/mountinfo).
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}

@@ -1,0 +1,374 @@
+//! [`ContainerRuntime`] on youki's `libcontainer` (containers, exec, signals, freezer) and
+//! `libcgroups` (stats, updates, OOM counters), cgroups v1 and v2.
+//!
+//! Terminals: libcontainer's console-socket path changes the *process-wide* working directory
+//! while it connects, which a multi-threaded agent cannot allow. So the sandbox makes the pty
+//! itself, passes the slave as stdin/stdout/stderr, and [`ControllingTtyExecutor`] makes it the
+//! controlling terminal in the container process (already a session leader) just before exec.
+
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use vigil_protos::agent as pb;
+
+use crate::error::{Result, RuntimeError};
+use crate::runtime::{ContainerRuntime, ProcessIo};
+
+/// libcontainer keeps one state directory per container under `state_root`.
+pub struct LibcontainerRuntime {
+    state_root: PathBuf,
+    /// libcontainer binds and connects its start-notification sockets after a *process-wide*
+    /// `chdir` into the container's state directory (to dodge the 108-byte socket path limit).
+    /// Two such calls at once would bind or connect in each other's directory, so create,
+    /// start and exec, the calls that do it, take this lock. It lasts for the fork and the
+    /// hand-shake (milliseconds), never for a container's life. The agent itself uses only
+    /// absolute paths, so the short-lived cwd change does not affect its other threads.
+    cwd_lock: std::sync::Mutex<()>,
+}
+
+impl LibcontainerRuntime {
+    pub fn new(state_root: impl Into<PathBuf>) -> LibcontainerRuntime {
+        LibcontainerRuntime {
+            state_root: state_root.into(),
+            cwd_lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    fn load(&self, id: &str) -> Result<Container> {
+        let dir = self.state_root.join(id);
+        if !dir.exists() {
+            return Err(RuntimeError::not_found("container", id));
+        }
+        Container::load(dir)
+            .map_err(|e| RuntimeError::internal(format!("loading container {id}"), e))
+    }
+
+    fn cwd_guard(&self) -> CwdGuard<'_> {
+        let lock = self.cwd_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // libcontainer does not change back when the bind or connect fails (say the container's
+        // init died first), which would leave the whole agent in a directory about to be
+        // deleted: restore the working directory ourselves, whatever happened.
+        let saved = std::fs::File::open(".").ok();
+        CwdGuard { saved, _lock: lock }
+    }
+
+    fn builder(&self, id: &str, io: ProcessIo) -> Result<ContainerBuilder> {
+        std::fs::create_dir_all(&self.state_root)
+            .map_err(|e| RuntimeError::internal(self.state_root.display(), e))?;
+        let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.state_root)
+            .map_err(|e| RuntimeError::internal("runtime state directory", e))?;
+        if io.controlling_tty {
+            b = b.with_executor(ControllingTtyExecutor);
+        }
+        if let Some(fd) = io.stdin {
+            b = b.with_stdin(fd);
+        }
+        if let Some(fd) = io.stdout {
+            b = b.with_stdout(fd);
+        }
+        if let Some(fd) = io.stderr {
+            b = b.with_stderr(fd);
+        }
+        Ok(b)
+    }
+
+    fn cgroup(&self, id: &str) -> Result<libcgroups::common::AnyCgroupManager> {
+        let config = libcontainer::config::YoukiConfig::load(self.state_root.join(id))
+            .map_err(|e| RuntimeError::internal(format!("container {id} config"), e))?;
+        libcgroups::common::create_cgroup_manager(CgroupConfig {
+            cgroup_path: config.cgroup_path,
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| RuntimeError::internal(format!("container {id} cgroup"), e))
+    }
+
+    fn cgroup_path(&self, id: &str) -> Result<PathBuf> {
+        libcontainer::config::YoukiConfig::load(self.state_root.join(id))
+            .map(|c| c.cgroup_path)
+            .map_err(|e| RuntimeError::internal(format!("container {id} config"), e))
+    }
+}
+
+struct CwdGuard<'a> {
+    saved: Option<std::fs::File>,
+    _lock: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for CwdGuard<'_> {
+    fn drop(&mut self) {
+        let restored = match &self.saved {
+            Some(dir) => nix::unistd::fchdir(std::os::fd::AsRawFd::as_raw_fd(dir)).is_ok(),
+            None => false,
+        };
+        if !restored {
+            let _ = std::env::set_current_dir("/");
+        }
+    }
+}
+
+fn lc_err(what: String) -> impl FnOnce(libcontainer::error::LibcontainerError) -> RuntimeError {
+    move |e| RuntimeError::Internal(format!("{what}: {e}"))
+}
+
+impl ContainerRuntime for LibcontainerRuntime {
+    fn create(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
+        let _cwd = self.cwd_guard();
+        let container = self
+            .builder(id, io)?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(lc_err(format!("creating container {id}")))?;
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| RuntimeError::Internal(format!("container {id} has no init pid")))
+    }
+
+    fn start(&self, id: &str) -> Result<()> {
+        let _cwd = self.cwd_guard();
+        self.load(id)?
+            .start()
+            .map_err(lc_err(format!("starting container {id}")))
+    }
+
+    fn exec(&self, id: &str, process: &oci_spec::runtime::Process, io: ProcessIo) -> Result<i32> {
+        // libcontainer reads the exec'd process from a file, as `runc exec --process` does.
+        let dir = self.state_root.join(id);
+        let file = tempfile_in(&dir, "exec-process", ".json")?;
+        serde_json::to_writer(
+            std::fs::File::create(&file).map_err(|e| RuntimeError::internal(file.display(), e))?,
+            process,
+        )
+        .map_err(|e| RuntimeError::internal("writing the exec process", e))?;
+        let _cwd = self.cwd_guard();
+        let result = self.builder(id, io).and_then(|b| {
+            b.as_tenant()
+                .with_process(Some(&file))
+                .with_detach(true)
+                .build()
+                .map_err(lc_err(format!("exec in container {id}")))
+        });
+        let _ = std::fs::remove_file(&file);
+        Ok(result?.as_raw())
+    }
+
+    fn signal_all(&self, id: &str, signal: i32) -> Result<()> {
+        let sig = Signal::try_from(signal)
+            .map_err(|_| RuntimeError::invalid("signal", format!("{signal} is not a signal")))?;
+        self.load(id)?
+            .kill(sig, true)
+            .map_err(lc_err(format!("signalling container {id}")))
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.load(id)?
+            .pause()
+            .map_err(lc_err(format!("pausing container {id}")))
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.load(id)?
+            .resume()
+            .map_err(lc_err(format!("resuming container {id}")))
+    }
+
+    fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let disable_oom_killer = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.disable_oom_killer())
+            .unwrap_or(false);
+        self.cgroup(id)?
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| RuntimeError::internal(format!("updating container {id}"), e))
+    }
+
+    fn stats(&self, id: &str) -> Result<pb::CgroupStats> {
+        let s = self
+            .cgroup(id)?
+            .stats()
+            .map_err(|e| RuntimeError::internal(format!("stats of container {id}"), e))?;
+        Ok(convert_stats(s))
+    }
+
+    fn oom_kills(&self, id: &str) -> Result<u64> {
+        let path = self.cgroup_path(id)?;
+        let rel = path.strip_prefix("/").unwrap_or(&path);
+        let setup = libcgroups::common::get_cgroup_setup()
+            .map_err(|e| RuntimeError::internal("cgroup setup", e))?;
+        let (file, key) = match setup {
+            CgroupSetup::Unified => (
+                Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+                "oom_kill",
+            ),
+            _ => (
+                Path::new("/sys/fs/cgroup/memory")
+                    .join(rel)
+                    .join("memory.oom_control"),
+                "oom_kill",
+            ),
+        };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| RuntimeError::internal(file.display(), e))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    fn delete(&self, id: &str) -> Result<()> {
+        match self.load(id) {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(mut c) => c
+                .delete(true)
+                .map_err(lc_err(format!("deleting container {id}"))),
+        }
+    }
+}
+
+fn tempfile_in(dir: &Path, prefix: &str, suffix: &str) -> Result<PathBuf> {
+    // Exec requests on one container are serialised by the sandbox, so pid + a counter of
+    // existing files is unique enough; create_new makes a collision an error, not an overwrite.
+    for n in 0..1000u32 {
+        let p = dir.join(format!("{prefix}-{}-{n}{suffix}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(_) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(RuntimeError::internal(p.display(), e)),
+        }
+    }
+    Err(RuntimeError::Internal(format!(
+        "no free exec file name in {}",
+        dir.display()
+    )))
+}
+
+/// Runs the workload like libcontainer's default executor, after making stdin (a pty slave)
+/// the controlling terminal of the process's session.
+#[derive(Clone)]
+struct ControllingTtyExecutor;
+
+impl Executor for ControllingTtyExecutor {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        // SAFETY: TIOCSCTTY on fd 0 takes an integer argument and touches no memory.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(ExecutorError::Other(format!(
+                "making the terminal the controlling terminal: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+fn convert_stats(s: libcgroups::stats::Stats) -> pb::CgroupStats {
+    let mem = |d: &libcgroups::stats::MemoryData| pb::MemoryData {
+        usage: d.usage,
+        max_usage: d.max_usage,
+        failcnt: d.fail_count,
+        limit: d.limit,
+        ..Default::default()
+    };
+    let blk = |v: &[libcgroups::stats::BlkioDeviceStat]| -> Vec<pb::BlkioStatsEntry> {
+        v.iter()
+            .map(|e| pb::BlkioStatsEntry {
+                major: e.major,
+                minor: e.minor,
+                op: e.op_type.clone().unwrap_or_default(),
+                value: e.value,
+                ..Default::default()
+            })
+            .collect()
+    };
+    pb::CgroupStats {
+        cpu_stats: Some(pb::CpuStats {
+            cpu_usage: Some(pb::CpuUsage {
+                total_usage: s.cpu.usage.usage_total,
+                percpu_usage: s.cpu.usage.per_core_usage_total.clone(),
+                usage_in_kernelmode: s.cpu.usage.usage_kernel,
+                usage_in_usermode: s.cpu.usage.usage_user,
+                ..Default::default()
+            })
+            .into(),
+            throttling_data: Some(pb::ThrottlingData {
+                periods: s.cpu.throttling.periods,
+                throttled_periods: s.cpu.throttling.throttled_periods,
+                throttled_time: s.cpu.throttling.throttled_time,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into(),
+        memory_stats: Some(pb::MemoryStats {
+            cache: s.memory.cache,
+            usage: Some(mem(&s.memory.memory)).into(),
+            swap_usage: Some(mem(&s.memory.memswap)).into(),
+            kernel_usage: Some(mem(&s.memory.kernel)).into(),
+            use_hierarchy: s.memory.hierarchy,
+            stats: s.memory.stats.clone(),
+            ..Default::default()
+        })
+        .into(),
+        pids_stats: Some(pb::PidsStats {
+            current: s.pids.current,
+            limit: s.pids.limit,
+            ..Default::default()
+        })
+        .into(),
+        blkio_stats: Some(pb::BlkioStats {
+            io_service_bytes_recursive: blk(&s.blkio.service_bytes),
+            io_serviced_recursive: blk(&s.blkio.serviced),
+            io_queued_recursive: blk(&s.blkio.queued),
+            io_service_time_recursive: blk(&s.blkio.service_time),
+            io_wait_time_recursive: blk(&s.blkio.wait_time),
+            io_merged_recursive: blk(&s.blkio.merged),
+            io_time_recursive: blk(&s.blkio.time),
+            sectors_recursive: blk(&s.blkio.sectors),
+            ..Default::default()
+        })
+        .into(),
+        hugetlb_stats: s
+            .hugetlb
+            .iter()
+            .map(|(k, h)| {
+                (
+                    k.clone(),
+                    pb::HugetlbStats {
+                        usage: h.usage,
+                        max_usage: h.max_usage,
+                        failcnt: h.fail_count,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
