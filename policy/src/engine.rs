@@ -532,6 +532,9 @@ fn apply_ops(
     engine
         .add_data(hoisted.clone())
         .and_then(|()| engine.add_data(regorus::Value::from(doc.clone())))
+        // New data unprepares the engine; prepare it once here, or every snapshot clone
+        // would redo it.
+        .and_then(|()| engine.eval_query("true".to_string(), false).map(drop))
         .map_err(|e| format!("policy state update failed: {e}"))?;
     // Commit only once everything succeeded: a failed update leaves the old state.
     state.engine = engine;
