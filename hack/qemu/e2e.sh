@@ -5,19 +5,26 @@
 # Ctrl-Alt-Del through QMP, which the kernel turns into SIGINT for init: the agent shuts
 # down and powers the VM off, and QEMU must exit. Prints boot -> first answered request.
 #
+# Then a second boot whose config is invalid must print the reason on the console and power
+# off without ever listening.
+#
 # Usage: e2e.sh [--agent PATH] [--vigilctl PATH] [--timeout SECS]
 #   --agent, --vigilctl  use these binaries instead of building them
 #   --timeout            bound for each wait (boot to readiness, shutdown) [default: 180]
+#   --kbs-port PORT      host 127.0.0.1 port the guest's 10.0.2.100:8080 forwards to
 # Needs hack/qemu/setup.sh. Logs stay in hack/out/e2e/ (console.log is the guest's serial).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-agent="" vigilctl="" timeout=180
+# This boot contacts no KBS yet, but the guest's network is set up (agent.ip) as for the
+# attested boot; the forward goes to a port on which nothing is expected to listen.
+agent="" vigilctl="" timeout=180 kbs_port=9
 while [ $# -gt 0 ]; do
     case $1 in
         --agent) agent=$2; shift 2 ;;
         --vigilctl) vigilctl=$2; shift 2 ;;
         --timeout) timeout=$2; shift 2 ;;
+        --kbs-port) kbs_port=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -63,9 +70,12 @@ fail() {
     exit 1
 }
 
+kernel=$kernel_dir/vmlinux
+[ -f "$kernel" ] || kernel=$kernel_dir/vmlinuz
 t_start=$(now)
-"$QEMU_HACK_DIR/boot.sh" --kernel "$(ls "$kernel_dir"/vmlinux 2>/dev/null || echo "$kernel_dir/vmlinuz")" \
+"$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" \
     --initrd "$work/initramfs.cpio.gz" --run-dir "$run_dir" --console-log "$console" \
+    --kbs-port "$kbs_port" \
     --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot.log" 2>&1 &
 boot_pid=$!
 
@@ -118,8 +128,38 @@ boot_pid=""
 [ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc"
 t_end=$(now)
 
+
+# A failed start-up as init: the reason on the console, then power-off; nothing ever listens.
+# (An allow-list naming an endpoint that does not exist is refused at step 1.)
+cat >"$work/bad.toml" <<'TOML'
+[agent]
+server_addr = "vsock://-1:1024"
+
+[endpoints]
+allowed = ["GuestDetailsRequest", "NoSuchRequest"]
+TOML
+"$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
+    --config "$work/bad.toml" -o "$work/initramfs-bad.cpio.gz" >/dev/null
+bad_console=$work/console-bad.log
+: >"$bad_console"
+"$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs-bad.cpio.gz" \
+    --run-dir "$work/run-bad" --console-log "$bad_console" \
+    --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot-bad.log" 2>&1 &
+boot_pid=$!
+console=$bad_console
+rc=0
+wait_for_line "$bad_console" "$timeout" "reboot: Power down" "vigil-agent: listening on|Kernel panic" || rc=$?
+[ $rc = 0 ] || fail "a guest with a bad config must power off without listening"
+grep -aq "vigil-agent: error: load config: .*NoSuchRequest" "$bad_console" ||
+    fail "no console line naming the bad allow-list entry"
+qemu_rc=0
+wait "$boot_pid" || qemu_rc=$?
+boot_pid=""
+[ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc after the fatal start-up"
+log "ok: bad config -> $(grep -a "vigil-agent: error" "$bad_console" | tr -d '\r' | cut -c1-120), powered off"
+
 log "PASS"
-printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; total %s ms\n' \
+printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; boot -> QEMU exit after shutdown %s ms\n' \
     "$(elapsed_ms "$t_start" "$t_listening")" "$(elapsed_ms "$t_start" "$t_first_answer")" \
     "$(elapsed_ms "$t_start" "$t_end")"
 echo "e2e: 1 passed, 0 failed"

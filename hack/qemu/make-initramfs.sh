@@ -4,7 +4,8 @@
 # agent config and an initdata file.
 #
 # Usage: make-initramfs.sh [options]
-#   --agent PATH        static agent binary [default: the release build of build-agent.sh]
+#   --agent PATH        static agent binary, installed as /init [default: the release
+#                       build of build-agent.sh]
 #   --kernel-dir DIR    output of get-kernel.sh [default: hack/out/kernel/current]
 #   --config FILE       agent config, installed as /etc/vigil/agent.toml
 #                       (boot with agent.config_file=/etc/vigil/agent.toml)
@@ -48,7 +49,12 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$(dirname "$output")"
 
 # Symbols are of no use in the guest and cost boot time (the kernel copies every byte).
-strip -o "$work/init" "$agent"
+# (--agent may also be a script, e.g. a busybox shell init for network checks.)
+if file -b "$agent" | grep -q '^ELF'; then
+    strip -o "$work/init" "$agent"
+else
+    cp "$agent" "$work/init"
+fi
 
 {
     # Mount points and /dev/console: the kernel opens it as init's stdio before init runs.
