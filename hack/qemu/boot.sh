@@ -19,6 +19,8 @@
 #   --console-log FILE   serial console to FILE instead of stdout
 #   --memory MB          [default: 512]
 #   --machine TYPE       q35 or pc [default: q35]
+#   --initdata-disk IMG  read-only virtio-blk disk (/dev/vda in the guest), e.g. from
+#                        make-initdata-disk.py (Kata's initdata layout)
 #   --verbose            kernel messages on the console (default: quiet)
 #   --qemu-arg ARG       one more QEMU argument (repeatable), e.g. --qemu-arg -fw_cfg
 #                        --qemu-arg name=opt/vigil/x,string=y
@@ -31,7 +33,7 @@ kernel=$OUT_DIR/kernel/current/vmlinux
 [ -f "$kernel" ] || kernel=$OUT_DIR/kernel/current/vmlinuz
 initrd=$OUT_DIR/initramfs.cpio.gz
 run_dir=$OUT_DIR/run
-kbs_port="" append="" console_log="" memory=512 quiet=quiet machine=q35
+kbs_port="" append="" console_log="" memory=512 quiet=quiet machine=q35 initdata_disk=""
 qemu_extra=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
         --console-log) console_log=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
         --machine) machine=$2; shift 2 ;;
+        --initdata-disk) initdata_disk=$2; shift 2 ;;
         --verbose) quiet=""; shift ;;
         --qemu-arg) qemu_extra+=("$2"); shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -108,6 +111,13 @@ else
     serial=(-serial stdio)
 fi
 
+disk=()
+if [ -n "$initdata_disk" ]; then
+    [ -f "$initdata_disk" ] || die "no such file: $initdata_disk"
+    disk=(-drive "file=$initdata_disk,format=raw,if=none,id=initdata,readonly=on"
+        -device virtio-blk-pci,drive=initdata)
+fi
+
 mem="${memory}M"
 set +e
 qemu-system-x86_64 \
@@ -120,6 +130,7 @@ qemu-system-x86_64 \
     -chardev "socket,id=vsock,path=$vhost_sock" -device vhost-user-vsock-pci,chardev=vsock \
     -device virtio-rng-pci \
     "${net[@]+"${net[@]}"}" \
+    "${disk[@]+"${disk[@]}"}" \
     -qmp "unix:$qmp_sock,server=on,wait=off" \
     -pidfile "$run_dir/qemu.pid" \
     "${qemu_extra[@]+"${qemu_extra[@]}"}"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Checks the guest's only way out: QEMU user networking (restrict=on) forwarding guest
-# 10.0.2.100:8080 to a host 127.0.0.1 port. Boots the same kernel and modules with a busybox
-# shell as init that fetches a random token from an HTTP server on the host's loopback; the
-# token must come back on the console. Also checks that the guest reaches nothing else
-# (the host's 10.0.2.2 gateway address is refused by restrict=on).
+# Checks the guest plumbing that the agent relies on, with the same kernel and modules but a
+# busybox shell as init (so it runs without the agent):
+# - the guest's only way out: QEMU user networking (restrict=on) forwarding guest
+#   10.0.2.100:8080 to a host 127.0.0.1 port: a random token served on the host's loopback
+#   must come back on the console, and the host's 10.0.2.2 gateway address must be refused;
+# - a value the VMM passes with -fw_cfg (how a launch value reaches a mock-TEE guest) is
+#   readable under /sys/firmware/qemu_fw_cfg;
+# - an initdata disk (make-initdata-disk.py) shows up as /dev/vda with Kata's magic.
 #
-# Usage: net-check.sh [--timeout SECS]
+# Usage: guest-check.sh [--timeout SECS]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -18,12 +21,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-work=$OUT_DIR/net-check
+work=$OUT_DIR/guest-check
 rm -rf "$work"
 mkdir -p "$work/www"
 kernel_dir=$("$QEMU_HACK_DIR/get-kernel.sh")
 token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 echo "$token" >"$work/www/token"
+fw_token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+printf 'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n' >"$work/initdata.toml"
+python3 "$QEMU_HACK_DIR/make-initdata-disk.py" "$work/initdata.toml" "$work/initdata.img"
 
 http_pid="" boot_pid=""
 cleanup() {
@@ -53,7 +59,9 @@ for m in \$(\$bb cat /etc/vigil/modules); do \$bb insmod /lib/modules/vigil/\$m;
 \$bb ip link set eth0 up
 echo "FETCHED: \$(\$bb wget -q -O - http://$GUEST_KBS_ADDR:$GUEST_KBS_PORT/token)"
 if \$bb wget -q -O /dev/null http://10.0.2.2:$port/token; then echo "ESCAPED: gateway"; fi
-echo "NET-CHECK DONE"
+echo "FW_CFG: \$(\$bb cat /sys/firmware/qemu_fw_cfg/by_name/opt/vigil/check/raw)"
+echo "DISK: \$(\$bb head -c 8 /dev/vda)"
+echo "GUEST-CHECK DONE"
 \$bb poweroff -f
 SH
 chmod +x "$work/init"
@@ -61,9 +69,11 @@ chmod +x "$work/init"
     -o "$work/initramfs.cpio.gz" >/dev/null
 
 "$QEMU_HACK_DIR/boot.sh" --initrd "$work/initramfs.cpio.gz" --run-dir "$work/run" \
-    --kbs-port "$port" --console-log "$work/console.log" >"$work/boot.log" 2>&1 &
+    --kbs-port "$port" --console-log "$work/console.log" --initdata-disk "$work/initdata.img" \
+    --qemu-arg -fw_cfg --qemu-arg "name=opt/vigil/check,string=$fw_token" \
+    >"$work/boot.log" 2>&1 &
 boot_pid=$!
-wait_for_line "$work/console.log" "$timeout" "NET-CHECK DONE" "Kernel panic" ||
+wait_for_line "$work/console.log" "$timeout" "GUEST-CHECK DONE" "Kernel panic" ||
     die "the guest did not finish (console: $work/console.log)"
 wait "$boot_pid" || die "QEMU exited with an error"
 boot_pid=""
@@ -73,4 +83,10 @@ grep -q "FETCHED: $token" "$work/console.log" ||
 if grep -q "ESCAPED" "$work/console.log"; then
     die "the guest reached the host gateway address: restrict=on is not in force"
 fi
+grep -q "FW_CFG: $fw_token" "$work/console.log" ||
+    die "the guest did not read the -fw_cfg value: $(grep -a FW_CFG "$work/console.log")"
+grep -q "DISK: initdata" "$work/console.log" ||
+    die "the guest did not see the initdata disk: $(grep -a DISK: "$work/console.log")"
+log "ok: -fw_cfg value and initdata disk (/dev/vda) visible in the guest"
 log "PASS: guest $GUEST_KBS_ADDR:$GUEST_KBS_PORT -> host 127.0.0.1:$port, nothing else reachable"
+echo "guest-check: 1 passed, 0 failed"
