@@ -144,6 +144,46 @@ GetMetricsRequest := "not a decision"
         const_deny: &["GetMetricsRequest"],
         evaluated: &["ExecProcessRequest"],
     },
+    Shape {
+        name: "aliases and dynamic data",
+        rego: r#"
+package agent_policy
+import future.keywords.in
+import input.process as proc
+
+# An import alias into input taints the whole module; these rules would otherwise be
+# constant.
+default StartContainerRequest := true
+ExecProcessRequest if { proc.Args[0] == "/bin/ls" }
+"#,
+        const_allow: &[],
+        const_deny: &["ListRoutesRequest"],
+        evaluated: &["StartContainerRequest", "ExecProcessRequest"],
+    },
+    Shape {
+        name: "dynamic data references",
+        rego: r#"
+package agent_policy
+import future.keywords.in
+
+keys := ["pstate"]
+default StartContainerRequest := false
+# A computed data path may reach state.
+StartContainerRequest if { some k in keys; count(data[k]) == 0 }
+# The whole package as data: reads every rule, so it is treated as reading state too.
+GetMetricsRequest if { count(data.agent_policy) > 0 }
+# A rule of the package by its full path: constant.
+ListRoutesRequest if { data.agent_policy.keys[0] == "pstate" }
+CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/n", "value": input.n}]}
+"#,
+        const_allow: &["ListRoutesRequest"],
+        const_deny: &[],
+        evaluated: &[
+            "StartContainerRequest",
+            "GetMetricsRequest",
+            "CreateContainerRequest",
+        ],
+    },
 ];
 
 fn load(rego: &str) -> PolicyEngine {
@@ -273,6 +313,7 @@ fn arb_input() -> impl Strategy<Value = Value> {
         prop::collection::vec("(/bin/ls|/bin/sh|-c|x)", 0..3)
             .prop_map(|args| json!({"process": {"Args": args}})),
         prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(|s| json!({"sandbox": s})),
+        (0i64..3).prop_map(|n| json!({"n": n})),
         (0i64..20).prop_map(|n| json!({"signal": n, "row": n})),
         any::<bool>().prop_map(|b| json!({"ok": b})),
     ]
