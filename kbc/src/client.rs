@@ -102,7 +102,7 @@ impl KbsClient {
         }
         if base.scheme() == "http" {
             if host_is_loopback(&base) {
-                tracing::info!(url = %base, "KBS over plain HTTP to a loopback address");
+                tracing::warn!(url = %base, "KBS over plain HTTP (loopback address)");
             } else {
                 tracing::warn!(url = %base, "KBS over plain HTTP to a non-loopback host (insecure_http = true): traffic can be observed and altered; resources stay JWE-encrypted");
             }

@@ -70,8 +70,8 @@ async fn run(label: &str, tls: bool, iterations: usize) {
         .to_string())
     });
     let signer = tenant.verifying_key();
-    let (mut auth, mut ev, mut attest, mut fetch, mut total) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut setup, mut auth, mut ev, mut attest, mut fetch, mut total) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..iterations + 10 {
         let mut cfg = KbcConfig::new(server.url());
         if tls {
@@ -82,12 +82,14 @@ async fn run(label: &str, tls: bool, iterations: usize) {
         let mut client = KbsClient::new(cfg, Tee::Sample, evidence.clone())
             .unwrap()
             .with_init_data(INIT_DATA);
+        let built = start.elapsed();
         let t = client.handshake().await.unwrap();
         let f = Instant::now();
         let p = client.fetch_policy(PATH, &signer, 1).await.unwrap();
         let fetched = f.elapsed();
         assert_eq!(p.version, 1);
         if i >= 10 {
+            setup.push(built);
             auth.push(t.auth);
             ev.push(t.evidence);
             attest.push(t.attest);
@@ -96,6 +98,7 @@ async fn run(label: &str, tls: bool, iterations: usize) {
         }
     }
     println!("{label} ({iterations} iterations, new client each):");
+    stats("client setup (config, TLS)", setup);
     stats("auth (POST /auth)", auth);
     stats("evidence (key+hash+mock)", ev);
     stats("attest (POST /attest)", attest);
