@@ -206,11 +206,11 @@ impl Analysis {
 fn head_is_bare_name(rule: &Ref<Rule>) -> bool {
     let refr = match rule.as_ref() {
         Rule::Spec { head, .. } => match head {
-            RuleHead::Compr { refr, .. } | RuleHead::Func { refr, .. } => refr,
-            // Partial set rules build a set under the name: fine as a whole, but keep
-            // them on the query path that Kata uses.
-            RuleHead::Set { .. } => return false,
+            RuleHead::Compr { refr, .. } => refr,
+            // Partial set rules and functions: keep them on the query path Kata uses.
+            RuleHead::Set { .. } | RuleHead::Func { .. } => return false,
         },
+        Rule::Default { args, .. } if !args.is_empty() => return false,
         Rule::Default { refr, .. } => refr,
     };
     matches!(refr.as_ref(), Expr::Var { .. })
