@@ -4,8 +4,10 @@ use crate::config::{host_is_loopback, KbcConfig};
 use crate::envelope::{self, VerifiedPolicy, VerifyingKey};
 use crate::error::{Error, Result, Step, TransportKind};
 use crate::jwe;
-use crate::tee_key::{report_data_for, runtime_data_digest, TeeKey};
-use kbs_types::{Attestation, Challenge, CompositeEvidence, InitData, Request, RuntimeData, Tee};
+use crate::tee_key::{report_data_for, runtime_data_digest_with, TeeKey};
+use kbs_types::{
+    Attestation, Challenge, CompositeEvidence, HashAlgorithm, InitData, Request, RuntimeData, Tee,
+};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use std::sync::Arc;
@@ -15,6 +17,11 @@ use std::time::{Duration, Instant};
 pub const PROTOCOL_VERSION: &str = "0.4.0";
 /// Name of the KBS session cookie.
 pub const SESSION_COOKIE: &str = "kbs-session-id";
+
+/// Request `extra-params` key listing the hashes the client can use.
+pub const SUPPORTED_HASHES_KEY: &str = "supported-hash-algorithms";
+/// Challenge `extra-params` key naming the hash the KBS chose.
+pub const SELECTED_HASH_KEY: &str = "selected-hash-algorithm";
 
 /// Error type an evidence provider may return.
 pub type EvidenceError = Box<dyn std::error::Error + Send + Sync>;
@@ -170,7 +177,9 @@ impl KbsClient {
         let req = Request {
             version: PROTOCOL_VERSION.to_string(),
             tee: self.tee,
-            extra_params: serde_json::json!({}),
+            // Offer every hash kbs-types implements; the KBS names its choice
+            // in the challenge (absent: SHA-384).
+            extra_params: serde_json::json!({ SUPPORTED_HASHES_KEY: HashAlgorithm::list_all() }),
         };
         let body = serde_json::to_vec(&req).expect("Request serialises");
         let url = self.endpoint("kbs/v0/auth")?;
@@ -189,13 +198,14 @@ impl KbsClient {
                 detail: format!("nonce length {} is out of range", challenge.nonce.len()),
             });
         }
+        let hash = selected_hash(&challenge.extra_params)?;
         t.auth = start.elapsed();
-        tracing::debug!(tee = %self.tee, "KBS auth done");
+        tracing::debug!(tee = %self.tee, %hash, "KBS auth done");
 
         let start = Instant::now();
         let key = TeeKey::generate();
         let tee_pubkey = key.public_jwk();
-        let digest = runtime_data_digest(&challenge.nonce, &tee_pubkey)
+        let digest = runtime_data_digest_with(hash, &challenge.nonce, &tee_pubkey)
             .map_err(|e| Error::Evidence(e.to_string()))?;
         let report_data = report_data_for(self.tee, &digest);
         let provider = self.evidence.clone();
@@ -459,6 +469,22 @@ fn parse_json<T: serde::de::DeserializeOwned>(step: Step, body: &[u8]) -> Result
     })
 }
 
+/// The runtime-data hash the KBS selected; SHA-384 when it names none
+/// (older KBS versions send `""` or `{}`).
+fn selected_hash(extra_params: &serde_json::Value) -> Result<HashAlgorithm> {
+    let bad = |detail: String| Error::BadResponse {
+        step: Step::Auth,
+        detail,
+    };
+    match extra_params.get(SELECTED_HASH_KEY) {
+        None => Ok(HashAlgorithm::Sha384),
+        Some(serde_json::Value::String(name)) => name
+            .parse::<HashAlgorithm>()
+            .map_err(|_| bad(format!("KBS selected unknown hash algorithm {name:?}"))),
+        Some(other) => Err(bad(format!("{SELECTED_HASH_KEY} is not a string: {other}"))),
+    }
+}
+
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(SET_COOKIE)
@@ -500,6 +526,22 @@ mod tests {
         for bad in ["a/b", "a/b/c/d", "a//c", "../b/c", "a/b/c?x", "a/b/%2e"] {
             assert!(validate_resource_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn hash_selection() {
+        use serde_json::json;
+        assert_eq!(selected_hash(&json!("")).unwrap(), HashAlgorithm::Sha384);
+        assert_eq!(selected_hash(&json!({})).unwrap(), HashAlgorithm::Sha384);
+        assert_eq!(
+            selected_hash(&json!({"selected-hash-algorithm": "SHA512"})).unwrap(),
+            HashAlgorithm::Sha512
+        );
+        assert!(selected_hash(&json!({"selected-hash-algorithm": "md5"}))
+            .unwrap_err()
+            .to_string()
+            .starts_with("auth: "));
+        assert!(selected_hash(&json!({"selected-hash-algorithm": 1})).is_err());
     }
 
     #[test]

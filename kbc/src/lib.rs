@@ -22,4 +22,4 @@ pub use client::{
 pub use config::KbcConfig;
 pub use envelope::{VerifiedPolicy, VerifyingKey};
 pub use error::{Error, Result, Step, TransportKind};
-pub use kbs_types::Tee;
+pub use kbs_types::{HashAlgorithm, Tee};

@@ -7,7 +7,7 @@
 
 use crate::jcs;
 use base64::prelude::{Engine as _, BASE64_URL_SAFE_NO_PAD};
-use kbs_types::{Tee, TeePubKey};
+use kbs_types::{HashAlgorithm, Tee, TeePubKey};
 use p256::elliptic_curve::sec1::{FromEncodedPoint as _, ToEncodedPoint as _};
 use p256::{EncodedPoint, PublicKey, SecretKey};
 use serde_json::json;
@@ -89,23 +89,38 @@ pub fn jwk_to_public_key(jwk: &TeePubKey) -> Result<PublicKey, String> {
 }
 
 /// SHA-384 of the RFC 8785 canonical JSON of
-/// `{"additional-evidence": "", "nonce": nonce, "tee-pubkey": jwk}`.
+/// `{"additional-evidence": "", "nonce": nonce, "tee-pubkey": jwk}`
+/// (the protocol's default hash).
 pub fn runtime_data_digest(nonce: &str, tee_pubkey: &TeePubKey) -> Result<[u8; 48], jcs::JcsError> {
+    let d = runtime_data_digest_with(HashAlgorithm::Sha384, nonce, tee_pubkey)?;
+    Ok(d.try_into().expect("SHA-384 is 48 bytes"))
+}
+
+/// As [`runtime_data_digest`] with the hash the KBS selected in its
+/// challenge (`extra-params."selected-hash-algorithm"`).
+pub fn runtime_data_digest_with(
+    alg: HashAlgorithm,
+    nonce: &str,
+    tee_pubkey: &TeePubKey,
+) -> Result<Vec<u8>, jcs::JcsError> {
     let value = json!({
         "additional-evidence": "",
         "nonce": nonce,
         "tee-pubkey": tee_pubkey,
     });
     let canonical = jcs::canonicalize(&value)?;
-    Ok(Sha384::digest(canonical.as_bytes()).into())
+    Ok(match alg {
+        HashAlgorithm::Sha384 => Sha384::digest(canonical.as_bytes()).to_vec(),
+        other => other.digest(canonical.as_bytes()),
+    })
 }
 
 /// The bytes that go into the evidence's report_data field for `tee`:
-/// the 48-byte digest zero-padded to 64 for hardware TEEs whose report_data
-/// field is 64 bytes (SNP, TDX), unpadded for sample evidence.
-pub fn report_data_for(tee: Tee, digest: &[u8; 48]) -> Vec<u8> {
+/// the digest zero-padded to 64 for hardware TEEs whose report_data field is
+/// 64 bytes (SNP, TDX), unpadded for sample evidence.
+pub fn report_data_for(tee: Tee, digest: &[u8]) -> Vec<u8> {
     let mut v = digest.to_vec();
-    if report_data_is_padded(tee) {
+    if report_data_is_padded(tee) && v.len() < 64 {
         v.resize(64, 0);
     }
     v
@@ -174,5 +189,11 @@ mod tests {
         assert_eq!(&snp[..48], &d1);
         assert!(snp[48..].iter().all(|b| *b == 0));
         assert_eq!(report_data_for(Tee::Tdx, &d1).len(), 64);
+        let d512 = runtime_data_digest_with(HashAlgorithm::Sha512, "n1", &a).unwrap();
+        assert_eq!(d512.as_slice(), &sha2::Sha512::digest(text.as_bytes())[..]);
+        assert_eq!(report_data_for(Tee::Snp, &d512), d512);
+        let d256 = runtime_data_digest_with(HashAlgorithm::Sha256, "n1", &a).unwrap();
+        assert_eq!(d256.as_slice(), &sha2::Sha256::digest(text.as_bytes())[..]);
+        assert_eq!(report_data_for(Tee::Sample, &d256).len(), 32);
     }
 }

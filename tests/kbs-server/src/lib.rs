@@ -27,6 +27,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
+use kbs_types::HashAlgorithm;
 use kbs_types::{Attestation, Challenge, ErrorInformation, Tee, TeePubKey};
 use rand_core::RngCore as _;
 use rules::{Lookup, ReleaseRule, Requester, ResourceStore};
@@ -38,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use vigil_kbc::tee_key::{jwk_to_public_key, report_data_for, runtime_data_digest};
+use vigil_kbc::tee_key::{jwk_to_public_key, report_data_for, runtime_data_digest_with};
 
 pub use rules::ReleaseRule as Rule;
 
@@ -70,6 +71,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsIdentity>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Runtime-data hash selected in every challenge; a client that lists
+    /// its supported hashes without this one is refused at auth.
+    pub hash_algorithm: HashAlgorithm,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             protocol_version: vigil_kbc::PROTOCOL_VERSION.to_string(),
             tls: None,
             max_body_bytes: 4 << 20,
+            hash_algorithm: HashAlgorithm::Sha384,
         }
     }
 }
@@ -134,6 +139,7 @@ struct Attested {
 
 struct Session {
     tee: Tee,
+    hash: HashAlgorithm,
     nonce: String,
     nonce_used: bool,
     expires: u64,
@@ -433,6 +439,23 @@ fn auth(state: &Inner, body: &[u8]) -> Result<Resp, Refusal> {
             format!("TEE {} is not accepted by this KBS", req.tee),
         ));
     }
+    let hash = state.cfg.hash_algorithm;
+    if let Some(list) = req
+        .extra_params
+        .get(vigil_kbc::client::SUPPORTED_HASHES_KEY)
+    {
+        let supported: Vec<HashAlgorithm> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        if !supported.contains(&hash) {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                format!("client does not offer the hash algorithm this KBS uses ({hash})"),
+            ));
+        }
+    }
     let nonce = BASE64_STANDARD.encode(random_bytes::<32>());
     let id = hex::encode(random_bytes::<16>());
     let now = state.now();
@@ -451,6 +474,7 @@ fn auth(state: &Inner, body: &[u8]) -> Result<Resp, Refusal> {
             id.clone(),
             Session {
                 tee: req.tee,
+                hash,
                 nonce: nonce.clone(),
                 nonce_used: false,
                 expires: now + ttl,
@@ -464,7 +488,7 @@ fn auth(state: &Inner, body: &[u8]) -> Result<Resp, Refusal> {
         StatusCode::OK,
         &Challenge {
             nonce,
-            extra_params: serde_json::Value::String(String::new()),
+            extra_params: serde_json::json!({ vigil_kbc::client::SELECTED_HASH_KEY: hash }),
         },
     );
     let cookie = format!(
@@ -521,7 +545,7 @@ fn attest_inner(
     let now = state.now();
     let attestation: Attestation = parse("attest", body)?;
     // Consume the nonce before any other check: one attempt per challenge.
-    let tee = {
+    let (tee, hash) = {
         let mut sessions = state.sessions.lock().unwrap();
         let Some(session) = sessions.get_mut(&id) else {
             return Err(unauthorized("InvalidCookie", "unknown session".into()));
@@ -546,7 +570,7 @@ fn attest_inner(
                 "runtime-data nonce is not this session's challenge".into(),
             ));
         }
-        session.tee
+        (session.tee, session.hash)
     };
     tracing::info!(%tee, session = %&id[..8.min(id.len())], "attest: nonce accepted");
 
@@ -554,7 +578,8 @@ fn attest_inner(
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
     let claims = evidence::claims(tee, &attestation.tee_evidence.primary_evidence)
         .map_err(|e| failed(format!("evidence: {e}")))?;
-    let digest = runtime_data_digest(
+    let digest = runtime_data_digest_with(
+        hash,
         &attestation.runtime_data.nonce,
         &attestation.runtime_data.tee_pubkey,
     )

@@ -49,6 +49,9 @@ struct Args {
     /// Protocol version required at auth.
     #[arg(long, default_value = vigil_kbc::PROTOCOL_VERSION)]
     protocol_version: String,
+    /// Runtime-data hash the KBS selects in its challenge (sha256, sha384, sha512).
+    #[arg(long, default_value = "sha384")]
+    hash_algorithm: String,
     /// Permit listening on a non-loopback address (it is still only a test server).
     #[arg(long)]
     allow_non_loopback: bool,
@@ -92,6 +95,12 @@ fn run(args: Args) -> Result<(), String> {
         }
         kbs_test_server::rules::load_rules(dir)?;
     }
+    let hash_algorithm: kbs_types::HashAlgorithm = args.hash_algorithm.parse().map_err(|_| {
+        format!(
+            "--hash-algorithm {:?} is not sha256/sha384/sha512",
+            args.hash_algorithm
+        )
+    })?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(TlsIdentity {
             cert_chain_pem: std::fs::read_to_string(c)
@@ -106,6 +115,7 @@ fn run(args: Args) -> Result<(), String> {
         allowed_tees: tees,
         session_ttl: Duration::from_secs(args.session_ttl_secs),
         protocol_version: args.protocol_version.clone(),
+        hash_algorithm,
         tls,
         ..ServerConfig::default()
     };

@@ -470,3 +470,30 @@ async fn https_with_pinned_ca_and_with_wrong_ca() {
     .unwrap();
     assert!(c.handshake().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_data_hash_follows_the_kbs_selection() {
+    for hash in [
+        vigil_kbc::HashAlgorithm::Sha256,
+        vigil_kbc::HashAlgorithm::Sha512,
+    ] {
+        let server = server_with(ServerConfig {
+            hash_algorithm: hash,
+            ..ServerConfig::default()
+        })
+        .await;
+        server.put_resource(POLICY_PATH, b"h".to_vec(), sample_rule());
+        let seen: Arc<std::sync::Mutex<usize>> = Default::default();
+        let seen2 = seen.clone();
+        let binding = binding_for(INIT_DATA);
+        let evidence: vigil_kbc::EvidenceFn = Arc::new(move |rd: &[u8]| {
+            *seen2.lock().unwrap() = rd.len();
+            Ok(sample_evidence(rd, &binding))
+        });
+        let mut c = KbsClient::new(fast_config(&server.url()), Tee::Sample, evidence)
+            .unwrap()
+            .with_init_data(INIT_DATA);
+        assert_eq!(c.get_resource(POLICY_PATH).await.unwrap(), b"h", "{hash}");
+        assert_eq!(*seen.lock().unwrap(), hash.digest_len());
+    }
+}

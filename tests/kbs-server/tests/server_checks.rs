@@ -152,6 +152,23 @@ async fn challenge_shape_and_protocol_version() {
         .send(raw.http.post(format!("{}/kbs/v0/auth", raw.base)).body("{"))
         .await;
     assert_eq!((r.status, r.error_kind().as_str()), (400, "InvalidRequest"));
+    // Hash negotiation: the challenge names the hash; a client that cannot
+    // use it is refused up front.
+    let r = raw.auth("0.4.0").await;
+    assert_eq!(
+        r.json()["extra-params"]["selected-hash-algorithm"],
+        "sha384"
+    );
+    let body = json!({"version": "0.4.0", "tee": "sample",
+        "extra-params": {"supported-hash-algorithms": ["sha256", "sm3"]}});
+    let r = raw
+        .send(
+            raw.http
+                .post(format!("{}/kbs/v0/auth", raw.base))
+                .json(&body),
+        )
+        .await;
+    assert_eq!((r.status, r.error_kind().as_str()), (400, "InvalidRequest"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
