@@ -302,6 +302,27 @@ mod tests {
         assert_eq!(BASE64_URL_SAFE_NO_PAD.encode(key), "VqqN6vgjbSBcIijNcacQGg");
     }
 
+    #[test]
+    fn decrypts_an_independent_implementations_jwe() {
+        // ECDH-ES+A256KW / A256GCM token from a public JOSE interop test
+        // suite (also used by Perl's Crypt::JWT), re-laid as flattened JSON.
+        let compact = "eyJhbGciOiJFQ0RILUVTK0EyNTZLVyIsImVuYyI6IkEyNTZHQ00iLCJlcGsiOnsia3R5IjoiRUMiLCJ4IjoiQU5UZy1LOFlBVXVPazBtUW1aTERQVWlPcVZFUFBrLVBmNmtSdG42Y0IycyIsInkiOiJsSmk3UExFRGU2WndxSjQ2alpyLUZtUHp5c3dGa3BkSVU3WlUzNHQ4RURzIiwiY3J2IjoiUC0yNTYifX0.Iqp3w3xo12wCqyNV_8wNk3m2tHKpBmv66XARscHeLtZS-2FslAbfDQ.UClH3759Eeo3V8xi.Y4UQpFk-MF5Xkec035WVmMI7O_eXw5V2gF3Ov4CnnV2cac6pul598NytO_rFI-hff4dOLwz2jgD_H6nQ_fL70STi0Wrsar2s7F8TMvolcaOhOfIbzX4O0vTdrNENiM9ug7044M-lvsOX8rK3Q3usfxSfOa4g9I_7r6b6SRMbjGqz3mtp8slMZhPZraBAxsxU97qfutBNA8ohCPGHasu7INHQnE_Cf0bZtE8mSpijq4AK3FGp91ekpoowH4627l7fBnupVg.hdEFZ6RBabaq7Xzb1SOaCg";
+        let p: Vec<&str> = compact.split('.').collect();
+        let flattened = serde_json::json!({
+            "protected": p[0], "encrypted_key": p[1], "iv": p[2], "ciphertext": p[3], "tag": p[4],
+        });
+        let d: [u8; 32] = [
+            42, 148, 231, 48, 225, 196, 166, 201, 23, 190, 229, 199, 20, 39, 226, 70, 209, 148, 29,
+            70, 125, 14, 174, 66, 9, 198, 80, 251, 95, 107, 98, 206,
+        ];
+        let key = SecretKey::from_slice(&d).unwrap();
+        let plain = decrypt(flattened.to_string().as_bytes(), &key).unwrap();
+        assert_eq!(
+            String::from_utf8(plain).unwrap(),
+            r#"{"exp":1392553211,"sub":"alice","nbf":1392552611,"aud":["https:\/\/app-one.com","https:\/\/app-two.com"],"iss":"https:\/\/openid.net","jti":"586dd129-a29f-49c8-9de7-454af1155e27","iat":1392552611}"#
+        );
+    }
+
     fn fresh() -> (SecretKey, String) {
         let k = SecretKey::random(&mut rand_core::OsRng);
         let jwe = encrypt(b"top secret", &k.public_key()).unwrap();
