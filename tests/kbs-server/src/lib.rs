@@ -71,6 +71,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsIdentity>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Enables the admin call `POST /kbs/v0/resource/<repo>/<type>/<tag>`
+    /// (body = resource bytes, written into `resources_dir`) for requests
+    /// carrying `Authorization: Bearer <this secret>`.
+    pub admin_token: Option<String>,
     /// Runtime-data hash selected in every challenge; a client that lists
     /// its supported hashes without this one is refused at auth.
     pub hash_algorithm: HashAlgorithm,
@@ -86,6 +90,7 @@ impl Default for ServerConfig {
             tls: None,
             max_body_bytes: 4 << 20,
             hash_algorithm: HashAlgorithm::Sha384,
+            admin_token: None,
         }
     }
 }
@@ -363,6 +368,13 @@ async fn handle(state: &Inner, req: Request<Incoming>) -> Resp {
         (Method::GET, p) if p.starts_with("/kbs/v0/resource/") => {
             let (parts, _) = req.into_parts();
             resource(state, &parts, &p["/kbs/v0/resource/".len()..])
+        }
+        (Method::POST, p) if p.starts_with("/kbs/v0/resource/") => {
+            let p = p["/kbs/v0/resource/".len()..].to_string();
+            match read_body(state, req).await {
+                Ok((parts, body)) => admin_put(state, &parts, &p, &body),
+                Err(r) => Err(r),
+            }
         }
         (_, "/kbs/v0/auth" | "/kbs/v0/attest") => Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -824,6 +836,66 @@ fn resource_inner(
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+/// The admin call: store resource bytes in the resource directory. Release
+/// still follows `rules.json`.
+fn admin_put(
+    state: &Inner,
+    parts: &hyper::http::request::Parts,
+    path: &str,
+    body: &[u8],
+) -> Result<Resp, Refusal> {
+    let Some(secret) = &state.cfg.admin_token else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "AdminDisabled",
+            "the admin API is disabled (no admin token configured)",
+        ));
+    };
+    let presented = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !constant_time_eq(presented.as_bytes(), secret.as_bytes()) {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "AdminAuthFailed",
+            "missing or wrong admin bearer token",
+        ));
+    }
+    vigil_kbc::client::validate_resource_path(path)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "InvalidRequest", e.to_string()))?;
+    let Some(dir) = &state.cfg.resources_dir else {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "InvalidRequest",
+            "no resource directory configured",
+        ));
+    };
+    let io = |e: std::io::Error| {
+        refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ResourceStore",
+            format!("writing {path}: {e}"),
+        )
+    };
+    let file = dir.join(path);
+    std::fs::create_dir_all(file.parent().expect("three segments")).map_err(io)?;
+    // Write then rename, so a concurrent fetch never sees half a resource.
+    let tmp = file.with_extension(format!("tmp-{}", hex::encode(random_bytes::<8>())));
+    std::fs::write(&tmp, body).map_err(io)?;
+    std::fs::rename(&tmp, &file).map_err(io)?;
+    tracing::info!(%path, bytes = body.len(), "admin: resource stored");
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::OK;
+    Ok(r)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn apply_tamper(fault: Fault, jwe: String) -> String {

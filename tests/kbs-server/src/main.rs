@@ -52,6 +52,11 @@ struct Args {
     /// Runtime-data hash the KBS selects in its challenge (sha256, sha384, sha512).
     #[arg(long, default_value = "sha384")]
     hash_algorithm: String,
+    /// File holding a secret that enables the admin call
+    /// `POST /kbs/v0/resource/<repo>/<type>/<tag>` (Authorization: Bearer <secret>),
+    /// which writes the body into --resources. Release still follows rules.json.
+    #[arg(long, requires = "resources")]
+    admin_token_file: Option<PathBuf>,
     /// Permit listening on a non-loopback address (it is still only a test server).
     #[arg(long)]
     allow_non_loopback: bool,
@@ -101,6 +106,21 @@ fn run(args: Args) -> Result<(), String> {
             args.hash_algorithm
         )
     })?;
+    let admin_token = match &args.admin_token_file {
+        None => None,
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| format!("--admin-token-file {}: {e}", f.display()))?
+                .trim()
+                .to_string();
+            if t.len() < 16 {
+                return Err(
+                    "--admin-token-file must hold a secret of at least 16 characters".into(),
+                );
+            }
+            Some(t)
+        }
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(TlsIdentity {
             cert_chain_pem: std::fs::read_to_string(c)
@@ -116,6 +136,7 @@ fn run(args: Args) -> Result<(), String> {
         session_ttl: Duration::from_secs(args.session_ttl_secs),
         protocol_version: args.protocol_version.clone(),
         hash_algorithm,
+        admin_token,
         tls,
         ..ServerConfig::default()
     };

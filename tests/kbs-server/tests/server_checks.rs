@@ -356,3 +356,61 @@ async fn snp_evidence_is_parsed_and_bound_to_the_runtime_data() {
     assert_eq!(r.status, 401);
     assert!(r.json()["detail"].as_str().unwrap().contains("VCEK"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_call_stores_resources_in_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.json"),
+        format!(r#"{{"{POLICY_PATH}": {{"tees": ["sample"]}}}}"#),
+    )
+    .unwrap();
+    let secret = "0123456789abcdef-admin";
+    let server = server_with(kbs_test_server::ServerConfig {
+        resources_dir: Some(dir.path().into()),
+        admin_token: Some(secret.into()),
+        ..Default::default()
+    })
+    .await;
+    let raw = Raw::new(server.url());
+    let put = |token: Option<&'static str>, path: &'static str| {
+        let mut req = raw
+            .http
+            .post(format!("{}/kbs/v0/resource/{path}", raw.base))
+            .body("v2 envelope");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        raw.send(req)
+    };
+    let r = put(None, POLICY_PATH).await;
+    assert_eq!(
+        (r.status, r.error_kind().as_str()),
+        (401, "AdminAuthFailed")
+    );
+    let r = put(Some("0123456789abcdef-admix"), POLICY_PATH).await;
+    assert_eq!(r.status, 401);
+    let r = put(Some("0123456789abcdef-admin"), "only/two").await;
+    assert_eq!(r.status, 400);
+    let r = put(Some("0123456789abcdef-admin"), POLICY_PATH).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        std::fs::read(dir.path().join(POLICY_PATH)).unwrap(),
+        b"v2 envelope"
+    );
+    // Served to an attested client under the existing rule.
+    let mut c = good_client(&server.url());
+    assert_eq!(c.get_resource(POLICY_PATH).await.unwrap(), b"v2 envelope");
+    // Without an admin token configured, the call is refused.
+    let plain = common::server().await;
+    let raw = Raw::new(plain.url());
+    let r = raw
+        .send(
+            raw.http
+                .post(format!("{}/kbs/v0/resource/{POLICY_PATH}", raw.base))
+                .bearer_auth(secret)
+                .body("x"),
+        )
+        .await;
+    assert_eq!((r.status, r.error_kind().as_str()), (403, "AdminDisabled"));
+}
