@@ -529,6 +529,20 @@ mod tests {
     }
 
     #[test]
+    fn client_and_its_futures_are_send() {
+        // The agent drives the client from spawned tasks.
+        fn assert_send<T: Send>(_: &T) {}
+        let ev: EvidenceFn = Arc::new(|_| Ok("{}".into()));
+        let mut c = KbsClient::new(KbcConfig::new("http://127.0.0.1:1"), Tee::Sample, ev).unwrap();
+        assert_send(&c);
+        let vk = crate::envelope::SigningKey::generate(crate::envelope::Algorithm::EdDsa)
+            .verifying_key();
+        assert_send(&c.get_resource("a/b/c"));
+        assert_send(&c.fetch_policy("a/b/c", &vk, 0));
+        assert_send(&c.handshake());
+    }
+
+    #[test]
     fn hash_selection() {
         use serde_json::json;
         assert_eq!(selected_hash(&json!("")).unwrap(), HashAlgorithm::Sha384);
