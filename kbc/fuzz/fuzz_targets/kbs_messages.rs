@@ -37,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
                     // Canonical output is valid JSON and a fixed point.
                     let again: serde_json::Value =
                         serde_json::from_str(&c).expect("canonical JSON parses");
-                    assert_eq!(vigil_kbc::jcs::canonicalize(&again).as_deref(), Ok(c.as_str()));
+                    assert_eq!(
+                        vigil_kbc::jcs::canonicalize(&again).as_deref(),
+                        Ok(c.as_str())
+                    );
                 }
             }
         }
