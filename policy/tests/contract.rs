@@ -478,3 +478,21 @@ ExecProcessRequest if {
         d.prints
     );
 }
+
+#[test]
+fn allow_requests_failing_policy_object_result_applies_its_ops_once() {
+    let e = load(
+        r#"
+package agent_policy
+AllowRequestsFailingPolicy := {"allowed": true, "ops": [{"op": "add", "path": "/pstate/debug", "value": true}]}
+ExecProcessRequest if data.pstate.debug
+"#,
+    );
+    assert!(e.allow_failing());
+    assert_eq!(e.state(), json!({"debug": true}));
+    assert_eq!(e.reference_state(), e.state());
+    assert_eq!(
+        decide(&e, "ExecProcessRequest", json!({})).outcome,
+        Outcome::Allowed
+    );
+}
