@@ -15,16 +15,20 @@ use vigil_agent::gate::{EndpointSet, Gate, Rules};
 use vigil_agent::policy::CompiledPolicy;
 use vigil_protos::Endpoint;
 
-const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../policy/testdata/genpolicy-like");
+const TESTDATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../policy/testdata/genpolicy-like"
+);
 
 fn ep(method: &str) -> &'static Endpoint {
     Endpoint::find("grpc.AgentService", method).unwrap()
 }
 
 fn request_bytes(method: &str, file: &str) -> Vec<u8> {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{TESTDATA}/requests/{file}")).unwrap())
-            .unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{TESTDATA}/requests/{file}")).unwrap(),
+    )
+    .unwrap();
     ep(method).request_bytes_from_json(&json).unwrap()
 }
 
@@ -37,10 +41,20 @@ fn allow_list(c: &mut Criterion) {
     let blocked = ep("ExecProcess");
     let payload = vec![0u8; 256];
     c.bench_function("gate/allow-list/decide/allowed", |b| {
-        b.iter(|| black_box(gate.decide(black_box(allowed), black_box(&payload)).allowed()))
+        b.iter(|| {
+            black_box(
+                gate.decide(black_box(allowed), black_box(&payload))
+                    .allowed(),
+            )
+        })
     });
     c.bench_function("gate/allow-list/decide/blocked", |b| {
-        b.iter(|| black_box(gate.decide(black_box(blocked), black_box(&payload)).allowed()))
+        b.iter(|| {
+            black_box(
+                gate.decide(black_box(blocked), black_box(&payload))
+                    .allowed(),
+            )
+        })
     });
     c.bench_function("gate/allow-list/check/allowed", |b| {
         b.iter(|| black_box(gate.check(black_box(allowed), black_box(&payload)).is_ok()))
@@ -56,25 +70,48 @@ fn with_policy(c: &mut Criterion) {
         host_error_details: false,
     });
     let exec = request_bytes("ExecProcess", "exec_process_allowed.json");
-    assert!(gate.decide(ep("ExecProcess"), &exec).allowed(), "fixture must be allowed");
+    assert!(
+        gate.decide(ep("ExecProcess"), &exec).allowed(),
+        "fixture must be allowed"
+    );
     let constant_allow = ep("GetGuestDetails");
     let constant_deny = ep("SetIPTables");
     assert!(gate.decide(constant_allow, &[]).allowed());
     assert!(!gate.decide(constant_deny, &[]).allowed());
 
     c.bench_function("gate/policy/decide/constant-allow", |b| {
-        b.iter(|| black_box(gate.decide(black_box(constant_allow), black_box(&[])).allowed()))
+        b.iter(|| {
+            black_box(
+                gate.decide(black_box(constant_allow), black_box(&[]))
+                    .allowed(),
+            )
+        })
     });
     c.bench_function("gate/policy/decide/constant-deny", |b| {
-        b.iter(|| black_box(gate.decide(black_box(constant_deny), black_box(&[])).allowed()))
+        b.iter(|| {
+            black_box(
+                gate.decide(black_box(constant_deny), black_box(&[]))
+                    .allowed(),
+            )
+        })
     });
     c.bench_function("gate/policy/check/constant-allow", |b| {
-        b.iter(|| black_box(gate.check(black_box(constant_allow), black_box(&[])).is_ok()))
+        b.iter(|| {
+            black_box(
+                gate.check(black_box(constant_allow), black_box(&[]))
+                    .is_ok(),
+            )
+        })
     });
     let mut group = c.benchmark_group("gate/policy/evaluated");
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("ExecProcess", |b| {
-        b.iter(|| black_box(gate.decide(black_box(ep("ExecProcess")), black_box(&exec)).allowed()))
+        b.iter(|| {
+            black_box(
+                gate.decide(black_box(ep("ExecProcess")), black_box(&exec))
+                    .allowed(),
+            )
+        })
     });
     group.finish();
 }

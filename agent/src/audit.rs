@@ -43,6 +43,9 @@ pub struct DecisionLog {
     audit: Option<SyncSender<AuditMessage>>,
     dropped: AtomicU64,
     write_errors: Arc<AtomicU64>,
+    /// Kata's input log: the policy input of every request the policy sees. Written
+    /// synchronously: it is a debugging aid, off by default, and may hold secrets.
+    input: Option<RotatingLog>,
 }
 
 impl DecisionLog {
@@ -52,6 +55,37 @@ impl DecisionLog {
             audit: None,
             dropped: AtomicU64::new(0),
             write_errors: Arc::new(AtomicU64::new(0)),
+            input: None,
+        }
+    }
+
+    /// Adds Kata's input log at `path`.
+    pub fn with_input_log(
+        mut self,
+        path: &Path,
+        max_bytes: u64,
+        keep: usize,
+    ) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        tracing::warn!(path = %path.display(), "policy input log is on: it records request contents");
+        self.input = Some(RotatingLog::open(path, max_bytes, keep)?);
+        Ok(self)
+    }
+
+    pub(crate) fn logs_input(&self) -> bool {
+        self.input.is_some()
+    }
+
+    /// Writes `{"kind": <request name>, "request": <policy input>}` as Kata does.
+    pub(crate) fn log_input(&self, endpoint: &Endpoint, input: &serde_json::Value) {
+        if let Some(log) = &self.input {
+            let line =
+                serde_json::json!({ "kind": endpoint.request, "request": input }).to_string();
+            if log.write_line(&line).is_err() {
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

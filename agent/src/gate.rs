@@ -156,12 +156,25 @@ impl Gate {
     #[inline]
     pub fn check(&self, endpoint: &'static Endpoint, payload: &[u8]) -> Result<(), Status> {
         let rules = self.rules.load();
+        if self.log.logs_input() && rules.policy.is_some() && rules.allowed.contains(endpoint.id) {
+            self.log_input(endpoint, payload);
+        }
         let verdict = decide(&rules, endpoint, payload);
         let status = (!verdict.allowed()).then(|| denial_status(&rules, endpoint, &verdict));
         self.log.record(endpoint, &verdict, &rules);
         match status {
             None => Ok(()),
             Some(st) => Err(st),
+        }
+    }
+
+    #[cold]
+    fn log_input(&self, endpoint: &Endpoint, payload: &[u8]) {
+        if vigil_policy::INPUT_LOG_SKIPPED.contains(&endpoint.request) {
+            return;
+        }
+        if let Ok(input) = CompiledPolicy::input(endpoint, payload) {
+            self.log.log_input(endpoint, &input);
         }
     }
 

@@ -154,6 +154,12 @@ fn compile_gate(config: &Config, opts: &Options) -> Result<Gate, StartupError> {
         }
         None => DecisionLog::counters_only(),
     };
+    let log = match &config.policy.input_log {
+        Some(path) => log
+            .with_input_log(path, config.policy.log_max_bytes, config.policy.log_keep)
+            .map_err(|e| fail(step)(format!("opening input log {}: {e}", path.display())))?,
+        None => log,
+    };
     let rules = Rules {
         allowed: EndpointSet::from_allow_list(&config.allow_list),
         policy,

@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vigil_protos::ENDPOINTS;
 
+mod policy_cmd;
+
 /// Call the vigil agent API (or any Kata agent) by hand, like Kata's agent-ctl.
 ///
 /// Requests and responses are JSON in the Kata shape: proto field names (OCI, hwAddr,
@@ -15,6 +17,8 @@ use vigil_protos::ENDPOINTS;
 ///   vigilctl --addr unix:///run/vigil/agent.sock call Check
 ///   vigilctl --addr vsock://3:1024 call GetGuestDetails '{"mem_block_size": true}'
 ///   vigilctl --addr hvsock:///run/vm/vsock.sock:1024 call CreateContainer @req.json
+///   vigilctl policy check policy.rego
+///   vigilctl policy sign --key tenant.key --version 4 policy.rego -o policy.jws
 #[derive(Parser, Debug)]
 #[command(name = "vigilctl", version, verbatim_doc_comment)]
 struct Cli {
@@ -33,6 +37,9 @@ struct Cli {
 enum Command {
     /// List every RPC with its request and response types
     List,
+    /// Check, evaluate, replay, sign and verify agent policies (no agent needed)
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Call one RPC and print its JSON response
     Call {
         /// Method name (CreateContainer, Check) or path (/grpc.AgentService/CreateContainer)
@@ -43,6 +50,11 @@ enum Command {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`vigilctl ... | head`), like other command-line tools.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(()) => 0,
@@ -56,6 +68,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::List => {
             for e in ENDPOINTS.iter() {
                 println!("{}\t{}\t{}", e.path(), e.request, e.response);
