@@ -14,6 +14,7 @@ use vigil_protos::{agent::*, csi, health, health_ttrpc, types};
 use crate::gate::Gate;
 use crate::guest::GuestInfo;
 use crate::policy::{PolicyAdmin, SetPolicyError};
+use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
 pub const API_VERSION: &str = "0.0.1";
@@ -31,7 +32,28 @@ pub enum AgentError {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
     Internal(String),
+}
+
+impl From<RuntimeError> for AgentError {
+    fn from(e: RuntimeError) -> AgentError {
+        let text = e.to_string();
+        match e {
+            RuntimeError::NotFound { .. } => AgentError::NotFound(text),
+            RuntimeError::AlreadyExists { .. } => AgentError::AlreadyExists(text),
+            RuntimeError::InvalidArgument { .. } => AgentError::InvalidArgument(text),
+            RuntimeError::FailedPrecondition(_) => AgentError::FailedPrecondition(text),
+            RuntimeError::Timeout(_) => AgentError::DeadlineExceeded(text),
+            // Kata's agent ends a stream with an error reading "read meet eof"; shims expect it.
+            RuntimeError::EndOfStream | RuntimeError::Internal(_) => AgentError::Internal(text),
+        }
+    }
 }
 
 impl From<SetPolicyError> for AgentError {
@@ -50,6 +72,9 @@ impl From<AgentError> for ttrpc::Error {
             AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
             AgentError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             AgentError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
+            AgentError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
+            AgentError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
+            AgentError::DeadlineExceeded(_) => ttrpc::Code::DEADLINE_EXCEEDED,
             AgentError::Internal(_) => ttrpc::Code::INTERNAL,
         };
         ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
@@ -64,6 +89,7 @@ pub struct AgentApi {
     gate: Arc<Gate>,
     policy: PolicyAdmin,
     started: std::time::Instant,
+    sandbox: Sandbox,
 }
 
 impl AgentApi {
@@ -73,7 +99,14 @@ impl AgentApi {
             gate,
             policy,
             started: std::time::Instant::now(),
+            sandbox: Sandbox::new(SandboxConfig::default()),
         }
+    }
+
+    /// Serves the container RPCs from `sandbox` (default: [`SandboxConfig::default`]).
+    pub fn with_sandbox(mut self, sandbox: Sandbox) -> AgentApi {
+        self.sandbox = sandbox;
+        self
     }
 
     /// An API with default guest facts and no SetPolicy rights, serving behind `gate`.
@@ -92,17 +125,24 @@ impl AgentApi {
     }
 }
 
-/// Implements the agent service: the handlers given in full, plus an `UNIMPLEMENTED` handler
+/// Implements the agent service: the handlers given in full, the container, process and stdio
+/// RPCs as calls to the [`Sandbox`] method of the same name, plus an `UNIMPLEMENTED` handler
 /// for each RPC whose capability is not built yet (each moves out of that list when its issue
 /// lands). A macro around the whole impl, because `#[async_trait]` must see every method.
 macro_rules! agent_service {
     (
         impl for $ty:ty { $($implemented:item)* }
+        sandbox { $($sb_name:ident($sb_req:ty) -> $sb_resp:ty;)* }
         not_implemented { $($fn_name:ident($req:ty) -> $resp:ty;)* }
     ) => {
         #[async_trait]
         impl vigil_protos::agent_ttrpc::AgentService for $ty {
             $($implemented)*
+            $(
+                async fn $sb_name(&self, _ctx: &TtrpcContext, req: $sb_req) -> RpcResult<$sb_resp> {
+                    Ok(self.sandbox.$sb_name(req).await.map_err(AgentError::from)?)
+                }
+            )*
             $(
                 async fn $fn_name(&self, _ctx: &TtrpcContext, _req: $req) -> RpcResult<$resp> {
                     Err(AgentError::NotImplemented(stringify!($req)).into())
@@ -134,7 +174,7 @@ agent_service! {
     }
     }
 
-    not_implemented {
+    sandbox {
         create_container(CreateContainerRequest) -> Empty;
         start_container(StartContainerRequest) -> Empty;
         remove_container(RemoveContainerRequest) -> Empty;
@@ -142,17 +182,24 @@ agent_service! {
         signal_process(SignalProcessRequest) -> Empty;
         wait_process(WaitProcessRequest) -> WaitProcessResponse;
         update_container(UpdateContainerRequest) -> Empty;
-        update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
         stats_container(StatsContainerRequest) -> StatsContainerResponse;
         pause_container(PauseContainerRequest) -> Empty;
         resume_container(ResumeContainerRequest) -> Empty;
-        remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
-        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
         write_stdin(WriteStreamRequest) -> WriteStreamResponse;
         read_stdout(ReadStreamRequest) -> ReadStreamResponse;
         read_stderr(ReadStreamRequest) -> ReadStreamResponse;
         close_stdin(CloseStdinRequest) -> Empty;
         tty_win_resize(TtyWinResizeRequest) -> Empty;
+        create_sandbox(CreateSandboxRequest) -> Empty;
+        destroy_sandbox(DestroySandboxRequest) -> Empty;
+        copy_file(CopyFileRequest) -> Empty;
+        get_oom_event(GetOOMEventRequest) -> OOMEvent;
+    }
+
+    not_implemented {
+        update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
+        remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
+        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
         update_interface(UpdateInterfaceRequest) -> types::Interface;
         update_routes(UpdateRoutesRequest) -> Routes;
         list_interfaces(ListInterfacesRequest) -> Interfaces;
@@ -162,14 +209,10 @@ agent_service! {
         set_ip_tables(SetIPTablesRequest) -> SetIPTablesResponse;
         mem_agent_memcg_set(MemAgentMemcgConfig) -> Empty;
         mem_agent_compact_set(MemAgentCompactConfig) -> Empty;
-        create_sandbox(CreateSandboxRequest) -> Empty;
-        destroy_sandbox(DestroySandboxRequest) -> Empty;
         online_cpu_mem(OnlineCPUMemRequest) -> Empty;
         reseed_random_dev(ReseedRandomDevRequest) -> Empty;
         mem_hotplug_by_probe(MemHotplugByProbeRequest) -> Empty;
         set_guest_date_time(SetGuestDateTimeRequest) -> Empty;
-        copy_file(CopyFileRequest) -> Empty;
-        get_oom_event(GetOOMEventRequest) -> OOMEvent;
         add_swap(AddSwapRequest) -> Empty;
         add_swap_path(AddSwapPathRequest) -> Empty;
         get_volume_stats(VolumeStatsRequest) -> csi::VolumeStatsResponse;

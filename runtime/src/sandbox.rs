@@ -894,7 +894,9 @@ impl Sandbox {
     }
 
     /// Waits for the next out-of-memory kill in any container and names the container.
+    /// Without a sandbox there is nothing to wait for: `NOT_FOUND` at once.
     pub async fn get_oom_event(&self, _req: GetOOMEventRequest) -> Result<OOMEvent> {
+        self.sandbox().await?;
         let mut rx = self.oom_rx.lock().await;
         loop {
             let event = rx

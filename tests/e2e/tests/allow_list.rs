@@ -51,7 +51,7 @@ fn not_implemented(request: &str) -> Result<serde_json::Value, (ttrpc::Code, Str
 #[test]
 fn allowed_call_succeeds_and_blocked_call_gets_kata_s_status() {
     let agent = start(Some(
-        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"StartContainerRequest\"]\n",
+        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"ListRoutesRequest\"]\n",
     ));
     rt().block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
@@ -67,8 +67,8 @@ fn allowed_call_succeeds_and_blocked_call_gets_kata_s_status() {
         assert_eq!(answer(&c, "ReadStdout").await, blocked("ReadStreamRequest"));
         // Allowed, but its capability has not landed: said honestly, not faked.
         assert_eq!(
-            answer(&c, "StartContainer").await,
-            not_implemented("StartContainerRequest")
+            answer(&c, "ListRoutes").await,
+            not_implemented("ListRoutesRequest")
         );
         // Health is never gated.
         assert_eq!(answer(&c, "Check").await.unwrap()["status"], 1);
@@ -116,8 +116,8 @@ fn star_allows_everything_explicitly() {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         assert!(answer(&c, "GetGuestDetails").await.is_ok());
         assert_eq!(
-            answer(&c, "CopyFile").await,
-            not_implemented("CopyFileRequest")
+            answer(&c, "ListRoutes").await,
+            not_implemented("ListRoutesRequest")
         );
     });
 }
@@ -198,14 +198,14 @@ fn malformed_toml_unknown_key_and_missing_file_stop_start_up() {
 #[test]
 fn sixteen_clients_get_every_answer_right() {
     let agent = start(Some(
-        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"StartContainerRequest\"]\n",
+        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"ListRoutesRequest\"]\n",
     ));
     const CLIENTS: usize = 16;
     const CALLS: usize = 2000;
     let methods = [
         "GetGuestDetails",
         "CreateContainer",
-        "StartContainer",
+        "ListRoutes",
         "Check",
         "ReadStderr",
     ];
@@ -214,7 +214,7 @@ fn sixteen_clients_get_every_answer_right() {
         "Check" => got.as_ref().is_ok_and(|v| v["status"] == 1),
         "CreateContainer" => *got == blocked("CreateContainerRequest"),
         "ReadStderr" => *got == blocked("ReadStreamRequest"),
-        "StartContainer" => *got == not_implemented("StartContainerRequest"),
+        "ListRoutes" => *got == not_implemented("ListRoutesRequest"),
         _ => unreachable!(),
     };
     let wrong = rt().block_on(async {
