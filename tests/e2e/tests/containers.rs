@@ -1,0 +1,218 @@
+//! Containers end to end: the real `vigil-agent` binary runs a busybox container, driven over
+//! ttrpc with `vigilctl` calls in Kata's JSON shape. Needs root (namespaces, cgroups, mounts)
+//! and `/bin/busybox` (Debian's `busybox-static`); skips with a printed reason when not root.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vigil_tests::{Agent, AgentSetup};
+use vigilctl::ClientError;
+
+const T: Duration = Duration::from_secs(30);
+/// The agent's default sandbox run root (`SandboxConfig::default`).
+const RUN_ROOT: &str = "/run/vigil/sandbox";
+
+async fn call(
+    client: &ttrpc::r#async::Client,
+    method: &str,
+    req: Value,
+) -> Result<Value, (ttrpc::Code, String)> {
+    let rpc = vigilctl::find_rpc(method).unwrap();
+    match vigilctl::call_json(client, rpc, &req, T).await {
+        Ok(v) => Ok(v),
+        Err(ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
+        Err(e) => panic!("{method}: {e}"),
+    }
+}
+
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("/bin/busybox: install the busybox-static package");
+    for applet in ["sh", "sleep", "echo", "hostname", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    rootfs
+}
+
+fn process(args: &[&str]) -> Value {
+    json!({"Args": args, "Env": ["PATH=/bin"], "Cwd": "/", "User": {"UID": 0, "GID": 0}})
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .map(|a| a.iter().map(|b| b.as_u64().unwrap() as u8).collect())
+        .unwrap_or_default()
+}
+
+/// If the test fails half-way, the agent is stopped with its container still running: kill
+/// what is in the container's cgroup and detach the sandbox's mounts, so nothing outlives it.
+struct Cleanup {
+    container: String,
+    sandbox_dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let procs = Path::new("/sys/fs/cgroup/pids/vigil")
+            .join(&self.container)
+            .join("cgroup.procs");
+        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                // SAFETY: plain kill of a process of the test's own container.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(m).starts_with(&self.sandbox_dir) {
+                let c = std::ffi::CString::new(m).unwrap();
+                // SAFETY: plain syscall.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+#[test]
+fn container_lifecycle_through_the_agent() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping container_lifecycle_through_the_agent: needs root (namespaces, cgroups, mounts)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let agent = Agent::start(AgentSetup::default())
+        .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let sid = format!("e2e-{}", std::process::id());
+    let cid = format!("e2e-c-{}", std::process::id());
+    let sandbox_dir = Path::new(RUN_ROOT).join(&sid);
+    let _cleanup = Cleanup {
+        container: cid.clone(),
+        sandbox_dir: sandbox_dir.clone(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = vigilctl::connect(&agent.addr, T).await.unwrap();
+        let ids = json!({"container_id": cid});
+
+        call(&c, "CreateSandbox", json!({"sandbox_id": sid, "hostname": "e2e-pod"}))
+            .await
+            .unwrap();
+        let spec = json!({
+            "Version": "1.0.2",
+            "Process": process(&["sleep", "1000"]),
+            "Root": {"Path": "rootfs"},
+            "Mounts": [{"destination": "/proc", "source": "proc", "type_": "proc"}],
+            "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
+        });
+        call(
+            &c,
+            "CreateContainer",
+            json!({
+                "container_id": cid,
+                "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{cid}/rootfs")}],
+                "OCI": spec,
+            }),
+        )
+        .await
+        .unwrap();
+        call(&c, "StartContainer", ids.clone()).await.unwrap();
+
+        // Exec with a stdin/stdout round trip.
+        call(
+            &c,
+            "ExecProcess",
+            json!({"container_id": cid, "exec_id": "e1", "process": process(&["sh", "-c", "read x; echo got:$x; hostname"])}),
+        )
+        .await
+        .unwrap();
+        let w = call(&c, "WriteStdin", json!({"container_id": cid, "exec_id": "e1", "data": b"ping\n"}))
+            .await
+            .unwrap();
+        assert_eq!(w["len"], 5);
+        call(&c, "CloseStdin", json!({"container_id": cid, "exec_id": "e1"})).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            match call(&c, "ReadStdout", json!({"container_id": cid, "exec_id": "e1", "len": 1024})).await {
+                Ok(v) => out.extend(bytes(&v["data"])),
+                Err((ttrpc::Code::INTERNAL, m)) if m.contains("eof") => break,
+                Err(e) => panic!("ReadStdout: {e:?}"),
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&out), "got:ping\ne2e-pod\n");
+        let waited = call(&c, "WaitProcess", json!({"container_id": cid, "exec_id": "e1"})).await.unwrap();
+        assert_eq!(waited["status"], 0);
+
+        let stats = call(&c, "StatsContainer", ids.clone()).await.unwrap();
+        assert_eq!(stats["cgroup_stats"]["pids_stats"]["current"], 1, "{stats}");
+        call(&c, "PauseContainer", ids.clone()).await.unwrap();
+        call(&c, "ResumeContainer", ids.clone()).await.unwrap();
+        call(&c, "UpdateContainer", json!({"container_id": cid, "resources": {"Memory": {"Limit": 100 << 20}}}))
+            .await
+            .unwrap();
+        let stats = call(&c, "StatsContainer", ids.clone()).await.unwrap();
+        assert_eq!(stats["cgroup_stats"]["memory_stats"]["usage"]["limit"], 100u64 << 20);
+
+        // Unknown ids: NOT_FOUND naming the id.
+        let ghost = call(&c, "SignalProcess", json!({"container_id": cid, "exec_id": "ghost", "signal": 9})).await;
+        assert!(matches!(&ghost, Err((ttrpc::Code::NOT_FOUND, m)) if m.contains("ghost")), "{ghost:?}");
+        // Refused specs: INVALID_ARGUMENT naming the field.
+        let bad = call(
+            &c,
+            "CreateContainer",
+            json!({"container_id": "bad", "OCI": {"Process": process(&["true"]),
+                   "Mounts": [{"destination": "/x", "source": "/etc", "type_": "bind", "options": ["rbind"]}]}}),
+        )
+        .await;
+        assert!(matches!(&bad, Err((ttrpc::Code::INVALID_ARGUMENT, m)) if m.contains("OCI.Mounts[0].source")), "{bad:?}");
+
+        // CopyFile lands in the sandbox's shared directory, and nowhere else.
+        let target = sandbox_dir.join("shared/dir/hello");
+        call(
+            &c,
+            "CopyFile",
+            json!({"path": target, "file_mode": 0o100644, "dir_mode": 0o755, "file_size": 2, "data": b"hi"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"hi");
+        let outside = call(
+            &c,
+            "CopyFile",
+            json!({"path": tmp.path().join("escaped"), "file_mode": 0o100644, "file_size": 1, "data": b"x"}),
+        )
+        .await;
+        assert!(matches!(&outside, Err((ttrpc::Code::INVALID_ARGUMENT, _))), "{outside:?}");
+        assert!(!tmp.path().join("escaped").exists());
+
+        // A signal to the whole container ends its init (PID 1 of its namespace: only SIGKILL).
+        call(&c, "SignalProcess", json!({"container_id": cid, "signal": 9})).await.unwrap();
+        let waited = call(&c, "WaitProcess", ids.clone()).await.unwrap();
+        assert_eq!(waited["status"], 128 + 9);
+
+        call(&c, "RemoveContainer", json!({"container_id": cid, "timeout": 10})).await.unwrap();
+        let gone = call(&c, "StatsContainer", ids.clone()).await;
+        assert!(matches!(&gone, Err((ttrpc::Code::NOT_FOUND, m)) if m.contains(&cid)), "{gone:?}");
+        call(&c, "DestroySandbox", json!({})).await.unwrap();
+    });
+    assert!(
+        !sandbox_dir.exists(),
+        "{} left behind",
+        sandbox_dir.display()
+    );
+    for controller in ["pids", "memory", "freezer", "cpu"] {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("vigil")
+            .join(&cid);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&sid), "mounts left behind");
+}
