@@ -65,6 +65,20 @@ impl From<SetPolicyError> for AgentError {
     }
 }
 
+/// When the agent is PID 1, its orphan reaper must leave container processes (and the runtime
+/// library's helper children) to the sandbox, which waits for them itself: the sandbox spawns
+/// them through this claim (`Sandbox::with_child_claims`).
+impl vigil_runtime::ChildClaims for crate::pid1::Reaper {
+    fn claimed(&self, spawn: &mut dyn FnMut() -> Option<i32>) -> Option<vigil_runtime::ClaimToken> {
+        self.spawn_claimed(
+            || spawn().ok_or_else(|| std::io::Error::other("spawn failed")),
+            |pid| u32::try_from(*pid).ok(),
+        )
+        .ok()
+        .map(|(_, claim)| Box::new(claim) as vigil_runtime::ClaimToken)
+    }
+}
+
 impl From<AgentError> for ttrpc::Error {
     fn from(e: AgentError) -> ttrpc::Error {
         let code = match e {
