@@ -20,23 +20,25 @@ use vigil_protos::agent as pb;
 use crate::error::{Result, RuntimeError};
 use crate::runtime::{ContainerRuntime, ProcessIo};
 
+/// libcontainer binds and connects its start-notification sockets after a *process-wide*
+/// `chdir` into the container's state directory (to dodge the 108-byte socket path limit).
+/// Two such calls at once would bind or connect in each other's directory, so create, start
+/// and exec, the calls that do it, take this lock. It lasts for the fork and the hand-shake
+/// (milliseconds), never for a container's life. It is a static because what it guards, the
+/// working directory, belongs to the whole process, whatever number of runtimes it holds.
+/// The agent itself uses only absolute paths, so the short-lived change does not affect its
+/// other threads.
+static CWD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// libcontainer keeps one state directory per container under `state_root`.
 pub struct LibcontainerRuntime {
     state_root: PathBuf,
-    /// libcontainer binds and connects its start-notification sockets after a *process-wide*
-    /// `chdir` into the container's state directory (to dodge the 108-byte socket path limit).
-    /// Two such calls at once would bind or connect in each other's directory, so create,
-    /// start and exec, the calls that do it, take this lock. It lasts for the fork and the
-    /// hand-shake (milliseconds), never for a container's life. The agent itself uses only
-    /// absolute paths, so the short-lived cwd change does not affect its other threads.
-    cwd_lock: std::sync::Mutex<()>,
 }
 
 impl LibcontainerRuntime {
     pub fn new(state_root: impl Into<PathBuf>) -> LibcontainerRuntime {
         LibcontainerRuntime {
             state_root: state_root.into(),
-            cwd_lock: std::sync::Mutex::new(()),
         }
     }
 
@@ -49,13 +51,21 @@ impl LibcontainerRuntime {
             .map_err(|e| RuntimeError::internal(format!("loading container {id}"), e))
     }
 
-    fn cwd_guard(&self) -> CwdGuard<'_> {
-        let lock = self.cwd_lock.lock().unwrap_or_else(|p| p.into_inner());
+    fn cwd_guard(&self) -> CwdGuard {
+        let lock = CWD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // libcontainer does not change back when the bind or connect fails (say the container's
         // init died first), which would leave the whole agent in a directory about to be
         // deleted: restore the working directory ourselves, whatever happened.
         let saved = std::fs::File::open(".").ok();
-        CwdGuard { saved, _lock: lock }
+        // libcontainer also writes a spec's oomScoreAdj into /proc/self (the agent's own score,
+        // inherited by the child): put the agent's back afterwards, or a BestEffort pod's 1000
+        // would make the agent the OOM killer's first choice.
+        let oom_score_adj = std::fs::read_to_string(OOM_SCORE_ADJ).ok();
+        CwdGuard {
+            saved,
+            oom_score_adj,
+            _lock: lock,
+        }
     }
 
     fn builder(&self, id: &str, io: ProcessIo) -> Result<ContainerBuilder> {
@@ -97,12 +107,16 @@ impl LibcontainerRuntime {
     }
 }
 
-struct CwdGuard<'a> {
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// Undoes libcontainer's process-wide changes to the calling process (see `cwd_guard`).
+struct CwdGuard {
     saved: Option<std::fs::File>,
-    _lock: std::sync::MutexGuard<'a, ()>,
+    oom_score_adj: Option<String>,
+    _lock: std::sync::MutexGuard<'static, ()>,
 }
 
-impl Drop for CwdGuard<'_> {
+impl Drop for CwdGuard {
     fn drop(&mut self) {
         let restored = match &self.saved {
             Some(dir) => nix::unistd::fchdir(std::os::fd::AsRawFd::as_raw_fd(dir)).is_ok(),
@@ -110,6 +124,13 @@ impl Drop for CwdGuard<'_> {
         };
         if !restored {
             let _ = std::env::set_current_dir("/");
+        }
+        if let Some(adj) = &self.oom_score_adj {
+            if std::fs::read_to_string(OOM_SCORE_ADJ).ok().as_ref() != Some(adj) {
+                if let Err(e) = std::fs::write(OOM_SCORE_ADJ, adj.trim()) {
+                    tracing::warn!(error = %e, "restoring the agent's oom_score_adj");
+                }
+            }
         }
     }
 }

@@ -429,6 +429,27 @@ async fn full_lifecycle() {
     let pids_before: Vec<i32> = cgroup_pids(&cid);
     assert_eq!(pids_before.len(), 1, "{pids_before:?}");
 
+    // A process's OOM score is its own; the agent's stays what it was.
+    let own_adj = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    sb.exec_process(ExecProcessRequest {
+        container_id: cid.clone(),
+        exec_id: "adj".into(),
+        process: Some(oci::Process {
+            OOMScoreAdj: 987,
+            ..process(&["cat", "/proc/self/oom_score_adj"], false)
+        })
+        .into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(f.read_all(&cid, "adj", true).await, "987\n");
+    assert_eq!(f.wait(&cid, "adj").await, 0);
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/oom_score_adj").unwrap(),
+        own_adj
+    );
+
     // Exec with pipes: exit code, stdout and stderr apart; hostname and DNS from the sandbox.
     f.exec(
         &cid,
@@ -925,4 +946,143 @@ async fn refusals_leave_nothing_behind() {
             ..
         })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_pid_namespace_and_sandbox_storages() {
+    if !privileged("shared_pid_namespace_and_sandbox_storages") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run_root = tmp.path().join("run");
+    // Borrow the fixture's rootfs builder through a throwaway sandbox-less fixture layout.
+    let f = Fixture::new("pidns-rootfs").await;
+    f.sandbox
+        .destroy_sandbox(DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        run_root: run_root.clone(),
+        ..Default::default()
+    }));
+    let sid = format!("pidns-{}", std::process::id());
+    sandbox
+        .create_sandbox(CreateSandboxRequest {
+            sandbox_id: sid.clone(),
+            sandbox_pidns: true,
+            storages: vec![
+                Storage {
+                    driver: "ephemeral".into(),
+                    mount_point: "scratch".into(),
+                    options: vec!["size=1m".into()],
+                    ..Default::default()
+                },
+                Storage {
+                    driver: "local".into(),
+                    mount_point: "local-dir".into(),
+                    options: vec!["mode=0750".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = run_root.join(&sid);
+    let fstype = |p: &Path| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+            .and_then(|l| {
+                l.split(" - ")
+                    .nth(1)
+                    .map(|r| r.split(' ').next().unwrap().to_string())
+            })
+    };
+    assert_eq!(fstype(&dir.join("scratch")).as_deref(), Some("tmpfs"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.join("local-dir"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o750
+    );
+
+    // The first container's PID namespace is the sandbox's; a later one joins it.
+    let ids: Vec<String> = ["first", "second"]
+        .iter()
+        .map(|n| format!("pidns-{n}-{}", std::process::id()))
+        .collect();
+    for id in &ids {
+        let mut req = f.request(id, &["sleep", "1000"], false);
+        req.sandbox_pidns = true;
+        sandbox.create_container(req).await.unwrap();
+        sandbox
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    sandbox
+        .exec_process(ExecProcessRequest {
+            container_id: ids[1].clone(),
+            exec_id: "look".into(),
+            process: Some(process(&["cat", "/proc/1/cmdline"], false)).into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        match sandbox
+            .read_stdout(ReadStreamRequest {
+                container_id: ids[1].clone(),
+                exec_id: "look".into(),
+                len: 4096,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(d) => out.extend(d.data),
+            Err(RuntimeError::EndOfStream) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // PID 1 seen from the second container is the first container's `sleep 1000`.
+    assert_eq!(out, b"sleep\x001000\x00");
+    // Without a shared namespace in the sandbox, asking for it is refused.
+    sandbox
+        .destroy_sandbox(DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    assert!(fstype(&dir.join("scratch")).is_none());
+    assert!(!dir.exists());
+    for id in &ids {
+        assert_container_gone(&dir, id);
+    }
+    sandbox
+        .create_sandbox(CreateSandboxRequest {
+            sandbox_id: sid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut req = f.request(&ids[0], &["true"], false);
+    req.sandbox_pidns = true;
+    match sandbox.create_container(req).await {
+        Err(RuntimeError::InvalidArgument { field, .. }) => assert_eq!(field, "sandbox_pidns"),
+        other => panic!("{other:?}"),
+    }
+    assert_container_gone(&dir, &ids[0]);
+    sandbox
+        .destroy_sandbox(DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    let mut f = f;
+    f.destroyed = true;
 }
