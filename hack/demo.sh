@@ -1,35 +1,125 @@
 #!/usr/bin/env bash
-# vigil demo: starts the agent on a unix socket with the confidential allow-list, then shows
-# with vigilctl an allowed call, calls the allow-list blocks, and the agent's own version.
+# vigil demo, on one machine without QEMU:
+#   a tenant key and a signed policy, the KBS test server on 127.0.0.1, initdata that carries
+#   the agent's config, and vigil-agent in mock-TEE mode on a unix socket. The agent checks
+#   the launch binding, attests to the KBS, fetches and verifies the tenant's policy, and only
+#   then opens its API. vigilctl then shows an allowed call, a call the allow-list blocks and a
+#   call the tenant's policy blocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins --locked --quiet
 bin="${CARGO_TARGET_DIR:-target}/debug"
 work=$(mktemp -d)
-cleanup() { [ -n "${agent_pid:-}" ] && kill "$agent_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
-addr="unix://$work/agent.sock"
-echo "== starting vigil-agent with hack/sample-configs/confidential.toml on $addr"
-mkfifo "$work/ready"
-"$bin/vigil-agent" --config hack/sample-configs/confidential.toml --server-addr "$addr" \
-    >"$work/ready" 2>"$work/agent.log" &
-agent_pid=$!
-# Wait for the readiness line, not a timer.
-if ! grep -m1 -q "listening on" <"$work/ready"; then
+# Waits for a process's readiness line on a FIFO (no timers) and prints the address in it.
+wait_ready() { # fifo pattern
+    local line
+    while IFS= read -r line; do
+        case "$line" in *"$2"*) echo "${line##* }"; return 0 ;; esac
+    done <"$1"
+    return 1
+}
+
+echo "== 1. tenant: key pair and a signed policy (version 3)"
+"$bin/kbs-tenant" keygen --alg es256 --out "$work/keys" >/dev/null
+cat >"$work/tenant-policy.rego" <<'REGO'
+package agent_policy
+
+# The tenant's policy, delivered by the KBS. Containers may only run the pause image's command.
+default AllowRequestsFailingPolicy := false
+default GuestDetailsRequest := true
+default CreateSandboxRequest := true
+default DestroySandboxRequest := true
+default SetPolicyRequest := false
+default CreateContainerRequest := false
+CreateContainerRequest if {
+    input.OCI.Process.Args == ["/pause"]
+}
+REGO
+"$bin/kbs-tenant" sign --key "$work/keys/tenant.key" --policy "$work/tenant-policy.rego" \
+    --version 3 --out "$work/policy.jws"
+
+echo "== 2. KBS test server on 127.0.0.1"
+mkdir -p "$work/resources"
+mkfifo "$work/kbs.ready"
+"$bin/kbs-test-server" --listen 127.0.0.1:0 --resources "$work/resources" \
+    >"$work/kbs.ready" 2>"$work/kbs.log" &
+pids+=($!)
+kbs_addr=$(wait_ready "$work/kbs.ready" "listening on") || { cat "$work/kbs.log"; exit 1; }
+echo "   listening on $kbs_addr"
+
+echo "== 3. initdata: the agent's config (measured), bound into the launch evidence"
+signer=$(cat "$work/keys/tenant.pub")
+cat >"$work/initdata.toml" <<TOML
+version = "0.1.0"
+algorithm = "sha384"
+
+[data]
+"vigil.toml" = '''
+[agent]
+server_addr = "unix://$work/agent.sock"
+
+[endpoints]
+allowed = ["GuestDetailsRequest", "CreateSandboxRequest", "DestroySandboxRequest",
+           "CreateContainerRequest", "StartContainerRequest", "SetPolicyRequest"]
+
+[policy]
+signer = """
+$signer"""
+min_version = 2
+audit_log = "$work/audit.jsonl"
+
+[attestation]
+tee = "mock"
+policy_resource = "default/vigil-policy/prod"
+deadline_secs = 20
+
+[attestation.kbs]
+kbs_url = "http://$kbs_addr"
+'''
+"policy.rego" = '''
+package agent_policy
+default CreateContainerRequest := true
+'''
+TOML
+"$bin/kbs-tenant" publish --resources "$work/resources" --path default/vigil-policy/prod \
+    --file "$work/policy.jws" --tee sample --init-data "$work/initdata.toml" >/dev/null
+digest=$("$bin/kbs-tenant" init-data-digest "$work/initdata.toml")
+echo "   initdata sha384: $digest"
+# The VMM programs the launch binding; for the mock TEE it is a kernel parameter.
+echo "console=ttyS0 agent.mock_launch_binding=$digest" >"$work/cmdline"
+
+echo "== 4. vigil-agent (mock TEE): attest, fetch the policy, then open the API"
+mkfifo "$work/agent.ready"
+"$bin/vigil-agent" --initdata "$work/initdata.toml" --kernel-cmdline "$work/cmdline" \
+    >"$work/agent.ready" 2>"$work/agent.log" &
+pids+=($!)
+if ! wait_ready "$work/agent.ready" "listening on" >/dev/null; then
     echo "agent failed to start:"; cat "$work/agent.log"; exit 1
 fi
+grep -E "step [0-9]/5" "$work/agent.log" | sed 's/^/   /'
 
 call() {
     echo; echo "\$ vigilctl call $*"
-    "$bin/vigilctl" --addr "$addr" call "$@" || true
+    "$bin/vigilctl" --addr "unix://$work/agent.sock" call "$@" || true
 }
+echo; echo "== 5. calls from the (untrusted) host"
 call Version
+echo; echo "-- allowed by the allow-list and the tenant's policy:"
 call GetGuestDetails '{"mem_block_size": true}'
 echo; echo "-- blocked by the allow-list (the host may not exec into a confidential container):"
 call ExecProcess '{"container_id": "c1", "exec_id": "e1"}'
-call ReadStdout '{"container_id": "c1", "exec_id": "e1"}'
+echo; echo "-- blocked by the tenant's policy from the KBS (the initdata policy would have allowed it):"
+call CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args": ["/bin/sh", "-c", "cat /secrets"]}}}'
+echo; echo "-- SetPolicy from the host: refused by the tenant's policy"
 call SetPolicy '{"policy": "package agent_policy\ndefault ExecProcessRequest := true"}'
 echo
-echo "== agent log"
-cat "$work/agent.log"
+echo "== audit log (one line per decision, no request contents)"
+sed 's/^/   /' "$work/audit.jsonl" 2>/dev/null || true

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use vigil_protos::ENDPOINTS;
 
+use crate::attestation::AttestationSection;
 use crate::cmdline::KernelCmdline;
 use crate::policy::PolicySection;
 
@@ -78,6 +79,7 @@ pub struct ConfigFile {
     pub agent: AgentSection,
     pub endpoints: Option<EndpointsSection>,
     pub policy: Option<PolicySection>,
+    pub attestation: Option<AttestationSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +116,8 @@ pub struct Config {
     pub allow_list: AllowList,
     /// `[policy]`; absent: no policy, the allow-list alone decides.
     pub policy: PolicySection,
+    /// `[attestation]`; absent: unattested (`tee = "none"`).
+    pub attestation: AttestationSection,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             agent: AgentSection::default(),
             allow_list: AllowList::All,
             policy: PolicySection::default(),
+            attestation: AttestationSection::default(),
         }
     }
 
@@ -156,11 +161,19 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
+        let attestation = file.attestation.unwrap_or_default();
+        attestation
+            .validate()
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
             allow_list,
             policy,
+            attestation,
         })
     }
 

@@ -1,7 +1,8 @@
 //! vigil-agent: an attestation-gated, Kata-compatible guest agent for confidential VMs.
 //!
-//! Start-up is [`startup::run`]; the gate every request passes is [`gate`].
+//! Start-up is [`startup::start`]; the gate every request passes is [`gate`].
 
+pub mod attestation;
 pub mod audit;
 pub mod cmdline;
 pub mod config;

@@ -18,6 +18,7 @@ mod error;
 mod tsm;
 
 pub mod binding;
+pub mod initdata;
 pub mod mock;
 #[cfg(feature = "snp")]
 pub mod snp;
