@@ -47,12 +47,19 @@ pub fn container_spec(spec: &oci::Spec, ctx: &SpecContext) -> Result<oci_spec::r
     );
     doc.insert("process".into(), process_json(process, "OCI.Process")?);
     doc.insert("root".into(), root_json(spec, ctx)?);
+    let linux = spec.Linux.as_ref().cloned().unwrap_or_default();
+    // A hostname needs the container's own UTS namespace (else it would rename the guest).
+    let own_uts = linux.Namespaces.is_empty()
+        || linux
+            .Namespaces
+            .iter()
+            .any(|n| n.Type == "uts" && n.Path.is_empty());
     let hostname = if spec.Hostname.is_empty() {
         ctx.hostname
     } else {
         &spec.Hostname
     };
-    if !hostname.is_empty() {
+    if !hostname.is_empty() && own_uts {
         doc.insert("hostname".into(), json!(hostname));
     }
     doc.insert("mounts".into(), mounts_json(&spec.Mounts, ctx)?);
@@ -71,7 +78,6 @@ pub fn container_spec(spec: &oci::Spec, ctx: &SpecContext) -> Result<oci_spec::r
     if !spec.Annotations.is_empty() {
         doc.insert("annotations".into(), json!(spec.Annotations));
     }
-    let linux = spec.Linux.as_ref().cloned().unwrap_or_default();
     doc.insert("linux".into(), linux_json(&linux, ctx)?);
     serde_json::from_value(Value::Object(doc))
         .map_err(|e| RuntimeError::invalid("OCI", format!("not a valid OCI runtime spec: {e}")))
@@ -595,6 +601,42 @@ mod tests {
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/vigil/c")));
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 4);
         assert_eq!(out.mounts().as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn no_hostname_without_an_own_uts_namespace() {
+        let dir = Path::new("/run/vigil/sandbox/s");
+        let bundle = dir.join("containers/c");
+        let ctx = SpecContext {
+            bundle: &bundle,
+            sandbox_dir: dir,
+            allow_hooks: false,
+            cgroups_path: "/vigil/c".into(),
+            hostname: "pod",
+            pid_namespace: None,
+        };
+        let mut s = base();
+        s.Linux = Some(oci::Linux {
+            Namespaces: vec![oci::LinuxNamespace {
+                Type: "mount".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .into();
+        assert_eq!(container_spec(&s, &ctx).unwrap().hostname(), &None);
+        s.Linux
+            .as_mut()
+            .unwrap()
+            .Namespaces
+            .push(oci::LinuxNamespace {
+                Type: "uts".into(),
+                ..Default::default()
+            });
+        assert_eq!(
+            container_spec(&s, &ctx).unwrap().hostname().as_deref(),
+            Some("pod")
+        );
     }
 
     #[test]
