@@ -15,10 +15,11 @@ pub struct Claims {
     pub launch_binding: Vec<u8>,
 }
 
-/// Size of the launch binding field for `tee`.
+/// Size of the hardware launch binding field for `tee` (sample evidence has no fixed size:
+/// it carries the whole initdata digest).
 pub fn launch_binding_len(tee: Tee) -> Option<usize> {
     match tee {
-        Tee::Sample | Tee::Snp => Some(32),
+        Tee::Snp => Some(32),
         Tee::Tdx => Some(48),
         _ => None,
     }
