@@ -38,6 +38,8 @@ pub struct Agent {
 pub struct StartFailure {
     pub status: ExitStatus,
     pub stderr: String,
+    /// Whether the API socket existed when the agent exited (it never may on a failed start).
+    pub socket_existed: bool,
 }
 
 /// How to start the agent for a test.
@@ -96,7 +98,11 @@ impl Agent {
         if !ready {
             let status = child.wait().expect("wait");
             let stderr = stderr_reader.join().unwrap_or_default();
-            return Err(StartFailure { status, stderr });
+            return Err(StartFailure {
+                status,
+                stderr,
+                socket_existed: socket.exists(),
+            });
         }
         Ok(Agent {
             child,
