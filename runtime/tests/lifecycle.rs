@@ -658,8 +658,15 @@ async fn remove_kills_running_processes_and_destroy_cleans_everything() {
     let f = Fixture::new("kill").await;
     let a = format!("kill-a-{}", std::process::id());
     let b = format!("kill-b-{}", std::process::id());
+    let never_started = format!("kill-n-{}", std::process::id());
     f.run(&a, &["sleep", "1000"]).await;
     f.run(&b, &["sleep", "1000"]).await;
+    f.sandbox
+        .create_container(f.request(&never_started, &["sleep", "1000"], false))
+        .await
+        .unwrap();
+    let pids_n = cgroup_pids(&never_started);
+    assert_eq!(pids_n.len(), 1);
     f.exec(&a, "x", &["sleep", "1000"], false).await.unwrap();
     // Paused containers are removed too.
     f.sandbox
@@ -685,6 +692,11 @@ async fn remove_kills_running_processes_and_destroy_cleans_everything() {
         "processes of {b} survive"
     );
     assert_container_gone(&dir, &b);
+    assert!(
+        !pids_n.iter().any(|p| alive(*p)),
+        "the created, never started init survives"
+    );
+    assert_container_gone(&dir, &never_started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
