@@ -6,6 +6,41 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// Bound on every call the tests make.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an RPC answered: its JSON response, or the status code and message.
+pub type Answer = Result<serde_json::Value, (ttrpc::Code, String)>;
+
+/// Calls `method` (name or path) with `request`. A transport failure fails the test: only
+/// answers from the agent are compared.
+pub async fn call(
+    client: &ttrpc::r#async::Client,
+    method: &str,
+    request: serde_json::Value,
+) -> Answer {
+    let rpc = vigilctl::find_rpc(method).unwrap_or_else(|e| panic!("{e}"));
+    match vigilctl::call_json(client, rpc, &request, CALL_TIMEOUT).await {
+        Ok(v) => Ok(v),
+        Err(vigilctl::ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
+        Err(e) => panic!("{method}: transport failure: {e}"),
+    }
+}
+
+/// Runs the `vigilctl` binary: (success, stdout, stderr).
+pub fn vigilctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary("vigilctl"))
+        .args(args)
+        .output()
+        .expect("run vigilctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
 
 /// Path of a workspace binary next to the running test executable (target/<profile>/).
 pub fn binary(name: &str) -> PathBuf {

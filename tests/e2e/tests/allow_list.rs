@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use vigil_protos::ENDPOINTS;
-use vigil_tests::{Agent, AgentSetup};
-use vigilctl::ClientError;
+use vigil_tests::{call, Agent, AgentSetup, Answer};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -24,24 +23,16 @@ fn start(config: Option<&str>) -> Agent {
     .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr))
 }
 
-/// What a call to `method` with `{}` answers: Ok, or the status code and message.
-async fn answer(
-    client: &ttrpc::r#async::Client,
-    method: &str,
-) -> Result<serde_json::Value, (ttrpc::Code, String)> {
-    let rpc = vigilctl::find_rpc(method).unwrap();
-    match vigilctl::call_json(client, rpc, &serde_json::json!({}), T).await {
-        Ok(v) => Ok(v),
-        Err(ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
-        Err(e) => panic!("{method}: transport failure: {e}"),
-    }
+/// What a call to `method` with `{}` answers.
+async fn answer(client: &ttrpc::r#async::Client, method: &str) -> Answer {
+    call(client, method, serde_json::json!({})).await
 }
 
-fn blocked(request: &str) -> Result<serde_json::Value, (ttrpc::Code, String)> {
+fn blocked(request: &str) -> Answer {
     Err((ttrpc::Code::UNIMPLEMENTED, format!("{request} is blocked")))
 }
 
-fn not_implemented(request: &str) -> Result<serde_json::Value, (ttrpc::Code, String)> {
+fn not_implemented(request: &str) -> Answer {
     Err((
         ttrpc::Code::UNIMPLEMENTED,
         format!("{request} is not implemented"),
@@ -209,7 +200,7 @@ fn sixteen_clients_get_every_answer_right() {
         "Check",
         "ReadStderr",
     ];
-    let expected = |m: &str, got: &Result<serde_json::Value, (ttrpc::Code, String)>| match m {
+    let expected = |m: &str, got: &Answer| match m {
         "GetGuestDetails" => got.as_ref().is_ok_and(|v| v["agent_details"].is_object()),
         "Check" => got.as_ref().is_ok_and(|v| v["status"] == 1),
         "CreateContainer" => *got == blocked("CreateContainerRequest"),

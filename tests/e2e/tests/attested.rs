@@ -5,12 +5,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kbs_test_server::{Fault, KbsTestServer, Rule, ServerConfig};
-use serde_json::{json, Value};
+use serde_json::json;
 use vigil_attester::initdata::{pack_block, InitData};
 use vigil_kbc::envelope::{self, Algorithm, PolicyPayload, SigningKey};
 use vigil_kbc::Tee;
-use vigil_tests::{Agent, AgentSetup};
-use vigilctl::ClientError;
+use vigil_tests::{call, Agent, AgentSetup};
 
 const RESOURCE: &str = "default/vigil-policy/prod";
 const T: Duration = Duration::from_secs(10);
@@ -166,19 +165,6 @@ fn refused(result: Result<Agent, vigil_tests::StartFailure>, step: &str, cause: 
     );
 }
 
-async fn answer(
-    c: &ttrpc::r#async::Client,
-    method: &str,
-    req: Value,
-) -> Result<Value, (ttrpc::Code, String)> {
-    let rpc = vigilctl::find_rpc(method).unwrap();
-    match vigilctl::call_json(c, rpc, &req, T).await {
-        Ok(v) => Ok(v),
-        Err(ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
-        Err(e) => panic!("{method}: {e}"),
-    }
-}
-
 #[test]
 fn happy_path_api_follows_the_kbs_policy_not_the_initial_one() {
     let w = World::new();
@@ -193,8 +179,8 @@ fn happy_path_api_follows_the_kbs_policy_not_the_initial_one() {
     w.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         // The KBS policy allows GetGuestDetails; the initial one would have denied it.
-        assert!(answer(&c, "GetGuestDetails", json!({})).await.is_ok());
-        let denied = answer(&c, "CreateContainer", json!({})).await.unwrap_err();
+        assert!(call(&c, "GetGuestDetails", json!({})).await.is_ok());
+        let denied = call(&c, "CreateContainer", json!({})).await.unwrap_err();
         assert_eq!(
             denied,
             (
@@ -203,7 +189,7 @@ fn happy_path_api_follows_the_kbs_policy_not_the_initial_one() {
             )
         );
         // Not on the allow-list of the measured config.
-        let blocked = answer(&c, "ExecProcess", json!({})).await.unwrap_err();
+        let blocked = call(&c, "ExecProcess", json!({})).await.unwrap_err();
         assert_eq!(blocked.0, ttrpc::Code::UNIMPLEMENTED);
     });
     let (_, log) = agent.stop();
@@ -457,7 +443,7 @@ fn policy_optional_falls_back_to_the_initdata_policy() {
     w.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         // The initial policy from initdata denies GetGuestDetails.
-        let denied = answer(&c, "GetGuestDetails", json!({})).await.unwrap_err();
+        let denied = call(&c, "GetGuestDetails", json!({})).await.unwrap_err();
         assert_eq!(denied.0, ttrpc::Code::PERMISSION_DENIED);
     });
     let (_, log) = agent.stop();

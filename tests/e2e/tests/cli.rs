@@ -1,8 +1,6 @@
 //! vigilctl against a running agent, over each transport that can be tested here.
 
-use std::process::Command;
-
-use vigil_tests::{binary, Agent, AgentSetup, HybridVsock};
+use vigil_tests::{vigilctl, Agent, AgentSetup, HybridVsock};
 
 fn agent() -> Agent {
     Agent::start(AgentSetup {
@@ -10,18 +8,6 @@ fn agent() -> Agent {
         ..Default::default()
     })
     .unwrap_or_else(|f| panic!("{}", f.stderr))
-}
-
-fn vigilctl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary("vigilctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]

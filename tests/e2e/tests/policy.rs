@@ -4,8 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use vigil_kbc::envelope::{self, Algorithm, PolicyPayload, SigningKey};
-use vigil_tests::{Agent, AgentSetup};
-use vigilctl::ClientError;
+use vigil_tests::{call, Agent, AgentSetup, Answer};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -41,17 +40,6 @@ default GuestDetailsRequest := false
 default SetPolicyRequest := true
 default CreateContainerRequest := true
 "#;
-
-type Answer = Result<Value, (ttrpc::Code, String)>;
-
-async fn call(c: &ttrpc::r#async::Client, method: &str, req: Value) -> Answer {
-    let rpc = vigilctl::find_rpc(method).unwrap();
-    match vigilctl::call_json(c, rpc, &req, T).await {
-        Ok(v) => Ok(v),
-        Err(ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
-        Err(e) => panic!("{method}: {e}"),
-    }
-}
 
 fn policy_denied(name: &str) -> Answer {
     Err((

@@ -2,29 +2,16 @@
 //! recorded by the agent replays to the same decisions; sign/verify round trip.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use vigil_tests::{binary, Agent, AgentSetup};
+use vigil_tests::{vigilctl, Agent, AgentSetup};
 use vigilctl::ClientError;
 
 const T: Duration = Duration::from_secs(10);
 
 fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policy/testdata/genpolicy-like")
-}
-
-fn vigilctl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary("vigilctl"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]
