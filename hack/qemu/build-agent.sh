@@ -14,6 +14,12 @@ case $profile in
 esac
 
 cd "$REPO_ROOT"
+# The container runtime links libseccomp: take the static archive (Debian's libseccomp-dev
+# ships it), or the binary would need libseccomp.so and the loader in the guest.
+export LIBSECCOMP_LINK_TYPE=static
+export LIBSECCOMP_LIB_PATH=${LIBSECCOMP_LIB_PATH:-/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)}
+[ -f "$LIBSECCOMP_LIB_PATH/libseccomp.a" ] ||
+    die "no libseccomp.a in $LIBSECCOMP_LIB_PATH (apt-get install libseccomp-dev; hack/qemu/setup.sh)"
 # --target keeps RUSTFLAGS away from build scripts and proc macros (they stay dynamic).
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --locked --profile "$profile" --target "$AGENT_TARGET" -p vigil-agent >&2

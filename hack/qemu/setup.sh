@@ -5,7 +5,7 @@
 #   apt: qemu-system-x86 (from bookworm-backports on bookworm, matching the backports
 #        qemu-utils these machines ship: the bookworm one would replace it), socat (the guest's
 #        forward to the KBS), kmod (depmod), lz4 (the kernel payload), file, busybox-static
-#        (debug shells only)
+#        (debug shells only), libseccomp-dev (libseccomp.a for the static agent)
 #   cargo: vhost-device-vsock (the host half of the guest's vsock)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -14,7 +14,7 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-apt_pkgs=(qemu-system-x86 socat kmod lz4 file busybox-static)
+apt_pkgs=(qemu-system-x86 socat kmod lz4 file busybox-static libseccomp-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
