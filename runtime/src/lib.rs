@@ -16,6 +16,6 @@ mod storage;
 mod youki;
 
 pub use error::RuntimeError;
-pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, ProcessIo};
+pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
 pub use sandbox::{Sandbox, SandboxConfig};
 pub use youki::LibcontainerRuntime;

@@ -43,6 +43,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn stats(&self, id: &str) -> Result<CgroupStats>;
     /// How many times the kernel's OOM killer has killed a process in the container's cgroup.
     fn oom_kills(&self, id: &str) -> Result<u64>;
+    /// A descriptor that becomes readable at OOM events in the container's cgroup (and when
+    /// the cgroup goes away), so OOM kills are reported as they happen, not only when a process
+    /// the sandbox started dies of one. Runtimes that cannot tell say so with an error; the
+    /// sandbox then relies on process deaths alone.
+    fn oom_watch(&self, id: &str) -> Result<(std::os::fd::OwnedFd, OomWake)> {
+        Err(crate::RuntimeError::Internal(format!(
+            "container {id}: OOM notifications are not supported by this runtime"
+        )))
+    }
     /// Kills whatever is left of the container and removes its cgroup and state. Deleting a
     /// container that does not exist (any more) succeeds, so cleanup can be retried.
     fn delete(&self, id: &str) -> Result<()>;
@@ -69,4 +78,15 @@ impl ChildClaims for NoReaper {
     fn claimed(&self, spawn: &mut dyn FnMut() -> Option<i32>) -> Option<ClaimToken> {
         spawn().map(|_| Box::new(()) as ClaimToken)
     }
+}
+
+/// What a wake-up of [`ContainerRuntime::oom_watch`]'s descriptor means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OomWake {
+    /// Every wake-up is an OOM (cgroup v1's notification, sent before the victim is killed,
+    /// so the kill counter may not have moved yet).
+    IsOom,
+    /// The wake-up says "something changed": an OOM only if the kill counter grew (cgroup v2's
+    /// memory.events also changes for other events).
+    CheckCounter,
 }

@@ -19,7 +19,7 @@ use vigil_protos::agent::*;
 use vigil_protos::oci;
 
 use crate::error::{Result, RuntimeError};
-use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, ProcessIo};
+use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
 use crate::spec::{self, SpecContext};
 use crate::stdio::{self, OutputBuffer, StdinWriter};
 use crate::storage::{self, Mounted};
@@ -96,6 +96,8 @@ struct Container {
     processes: Mutex<HashMap<String, Arc<Process>>>,
     init: Arc<Process>,
     oom_kills_seen: AtomicU64,
+    /// The runtime notifies OOMs in this container (else process deaths are checked).
+    oom_watched: bool,
 }
 
 struct ContainerOps {
@@ -597,7 +599,8 @@ impl Sandbox {
                 return Err(fail(mounts, e));
             }
         };
-        let init = match self.track(&id, pid, claim, parent_io) {
+        let oom_watched = self.watch_oom(&id).await;
+        let init = match self.track(&id, pid, claim, parent_io, !oom_watched) {
             Ok(p) => p,
             Err(e) => {
                 let runtime = self.runtime.clone();
@@ -617,6 +620,7 @@ impl Sandbox {
             processes: Mutex::new(HashMap::new()),
             init,
             oom_kills_seen: AtomicU64::new(0),
+            oom_watched,
         }))
     }
 
@@ -627,6 +631,7 @@ impl Sandbox {
         pid: i32,
         claim: ClaimToken,
         io: ParentIo,
+        oom_on_kill: bool,
     ) -> Result<Arc<Process>> {
         let pidfd = Arc::new(pidfd_open(pid)?);
         let limit = self.config.output_limit;
@@ -659,7 +664,7 @@ impl Sandbox {
             drop(claim); // reaped: the agent's reaper may have the pid back
             let _ = tx.send(Some(status));
             // A SIGKILL may be the OOM killer's: report it if the cgroup's counter moved.
-            if status == 128 + libc::SIGKILL {
+            if oom_on_kill && status == 128 + libc::SIGKILL {
                 let id = cid.clone();
                 if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || runtime.oom_kills(&id)).await
                 {
@@ -679,6 +684,59 @@ impl Sandbox {
             exit: rx,
             waited: AtomicBool::new(false),
         }))
+    }
+
+    /// Reports OOM kills in the container as the kernel signals them (any process, not only
+    /// those the sandbox started). Ends when the cgroup goes away (the counter cannot be read).
+    async fn watch_oom(&self, id: &str) -> bool {
+        let (watch, wake) = match self.blocking(id, |rt, id| rt.oom_watch(id)).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(container = id, error = %e, "no OOM notifications; relying on process deaths");
+                return false;
+            }
+        };
+        let afd = match stdio::async_fd(watch, "OOM notifications") {
+            Ok(a) => a,
+            Err(_) => return false,
+        };
+        let (runtime, oom_tx, cid) = (self.runtime.clone(), self.oom_tx.clone(), id.to_string());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            let mut last = 0;
+            loop {
+                let Ok(mut guard) = afd.readable().await else {
+                    return;
+                };
+                // Drain the notification (an eventfd counter or inotify events).
+                // SAFETY: reading into a buffer we own, with its length.
+                while unsafe {
+                    libc::read(
+                        afd.get_ref().as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                } > 0
+                {}
+                guard.clear_ready();
+                let id = cid.clone();
+                let rt = runtime.clone();
+                let kills = match tokio::task::spawn_blocking(move || rt.oom_kills(&id)).await {
+                    Ok(Ok(n)) => n,
+                    _ => return, // the cgroup is gone: the container was removed
+                };
+                let oom = match wake {
+                    OomWake::IsOom => true,
+                    OomWake::CheckCounter => kills > last,
+                };
+                last = last.max(kills);
+                if oom {
+                    // Count 0: already decided, no de-duplication against process deaths.
+                    let _ = oom_tx.send(format!("{cid}\00"));
+                }
+            }
+        });
+        true
     }
 
     pub async fn start_container(&self, req: StartContainerRequest) -> Result<Empty> {
@@ -804,7 +862,7 @@ impl Sandbox {
         let (pid, claim) = self
             .spawn_claimed(move || runtime.exec(&id, &oci_process, child_io))
             .await?;
-        let p = self.track(&c.id, pid, claim, parent_io)?;
+        let p = self.track(&c.id, pid, claim, parent_io, !c.oom_watched)?;
         lock(&c.processes).insert(req.exec_id.clone(), p);
         Ok(Empty::new())
     }
@@ -906,9 +964,11 @@ impl Sandbox {
             let (cid, count) = event.split_once('\0').unwrap_or((&event, "0"));
             let count: u64 = count.parse().unwrap_or(0);
             // Several processes killed by one OOM episode report the same counter: one event.
-            if let Ok(c) = self.container(cid).await {
-                if c.oom_kills_seen.fetch_max(count, Ordering::SeqCst) >= count {
-                    continue;
+            if count > 0 {
+                if let Ok(c) = self.container(cid).await {
+                    if c.oom_kills_seen.fetch_max(count, Ordering::SeqCst) >= count {
+                        continue;
+                    }
                 }
             }
             return Ok(OOMEvent {

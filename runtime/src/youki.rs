@@ -6,6 +6,7 @@
 //! itself, passes the slave as stdin/stdout/stderr, and [`ControllingTtyExecutor`] makes it the
 //! controlling terminal in the container process (already a session leader) just before exec.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt};
@@ -18,7 +19,7 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use vigil_protos::agent as pb;
 
 use crate::error::{Result, RuntimeError};
-use crate::runtime::{ContainerRuntime, ProcessIo};
+use crate::runtime::{ContainerRuntime, OomWake, ProcessIo};
 
 /// libcontainer binds and connects its start-notification sockets after a *process-wide*
 /// `chdir` into the container's state directory (to dodge the 108-byte socket path limit).
@@ -252,6 +253,47 @@ impl ContainerRuntime for LibcontainerRuntime {
             .find(|(k, _)| *k == key)
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0))
+    }
+
+    fn oom_watch(&self, id: &str) -> Result<(OwnedFd, OomWake)> {
+        let path = self.cgroup_path(id)?;
+        let rel = path.strip_prefix("/").unwrap_or(&path);
+        let setup = libcgroups::common::get_cgroup_setup()
+            .map_err(|e| RuntimeError::internal("cgroup setup", e))?;
+        let os_err = |what: &str| RuntimeError::internal(what, std::io::Error::last_os_error());
+        if let CgroupSetup::Unified = setup {
+            // cgroup v2: memory.events is modified at every OOM (and OOM kill).
+            let file = Path::new("/sys/fs/cgroup").join(rel).join("memory.events");
+            let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
+                .map_err(|_| RuntimeError::Internal("cgroup path with NUL".into()))?;
+            // SAFETY: plain syscalls; the descriptor is owned right away.
+            let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+            if fd < 0 {
+                return Err(os_err("inotify_init1"));
+            }
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), libc::IN_MODIFY) } < 0 {
+                return Err(os_err("watching memory.events"));
+            }
+            return Ok((fd, OomWake::CheckCounter));
+        }
+        // cgroup v1: an eventfd registered on memory.oom_control fires at every OOM and when
+        // the cgroup is removed.
+        let dir = Path::new("/sys/fs/cgroup/memory").join(rel);
+        let control = std::fs::File::open(dir.join("memory.oom_control"))
+            .map_err(|e| RuntimeError::internal("memory.oom_control", e))?;
+        // SAFETY: plain syscall; the descriptor is owned right away.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(os_err("eventfd"));
+        }
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        std::fs::write(
+            dir.join("cgroup.event_control"),
+            format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
+        )
+        .map_err(|e| RuntimeError::internal("cgroup.event_control", e))?;
+        Ok((efd, OomWake::IsOom))
     }
 
     fn delete(&self, id: &str) -> Result<()> {

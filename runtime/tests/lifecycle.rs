@@ -1098,3 +1098,49 @@ async fn shared_pid_namespace_and_sandbox_storages() {
     let mut f = f;
     f.destroyed = true;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oom_kill_of_a_process_the_agent_did_not_start_is_reported() {
+    if !privileged("oom_kill_of_a_process_the_agent_did_not_start_is_reported") {
+        return;
+    }
+    let f = Fixture::new("oomchild").await;
+    let cid = format!("oomchild-{}", std::process::id());
+    // The shell survives; only its child dd is killed, so no process of ours dies of it.
+    let mut req = f.request(
+        &cid,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=128M count=1; sleep 1000",
+        ],
+        false,
+    );
+    let linux = req.OCI.as_mut().unwrap().Linux.as_mut().unwrap();
+    linux
+        .Resources
+        .as_mut()
+        .unwrap()
+        .Memory
+        .as_mut()
+        .unwrap()
+        .Limit = 32 << 20;
+    f.sandbox.create_container(req).await.unwrap();
+    f.sandbox
+        .start_container(StartContainerRequest {
+            container_id: cid.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(
+        Duration::from_secs(30),
+        f.sandbox.get_oom_event(GetOOMEventRequest::new()),
+    )
+    .await
+    .expect("no OOM event")
+    .unwrap();
+    assert_eq!(event.container_id, cid);
+    f.remove(&cid).await;
+    f.destroy().await;
+}
