@@ -5,13 +5,14 @@
 # Prints every run and the median (ms).
 #
 # Usage: bench-boot.sh [--runs N] [--agent PATH] [--vigilctl PATH] [--append PARAMS]
-#                      [--boot-arg ARG]...
+#                      [--boot-arg ARG]... [--gzip]
 #   --append     extra kernel parameters, to compare boot options
 #   --boot-arg   one more boot.sh argument (repeatable), e.g. --boot-arg --machine --boot-arg pc
+#   --gzip       gzip'd initramfs (plain is the default)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-runs=5 agent="" vigilctl="" append="" timeout=180 boot_args=()
+runs=5 agent="" vigilctl="" append="" timeout=180 boot_args=() initramfs_args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --runs) runs=$2; shift 2 ;;
@@ -19,6 +20,7 @@ while [ $# -gt 0 ]; do
         --vigilctl) vigilctl=$2; shift 2 ;;
         --append) append=$2; shift 2 ;;
         --boot-arg) boot_args+=("$2"); shift 2 ;;
+        --gzip) initramfs_args+=(--gzip); shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -38,7 +40,8 @@ kernel=$kernel_dir/vmlinux
 [ -f "$kernel" ] || kernel=$kernel_dir/vmlinuz
 printf '[agent]\nserver_addr = "vsock://-1:1024"\nlog_level = "warn"\n' >"$work/agent.toml"
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
-    --config "$work/agent.toml" -o "$work/initramfs.cpio.gz" >/dev/null
+    --config "$work/agent.toml" -o "$work/initramfs.img" \
+    "${initramfs_args[@]+"${initramfs_args[@]}"}" >/dev/null
 
 boot_pid=""
 trap '[ -z "$boot_pid" ] || { kill "$boot_pid" 2>/dev/null; wait "$boot_pid" 2>/dev/null; }' EXIT
@@ -47,7 +50,7 @@ for i in $(seq 1 "$runs"); do
     console=$work/console-$i.log
     : >"$console"
     t0=$(now)
-    "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs.cpio.gz" \
+    "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs.img" \
         --run-dir "$work/run" --console-log "$console" --kbs-port 9 \
         --append "agent.config_file=/etc/vigil/agent.toml $append" \
         "${boot_args[@]+"${boot_args[@]}"}" >"$work/boot-$i.log" 2>&1 &

@@ -11,7 +11,7 @@
 #
 # Usage: boot.sh [options]
 #   --kernel FILE        [default: hack/out/kernel/current/vmlinux, else vmlinuz]
-#   --initrd FILE        [default: hack/out/initramfs.cpio.gz]
+#   --initrd FILE        [default: hack/out/initramfs.cpio]
 #   --run-dir DIR        sockets and pid files [default: hack/out/run]
 #   --kbs-port PORT      forward guest 10.0.2.100:8080 to host 127.0.0.1:PORT (no network
 #                        device without it)
@@ -31,7 +31,7 @@ source "$(dirname "$0")/common.sh"
 # The uncompressed PVH kernel boots seconds faster on TCG than the bzImage.
 kernel=$OUT_DIR/kernel/current/vmlinux
 [ -f "$kernel" ] || kernel=$OUT_DIR/kernel/current/vmlinuz
-initrd=$OUT_DIR/initramfs.cpio.gz
+initrd=$OUT_DIR/initramfs.cpio
 run_dir=$OUT_DIR/run
 kbs_port="" append="" console_log="" memory=512 quiet=quiet machine=q35 initdata_disk=""
 qemu_extra=()

@@ -50,7 +50,7 @@ log_level = "info"
 allowed = ["GuestDetailsRequest"]
 TOML
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
-    --config "$work/agent.toml" -o "$work/initramfs.cpio.gz" >/dev/null
+    --config "$work/agent.toml" -o "$work/initramfs.cpio" >/dev/null
 
 console=$work/console.log
 run_dir=$work/run
@@ -74,7 +74,7 @@ kernel=$kernel_dir/vmlinux
 [ -f "$kernel" ] || kernel=$kernel_dir/vmlinuz
 t_start=$(now)
 "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" \
-    --initrd "$work/initramfs.cpio.gz" --run-dir "$run_dir" --console-log "$console" \
+    --initrd "$work/initramfs.cpio" --run-dir "$run_dir" --console-log "$console" \
     --kbs-port "$kbs_port" \
     --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot.log" 2>&1 &
 boot_pid=$!
@@ -139,10 +139,10 @@ server_addr = "vsock://-1:1024"
 allowed = ["GuestDetailsRequest", "NoSuchRequest"]
 TOML
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
-    --config "$work/bad.toml" -o "$work/initramfs-bad.cpio.gz" >/dev/null
+    --config "$work/bad.toml" -o "$work/initramfs-bad.cpio" >/dev/null
 bad_console=$work/console-bad.log
 : >"$bad_console"
-"$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs-bad.cpio.gz" \
+"$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs-bad.cpio" \
     --run-dir "$work/run-bad" --console-log "$bad_console" \
     --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot-bad.log" 2>&1 &
 boot_pid=$!

@@ -66,9 +66,9 @@ echo "GUEST-CHECK DONE"
 SH
 chmod +x "$work/init"
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$work/init" --busybox --kernel-dir "$kernel_dir" \
-    -o "$work/initramfs.cpio.gz" >/dev/null
+    -o "$work/initramfs.cpio" >/dev/null
 
-"$QEMU_HACK_DIR/boot.sh" --initrd "$work/initramfs.cpio.gz" --run-dir "$work/run" \
+"$QEMU_HACK_DIR/boot.sh" --initrd "$work/initramfs.cpio" --run-dir "$work/run" \
     --kbs-port "$port" --console-log "$work/console.log" --initdata-disk "$work/initdata.img" \
     --qemu-arg -fw_cfg --qemu-arg "name=opt/vigil/check,string=$fw_token" \
     >"$work/boot.log" 2>&1 &

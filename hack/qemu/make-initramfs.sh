@@ -14,14 +14,16 @@
 #   --add SRC:DEST      any other file (executables keep mode 0755, others get 0644)
 #   --busybox           add a static busybox as /bin/busybox and /bin/sh (debugging only:
 #                       boot with rdinit=/bin/sh)
-#   --no-compress       plain cpio (the kernel unpacks it without decompressing)
-#   -o, --output FILE   [default: hack/out/initramfs.cpio.gz, or .cpio with --no-compress]
+#   --gzip              gzip the archive (smaller file, but inflating it costs the TCG guest
+#                       more time than copying the plain archive: plain is the default)
+#   --no-compress       plain cpio (the default)
+#   -o, --output FILE   [default: hack/out/initramfs.cpio, or .cpio.gz with --gzip]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 agent=$TARGET_DIR/$AGENT_TARGET/release/vigil-agent
 kernel_dir=$OUT_DIR/kernel/current
-config="" initdata="" busybox=0 compress=1 output=""
+config="" initdata="" busybox=0 compress=0 output=""
 extra=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
         --add) extra+=("$2"); shift 2 ;;
         --busybox) busybox=1; shift ;;
         --no-compress) compress=0; shift ;;
+        --gzip) compress=1; shift ;;
         -o | --output) output=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
