@@ -8,6 +8,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use libcgroups::common::{CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt};
 use libcontainer::container::builder::ContainerBuilder;
@@ -34,12 +35,14 @@ static CWD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// libcontainer keeps one state directory per container under `state_root`.
 pub struct LibcontainerRuntime {
     state_root: PathBuf,
+    watchdog: Watchdog,
 }
 
 impl LibcontainerRuntime {
     pub fn new(state_root: impl Into<PathBuf>) -> LibcontainerRuntime {
         LibcontainerRuntime {
             state_root: state_root.into(),
+            watchdog: Watchdog::start(),
         }
     }
 
@@ -65,6 +68,7 @@ impl LibcontainerRuntime {
         CwdGuard {
             saved,
             oom_score_adj,
+            _watch: self.watchdog.watch(),
             _lock: lock,
         }
     }
@@ -114,6 +118,7 @@ const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 struct CwdGuard {
     saved: Option<std::fs::File>,
     oom_score_adj: Option<String>,
+    _watch: WatchedCall,
     _lock: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -131,6 +136,104 @@ impl Drop for CwdGuard {
                 if let Err(e) = std::fs::write(OOM_SCORE_ADJ, adj.trim()) {
                     tracing::warn!(error = %e, "restoring the agent's oom_score_adj");
                 }
+            }
+        }
+    }
+}
+
+/// Un-sticks libcontainer's helper children.
+///
+/// libcontainer forks with a raw `clone3` from our multi-threaded process, and its helper
+/// child ends with `std::process::exit`, whose clean-up takes a std-internal lock (the
+/// stack-overflow handler table) that another thread may have held at the instant of the
+/// clone; the child then waits forever and so does the call that waits for it (seen with gdb
+/// in this crate's tests, about one create in a few hundred under heavy thread churn).
+/// By then the helper has done its work, and libcontainer accepts a helper killed by a signal.
+/// So while a forking call has run for longer than [`STUCK_AFTER`], this long-lived thread
+/// (created once: starting threads is what races) SIGKILLs any child that is a copy of this
+/// executable, single-threaded, and waiting on a futex: a stuck helper. A container process
+/// never is one (it waits in `accept` for its start signal, or runs its own program). The
+/// real fix is to fork from a single-threaded helper process, as Kata's agent re-executes
+/// itself; see README.md.
+struct Watchdog {
+    active: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+struct WatchedCall {
+    started: std::time::Instant,
+    active: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Drop for WatchedCall {
+    fn drop(&mut self) {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = a.iter().position(|t| *t == self.started) {
+            a.swap_remove(i);
+        }
+    }
+}
+
+impl Watchdog {
+    fn start() -> Watchdog {
+        let active: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
+        let seen = Arc::downgrade(&active);
+        let spawned = std::thread::Builder::new()
+            .name("vigil-runtime-watchdog".into())
+            .spawn(move || loop {
+                std::thread::park_timeout(std::time::Duration::from_secs(1));
+                let Some(active) = seen.upgrade() else { return };
+                let overdue = active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|t| t.elapsed() > STUCK_AFTER);
+                if overdue {
+                    kill_stuck_helpers();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no watchdog for libcontainer's helper processes");
+        }
+        Watchdog { active }
+    }
+
+    fn watch(&self) -> WatchedCall {
+        let started = std::time::Instant::now();
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(started);
+        WatchedCall {
+            started,
+            active: self.active.clone(),
+        }
+    }
+}
+
+fn kill_stuck_helpers() {
+    let Ok(me) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            let same_exe = std::fs::read_link(proc_dir.join("exe")).is_ok_and(|e| e == me);
+            let one_thread = std::fs::read_dir(proc_dir.join("task")).is_ok_and(|t| t.count() == 1);
+            let on_futex =
+                std::fs::read_to_string(proc_dir.join("wchan")).is_ok_and(|w| w.contains("futex"));
+            if same_exe && one_thread && on_futex {
+                tracing::warn!(pid, "killing a stuck libcontainer helper process");
+                // SAFETY: plain kill of our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
     }
