@@ -54,13 +54,18 @@ TOML
 echo "agent.mock_launch_binding=$("$bin/kbs-tenant" init-data-digest "$work/initdata.toml")" >"$work/cmdline"
 
 : >"$work/results"
+mkfifo "$work/agent.ready"
 for _ in $(seq "$runs"); do
     rm -f "$work/agent.sock"
     start=$(date +%s%N)
     "$bin/vigil-agent" --initdata "$work/initdata.toml" --kernel-cmdline "$work/cmdline" \
-        2>"$work/agent.log" | { grep -m1 -q "listening on"; echo $(( ($(date +%s%N) - start) / 1000 )) >"$work/total"; }
-    pkill -TERM -f "$work/initdata.toml" 2>/dev/null || true
-    wait 2>/dev/null || true
+        >"$work/agent.ready" 2>"$work/agent.log" &
+    agent_pid=$!
+    # The readiness line, not a timer, marks the end of start-up.
+    grep -m1 -q "listening on" <"$work/agent.ready"
+    echo $(( ($(date +%s%N) - start) / 1000 )) >"$work/total"
+    kill -TERM "$agent_pid"
+    wait "$agent_pid" || true
     python3 - "$work/agent.log" "$(cat "$work/total")" >>"$work/results" <<'PY'
 import json, sys
 steps = {}

@@ -27,26 +27,7 @@ wait_ready() { # fifo pattern
     return 1
 }
 
-echo "== 1. tenant: key pair and a signed policy (version 3)"
-"$bin/kbs-tenant" keygen --alg es256 --out "$work/keys" >/dev/null
-cat >"$work/tenant-policy.rego" <<'REGO'
-package agent_policy
-
-# The tenant's policy, delivered by the KBS. Containers may only run the pause image's command.
-default AllowRequestsFailingPolicy := false
-default GuestDetailsRequest := true
-default CreateSandboxRequest := true
-default DestroySandboxRequest := true
-default SetPolicyRequest := false
-default CreateContainerRequest := false
-CreateContainerRequest if {
-    input.OCI.Process.Args == ["/pause"]
-}
-REGO
-"$bin/kbs-tenant" sign --key "$work/keys/tenant.key" --policy "$work/tenant-policy.rego" \
-    --version 3 --out "$work/policy.jws"
-
-echo "== 2. KBS test server on 127.0.0.1"
+echo "== 1. KBS test server on 127.0.0.1"
 mkdir -p "$work/resources"
 mkfifo "$work/kbs.ready"
 "$bin/kbs-test-server" --listen 127.0.0.1:0 --resources "$work/resources" \
@@ -55,50 +36,17 @@ pids+=($!)
 kbs_addr=$(wait_ready "$work/kbs.ready" "listening on") || { cat "$work/kbs.log"; exit 1; }
 echo "   listening on $kbs_addr"
 
+echo "== 2. tenant: key pair, a signed policy (version 3), published for this initdata"
 echo "== 3. initdata: the agent's config (measured), bound into the launch evidence"
-signer=$(cat "$work/keys/tenant.pub")
-cat >"$work/initdata.toml" <<TOML
-version = "0.1.0"
-algorithm = "sha384"
-
-[data]
-"vigil.toml" = '''
-[agent]
-server_addr = "unix://$work/agent.sock"
-
-[endpoints]
-allowed = ["GuestDetailsRequest", "CreateSandboxRequest", "DestroySandboxRequest",
-           "CreateContainerRequest", "StartContainerRequest", "SetPolicyRequest"]
-
-[policy]
-signer = """
-$signer"""
-min_version = 2
-audit_log = "$work/audit.jsonl"
-
-[attestation]
-tee = "mock"
-policy_resource = "default/vigil-policy/prod"
-deadline_secs = 20
-
-[attestation.kbs]
-kbs_url = "http://$kbs_addr"
-'''
-"policy.rego" = '''
-package agent_policy
-default CreateContainerRequest := true
-'''
-TOML
-"$bin/kbs-tenant" publish --resources "$work/resources" --path default/vigil-policy/prod \
-    --file "$work/policy.jws" --tee sample --init-data "$work/initdata.toml" >/dev/null
-digest=$("$bin/kbs-tenant" init-data-digest "$work/initdata.toml")
+source hack/tenant.sh
+digest=$(make_tenant "$work" "http://$kbs_addr" "unix://$work/agent.sock" "")
 echo "   initdata sha384: $digest"
 # The VMM programs the launch binding; for the mock TEE it is a kernel parameter.
 echo "console=ttyS0 agent.mock_launch_binding=$digest" >"$work/cmdline"
 
 echo "== 4. vigil-agent (mock TEE): attest, fetch the policy, then open the API"
 mkfifo "$work/agent.ready"
-"$bin/vigil-agent" --initdata "$work/initdata.toml" --kernel-cmdline "$work/cmdline" \
+"$bin/vigil-agent" --initdata "$work/initdata.toml" --kernel-cmdline "$work/cmdline" --audit-log "$work/audit.jsonl" \
     >"$work/agent.ready" 2>"$work/agent.log" &
 pids+=($!)
 if ! wait_ready "$work/agent.ready" "listening on" >/dev/null; then

@@ -42,13 +42,18 @@ fn main() {
         Err(e) => pid1::fatal(&format!("starting the async runtime: {e}")),
     };
     let code = runtime.block_on(async {
-        if init {
-            tokio::spawn(pid1::Reaper::new().run());
+        // As init, orphans are ours to reap; the container runtime claims the children it
+        // waits on itself, through this same reaper.
+        let reaper = init.then(pid1::Reaper::new);
+        if let Some(r) = &reaper {
+            tokio::spawn(r.clone().run());
         }
         // Installed before the API opens, so a SIGTERM sent right after the readiness line
         // (or during start-up) is seen rather than killing the process.
         let signals = TerminationSignals::install();
-        let running = match startup::start(&cli.opts).await {
+        let claims = reaper
+            .map(|r| std::sync::Arc::new(r) as std::sync::Arc<dyn vigil_runtime::ChildClaims>);
+        let running = match startup::start(&cli.opts, claims).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("vigil-agent: error: {e}");

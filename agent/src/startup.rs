@@ -99,7 +99,12 @@ struct InitialPolicy {
 }
 
 /// Runs the start-up sequence up to an open API: five steps, each logged with its duration.
-pub async fn start(opts: &Options) -> Result<Running, StartupError> {
+/// `child_claims`: when the agent is init, its reaper, so that container processes are
+/// reaped by the runtime that waits for them and not by the orphan reaper.
+pub async fn start(
+    opts: &Options,
+    child_claims: Option<Arc<dyn vigil_runtime::ChildClaims>>,
+) -> Result<Running, StartupError> {
     // 1. Configuration and policy: from measured initdata in attested modes, with its digest.
     let t = Instant::now();
     let loaded = load(opts).map_err(fail("load config"))?;
@@ -194,8 +199,13 @@ pub async fn start(opts: &Options) -> Result<Running, StartupError> {
     let t = Instant::now();
     let gate = Arc::new(compile_gate(config, opts, initial)?);
     let admin = PolicyAdmin::new(config.policy.clone(), loaded.signer.clone(), gate.clone());
-    let api = Arc::new(AgentApi::new(GuestInfo::default(), gate.clone(), admin));
-    let services = gate::protect(api.service_map(), gate.clone())
+    let mut api = AgentApi::new(GuestInfo::default(), gate.clone(), admin);
+    if let Some(claims) = child_claims {
+        let sandbox = vigil_runtime::Sandbox::new(vigil_runtime::SandboxConfig::default())
+            .with_child_claims(claims);
+        api = api.with_sandbox(sandbox);
+    }
+    let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
     tracing::info!(ms = ms(t), "step 4/5: gate compiled");
 

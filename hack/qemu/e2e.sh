@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# End-to-end in QEMU/TCG: the static agent boots as the guest's init (PID 1) with an
-# allow-list config; from the host, over vsock (vhost-device-vsock, hybrid vsock socket):
-# Check, an allowed call, a call blocked by the allow-list, each with its exact status; then
-# Ctrl-Alt-Del through QMP, which the kernel turns into SIGINT for init: the agent shuts
-# down and powers the VM off, and QEMU must exit. Prints boot -> first answered request.
+# End-to-end in QEMU/TCG: the static agent boots as the guest's init (PID 1) in mock-TEE mode
+# with initdata; the VMM sets the launch binding (kernel parameter); the agent attests to the
+# KBS test server on the host (reached only through QEMU user networking, 10.0.2.100:8080 ->
+# 127.0.0.1:PORT), fetches the tenant's signed policy, then opens its API. From the host, over
+# vsock (vhost-device-vsock, hybrid vsock socket): Check, an allowed call, a call blocked by
+# the allow-list and one blocked by the policy, each with its exact status; then Ctrl-Alt-Del
+# through QMP (SIGINT to init): the agent shuts down and powers the VM off, and QEMU must exit.
+# Prints boot -> first answered request.
 #
-# Then a second boot whose config is invalid must print the reason on the console and power
-# off without ever listening.
+# Then a second boot with initdata edited after launch (the binding still names the original)
+# must print the binding error on the console and power off without ever listening.
 #
 # Usage: e2e.sh [--agent PATH] [--vigilctl PATH] [--timeout SECS]
 #   --agent, --vigilctl  use these binaries instead of building them
@@ -16,9 +19,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
-# This boot contacts no KBS yet, but the guest's network is set up (agent.ip) as for the
-# attested boot; the forward goes to a port on which nothing is expected to listen.
-agent="" vigilctl="" timeout=180 kbs_port=9
+agent="" vigilctl="" timeout=180 kbs_port=""
 while [ $# -gt 0 ]; do
     case $1 in
         --agent) agent=$2; shift 2 ;;
@@ -40,29 +41,42 @@ if [ -z "$vigilctl" ]; then
     vigilctl=$TARGET_DIR/debug/vigilctl
 fi
 kernel_dir=$("$QEMU_HACK_DIR/get-kernel.sh")
-
-cat >"$work/agent.toml" <<'TOML'
-[agent]
-server_addr = "vsock://-1:1024"
-log_level = "info"
-
-[endpoints]
-allowed = ["GuestDetailsRequest"]
-TOML
-"$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
-    --config "$work/agent.toml" -o "$work/initramfs.cpio" >/dev/null
-
-console=$work/console.log
-run_dir=$work/run
-: >"$console"
-boot_pid=""
+(cd "$REPO_ROOT" && cargo build --locked -p kbs-test-server --bins >&2)
+bin=$TARGET_DIR/debug
+boot_pid="" kbs_pid=""
 cleanup() {
     if [ -n "$boot_pid" ] && kill -0 "$boot_pid" 2>/dev/null; then
         kill "$boot_pid" 2>/dev/null || true
         wait "$boot_pid" 2>/dev/null || true
     fi
+    if [ -n "$kbs_pid" ]; then kill "$kbs_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
+
+# The KBS test server on the host's loopback; the guest reaches it only through QEMU's
+# user-mode forward (10.0.2.100:8080 -> 127.0.0.1:PORT).
+mkdir -p "$work/resources"
+if [ -z "$kbs_port" ]; then
+    : >"$work/kbs.out"
+    "$bin/kbs-test-server" --listen 127.0.0.1:0 --resources "$work/resources" \
+        >"$work/kbs.out" 2>"$work/kbs.log" &
+    kbs_pid=$!
+    wait_for_line "$work/kbs.out" 30 "listening on" || die "the KBS test server did not start"
+    kbs_port=$(grep -m1 "listening on" "$work/kbs.out" | sed 's/.*://')
+fi
+# The tenant: keys, a signed policy released to this initdata only, and initdata carrying
+# the agent's config. Plain HTTP to a non-loopback address needs insecure_http (logged).
+source "$REPO_ROOT/hack/tenant.sh"
+digest=$(make_tenant "$work" "http://$GUEST_KBS_ADDR:$GUEST_KBS_PORT" "vsock://-1:$AGENT_VSOCK_PORT" \
+    "insecure_http = true")
+"$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
+    --initdata "$work/initdata.toml" -o "$work/initramfs.cpio" >/dev/null
+# The VMM binds the launch value; for the mock TEE through the kernel command line.
+boot_params="agent.initdata=/etc/vigil/initdata.toml agent.mock_launch_binding=$digest"
+
+console=$work/console.log
+run_dir=$work/run
+: >"$console"
 fail() {
     log "FAIL: $*"
     log "guest console (last 30 lines of $console):"
@@ -76,7 +90,7 @@ t_start=$(now)
 "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" \
     --initrd "$work/initramfs.cpio" --run-dir "$run_dir" --console-log "$console" \
     --kbs-port "$kbs_port" \
-    --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot.log" 2>&1 &
+    --append "$boot_params" >"$work/boot.log" 2>&1 &
 boot_pid=$!
 
 # Readiness is the agent's own line on the console; a fatal line, a panic or a power-off
@@ -115,6 +129,10 @@ t_first_answer=$(now)
 expect_ok GetGuestDetails '{"mem_block_size": true}' '"init_daemon": true'
 expect_status ExecProcess '{"container_id": "c1", "exec_id": "e1"}' UNIMPLEMENTED \
     "ExecProcessRequest is blocked"
+# The tenant's policy from the KBS (the initial one in initdata would have allowed this).
+expect_status CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args": ["/bin/sh"]}}}' \
+    PERMISSION_DENIED "CreateContainerRequest is blocked by policy"
+grep -aq "step 3/5: tenant policy verified" "$console" || fail "no verified KBS policy on the console"
 
 # Clean shutdown: Ctrl-Alt-Del -> SIGINT to init -> the agent closes the API and powers off.
 "$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" ctrl-alt-delete >/dev/null ||
@@ -129,34 +147,29 @@ boot_pid=""
 t_end=$(now)
 
 
-# A failed start-up as init: the reason on the console, then power-off; nothing ever listens.
-# (An allow-list naming an endpoint that does not exist is refused at step 1.)
-cat >"$work/bad.toml" <<'TOML'
-[agent]
-server_addr = "vsock://-1:1024"
-
-[endpoints]
-allowed = ["GuestDetailsRequest", "NoSuchRequest"]
-TOML
+# A failed start-up as init: initdata edited after launch. The binding still names the
+# original digest, so step 2 fails: the reason on the console, then power-off; nothing listens.
+sed 's/"SetPolicyRequest"]/"SetPolicyRequest", "ExecProcessRequest"]/' "$work/initdata.toml" >"$work/initdata-edited.toml"
+cmp -s "$work/initdata.toml" "$work/initdata-edited.toml" && die "the edit did not change the initdata"
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
-    --config "$work/bad.toml" -o "$work/initramfs-bad.cpio" >/dev/null
+    --initdata "$work/initdata-edited.toml" -o "$work/initramfs-bad.cpio" >/dev/null
 bad_console=$work/console-bad.log
 : >"$bad_console"
 "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs-bad.cpio" \
     --run-dir "$work/run-bad" --console-log "$bad_console" \
-    --append "agent.config_file=/etc/vigil/agent.toml" >"$work/boot-bad.log" 2>&1 &
+    --kbs-port "$kbs_port" --append "$boot_params" >"$work/boot-bad.log" 2>&1 &
 boot_pid=$!
 console=$bad_console
 rc=0
 wait_for_line "$bad_console" "$timeout" "reboot: Power down" "vigil-agent: listening on|Kernel panic" || rc=$?
 [ $rc = 0 ] || fail "a guest with a bad config must power off without listening"
-grep -aq "vigil-agent: error: load config: .*NoSuchRequest" "$bad_console" ||
-    fail "no console line naming the bad allow-list entry"
+grep -aq "vigil-agent: error: launch binding: " "$bad_console" ||
+    fail "no console line naming the launch binding failure"
 qemu_rc=0
 wait "$boot_pid" || qemu_rc=$?
 boot_pid=""
 [ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc after the fatal start-up"
-log "ok: bad config -> $(grep -a "vigil-agent: error" "$bad_console" | tr -d '\r' | cut -c1-120), powered off"
+log "ok: edited initdata -> $(grep -a "vigil-agent: error" "$bad_console" | tr -d '\r' | cut -c1-120), powered off"
 
 log "PASS"
 printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; boot -> QEMU exit after shutdown %s ms\n' \
