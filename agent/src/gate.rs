@@ -27,7 +27,7 @@ use crate::config::AllowList;
 use crate::policy::CompiledPolicy;
 
 /// The service whose requests are gated.
-pub const GATED_SERVICE: &str = "grpc.AgentService";
+pub const GATED_SERVICE: &str = vigil_protos::AGENT_SERVICE;
 
 const _: () = assert!(
     ENDPOINTS.len() <= 64,

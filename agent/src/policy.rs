@@ -123,17 +123,6 @@ impl PolicySection {
     }
 }
 
-/// The names the policy engine is asked about: every gated request type, once.
-pub fn policy_endpoint_names() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = Vec::new();
-    for e in ENDPOINTS.iter().filter(|e| e.service == GATED_SERVICE) {
-        if !names.contains(&e.request) {
-            names.push(e.request);
-        }
-    }
-    names
-}
-
 /// A loaded policy in the form the gate consults.
 pub struct CompiledPolicy {
     pub engine: PolicyEngine,
@@ -156,7 +145,7 @@ impl CompiledPolicy {
         limits: Limits,
         source: impl Into<String>,
     ) -> Result<CompiledPolicy, vigil_policy::LoadError> {
-        let names = policy_endpoint_names();
+        let names = vigil_protos::agent_request_names();
         let mut engine = PolicyEngine::load(rego, &names, limits)?;
         engine.set_version(version);
         let mut index = vec![None; ENDPOINTS.len()];

@@ -71,6 +71,21 @@ impl Endpoint {
     }
 }
 
+/// The service whose RPCs the host may call (and the gate guards): `grpc.AgentService`.
+pub const AGENT_SERVICE: &str = "grpc.AgentService";
+
+/// The distinct request message names of the agent service, in table order: the names the
+/// allow-list and agent policies use (ReadStdout and ReadStderr share `ReadStreamRequest`).
+pub fn agent_request_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for e in ENDPOINTS.iter().filter(|e| e.service == AGENT_SERVICE) {
+        if !names.contains(&e.request) {
+            names.push(e.request);
+        }
+    }
+    names
+}
+
 fn json_from_bytes<M: Message + Serialize>(bytes: &[u8]) -> Result<serde_json::Value, CodecError> {
     let msg = M::parse_from_bytes(bytes).map_err(CodecError::Protobuf)?;
     serde_json::to_value(&msg).map_err(CodecError::Json)

@@ -14,4 +14,6 @@ include!(concat!(env!("OUT_DIR"), "/modules.rs"));
 mod endpoint;
 mod kata_json;
 
-pub use endpoint::{CodecError, Endpoint, EndpointId, ENDPOINTS};
+pub use endpoint::{
+    agent_request_names, CodecError, Endpoint, EndpointId, AGENT_SERVICE, ENDPOINTS,
+};

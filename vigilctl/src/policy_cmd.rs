@@ -67,24 +67,14 @@ fn read(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
 }
 
-/// The gated request names, as the agent passes them to the engine.
-fn endpoint_names() -> Vec<&'static str> {
-    let mut names = Vec::new();
-    for e in ENDPOINTS
-        .iter()
-        .filter(|e| e.service == "grpc.AgentService")
-    {
-        if !names.contains(&e.request) {
-            names.push(e.request);
-        }
-    }
-    names
-}
-
 fn load(path: &Path) -> Result<PolicyEngine, String> {
     let text = read(path)?;
-    PolicyEngine::load(&text, &endpoint_names(), Limits::default())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    PolicyEngine::load(
+        &text,
+        &vigil_protos::agent_request_names(),
+        Limits::default(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Fills a (possibly partial) logged request with defaults, through the request type, as the
@@ -180,8 +170,12 @@ pub fn run(cmd: PolicyCommand) -> Result<(), String> {
                 .map_err(|e| format!("{}: {e}", key.display()))?;
             let text = read(&policy)?;
             // Refuse to sign what the agent would refuse to load.
-            PolicyEngine::load(&text, &endpoint_names(), Limits::default())
-                .map_err(|e| format!("{}: {e}", policy.display()))?;
+            PolicyEngine::load(
+                &text,
+                &vigil_protos::agent_request_names(),
+                Limits::default(),
+            )
+            .map_err(|e| format!("{}: {e}", policy.display()))?;
             let issued_at = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_err(|e| e.to_string())?
