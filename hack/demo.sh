@@ -7,6 +7,7 @@
 #   call the tenant's policy blocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+hack/deps.sh
 cargo build --workspace --bins --locked --quiet
 bin="${CARGO_TARGET_DIR:-target}/debug"
 work=$(mktemp -d)

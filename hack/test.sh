@@ -3,5 +3,6 @@
 # real sockets. The integration tests start the built binaries, so build them first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+hack/deps.sh
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vigil's build and tests need, when missing (no-op otherwise):
+#   libseccomp-dev, pkg-config  youki's libcontainer (seccomp) links libseccomp
+#   busybox-static              the container tests' root filesystem
+# Called by hack/demo.sh and hack/test.sh, so the README's two commands work on a fresh machine.
+set -euo pipefail
+pkgs=(libseccomp-dev pkg-config busybox-static)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+echo "installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
