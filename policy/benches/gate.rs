@@ -16,49 +16,9 @@ use kata_baseline::KataBaseline;
 use serde_json::Value;
 use vigil_policy::{Limits, PolicyEngine};
 
-const ENDPOINTS: &[&str] = &[
-    "CreateContainerRequest",
-    "StartContainerRequest",
-    "RemoveContainerRequest",
-    "ExecProcessRequest",
-    "SignalProcessRequest",
-    "WaitProcessRequest",
-    "UpdateContainerRequest",
-    "UpdateEphemeralMountsRequest",
-    "StatsContainerRequest",
-    "PauseContainerRequest",
-    "ResumeContainerRequest",
-    "RemoveStaleVirtiofsShareMountsRequest",
-    "GetDiagnosticDataRequest",
-    "WriteStreamRequest",
-    "ReadStreamRequest",
-    "CloseStdinRequest",
-    "TtyWinResizeRequest",
-    "UpdateInterfaceRequest",
-    "UpdateRoutesRequest",
-    "ListInterfacesRequest",
-    "ListRoutesRequest",
-    "AddARPNeighborsRequest",
-    "GetIPTablesRequest",
-    "SetIPTablesRequest",
-    "GetMetricsRequest",
-    "MemAgentMemcgConfig",
-    "MemAgentCompactConfig",
-    "CreateSandboxRequest",
-    "DestroySandboxRequest",
-    "OnlineCPUMemRequest",
-    "ReseedRandomDevRequest",
-    "GuestDetailsRequest",
-    "MemHotplugByProbeRequest",
-    "SetGuestDateTimeRequest",
-    "CopyFileRequest",
-    "GetOOMEventRequest",
-    "AddSwapRequest",
-    "AddSwapPathRequest",
-    "VolumeStatsRequest",
-    "ResizeVolumeRequest",
-    "SetPolicyRequest",
-];
+/// The gated request names, from the agent API's generated endpoint table.
+static ENDPOINTS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(vigil_protos::agent_request_names);
 
 fn testdata(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -82,7 +42,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let rego = std::fs::read_to_string(testdata("policy.rego")).unwrap();
-    let vigil = PolicyEngine::load(&rego, ENDPOINTS, Limits::default()).unwrap();
+    let vigil = PolicyEngine::load(&rego, &ENDPOINTS, Limits::default()).unwrap();
     let kata = KataBaseline::load(&rego);
     // Bring both to the steady state of a running pod: the pause container has fixed the
     // sandbox name, so later CreateContainer requests emit no new state.
@@ -222,7 +182,7 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("load");
     g.sample_size(10);
     g.bench_function("vigil/PolicyEngine::load", |b| {
-        b.iter(|| black_box(PolicyEngine::load(&f.rego, ENDPOINTS, Limits::default()).unwrap()))
+        b.iter(|| black_box(PolicyEngine::load(&f.rego, &ENDPOINTS, Limits::default()).unwrap()))
     });
     g.bench_function("kata_baseline/load", |b| {
         b.iter(|| black_box(KataBaseline::load(&f.rego)))

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use vigil_policy::{copy_file_input, DecisionClass, Limits, LoadError, Outcome, PolicyEngine};
 
 fn load(rego: &str) -> PolicyEngine {
-    PolicyEngine::load(rego, ENDPOINTS, Limits::default()).expect("policy loads")
+    PolicyEngine::load(rego, &ENDPOINTS, Limits::default()).expect("policy loads")
 }
 
 fn idx(e: &PolicyEngine, name: &str) -> usize {
@@ -359,7 +359,7 @@ ExecProcessRequest if {
         eval_time_budget: Duration::from_millis(20),
         ..Limits::default()
     };
-    let e = PolicyEngine::load(rego, ENDPOINTS, limits).unwrap();
+    let e = PolicyEngine::load(rego, &ENDPOINTS, limits).unwrap();
     let i = idx(&e, "ExecProcessRequest");
     assert_eq!(
         e.decide(i, || Ok::<_, String>(json!({"n": 3}))).outcome,
@@ -380,13 +380,13 @@ fn oversized_policy_is_refused() {
         max_policy_bytes: 1024,
         ..Limits::default()
     };
-    match PolicyEngine::load(&rego, ENDPOINTS, limits) {
+    match PolicyEngine::load(&rego, &ENDPOINTS, limits) {
         Err(LoadError::TooLarge { size, limit }) => {
             assert_eq!((size, limit), (rego.len(), 1024));
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    let err = PolicyEngine::load(&rego, ENDPOINTS, limits)
+    let err = PolicyEngine::load(&rego, &ENDPOINTS, limits)
         .unwrap_err()
         .to_string();
     assert!(err.contains("over the 1024-byte limit"), "{err}");
@@ -394,8 +394,12 @@ fn oversized_policy_is_refused() {
 
 #[test]
 fn compile_errors_and_bad_endpoint_lists_are_reported() {
-    let err = PolicyEngine::load("package agent_policy\nX if {", ENDPOINTS, Limits::default())
-        .unwrap_err();
+    let err = PolicyEngine::load(
+        "package agent_policy\nX if {",
+        &ENDPOINTS,
+        Limits::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, LoadError::Compile(_)), "{err}");
     assert!(err.to_string().contains(":2:"), "line number in: {err}");
     assert!(matches!(

@@ -187,7 +187,7 @@ CreateContainerRequest := {"allowed": true, "ops": [{"op": "add", "path": "/psta
 ];
 
 fn load(rego: &str) -> PolicyEngine {
-    PolicyEngine::load(rego, ENDPOINTS, Limits::default()).expect("shape loads")
+    PolicyEngine::load(rego, &ENDPOINTS, Limits::default()).expect("shape loads")
 }
 
 #[test]

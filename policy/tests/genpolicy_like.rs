@@ -25,7 +25,7 @@ fn engine() -> PolicyEngine {
         rego.lines().count() >= 1500,
         "benchmark policy must stay realistic in size"
     );
-    PolicyEngine::load(&rego, ENDPOINTS, Limits::default()).expect("policy loads")
+    PolicyEngine::load(&rego, &ENDPOINTS, Limits::default()).expect("policy loads")
 }
 
 fn decide(e: &PolicyEngine, kind: &str, input: Value) -> vigil_policy::Decision {

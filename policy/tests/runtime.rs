@@ -40,7 +40,7 @@ default GuestDetailsRequest := true
 fn sixteen_threads_lose_and_reorder_no_state_update() {
     const THREADS: usize = 16;
     const PER_THREAD: usize = 25;
-    let e = Arc::new(PolicyEngine::load(CONCURRENT, ENDPOINTS, Limits::default()).unwrap());
+    let e = Arc::new(PolicyEngine::load(CONCURRENT, &ENDPOINTS, Limits::default()).unwrap());
     let idx = |n: &str| e.index_of(n).unwrap();
     let (create, start, exec, wait, details) = (
         idx("CreateContainerRequest"),
@@ -122,9 +122,9 @@ fn sixteen_threads_lose_and_reorder_no_state_update() {
 fn replay_of_the_input_log_equals_live_decisions() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("inputs.jsonl");
-    let e = PolicyEngine::load(CONCURRENT, ENDPOINTS, Limits::default()).unwrap();
+    let e = PolicyEngine::load(CONCURRENT, &ENDPOINTS, Limits::default()).unwrap();
     let rec = Recorder::new(
-        ENDPOINTS,
+        &ENDPOINTS,
         None,
         Some(RotatingLog::open(&log_path, 1 << 20, 1).unwrap()),
     );
@@ -162,7 +162,7 @@ fn replay_of_the_input_log_equals_live_decisions() {
     );
     assert!(text.starts_with(r#"{"kind":"WaitProcessRequest","request":"#));
 
-    let fresh = PolicyEngine::load(CONCURRENT, ENDPOINTS, Limits::default()).unwrap();
+    let fresh = PolicyEngine::load(CONCURRENT, &ENDPOINTS, Limits::default()).unwrap();
     let file = std::fs::File::open(&log_path).unwrap();
     let replayed = replay(&fresh, BufReader::new(file), |_, v| Ok(v));
     assert_eq!(replayed.len(), live.len());
@@ -179,7 +179,7 @@ fn replay_of_the_input_log_equals_live_decisions() {
 
 #[test]
 fn replay_names_unparsable_lines_and_fills_partial_requests() {
-    let e = PolicyEngine::load(CONCURRENT, ENDPOINTS, Limits::default()).unwrap();
+    let e = PolicyEngine::load(CONCURRENT, &ENDPOINTS, Limits::default()).unwrap();
     let log = concat!(
         "{\"kind\":\"ExecProcessRequest\",\"request\":{}}\n",
         "\n",
@@ -224,10 +224,10 @@ fn replay_names_unparsable_lines_and_fills_partial_requests() {
 fn audit_log_records_decisions_without_request_contents() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.jsonl");
-    let mut e = PolicyEngine::load(CONCURRENT, ENDPOINTS, Limits::default()).unwrap();
+    let mut e = PolicyEngine::load(CONCURRENT, &ENDPOINTS, Limits::default()).unwrap();
     e.set_version(Some(42));
     let rec = Recorder::new(
-        ENDPOINTS,
+        &ENDPOINTS,
         Some(RotatingLog::open(&audit, 1 << 20, 2).unwrap()),
         None,
     );
