@@ -3,7 +3,6 @@
 
 use kbs_types::Tee;
 use serde_json::Value;
-use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Claims extracted from evidence that the KBS compares against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,16 +70,10 @@ impl InitDataDigest {
             .get("algorithm")
             .and_then(|v| v.as_str())
             .ok_or("init-data has no string \"algorithm\" key")?;
-        let digest = match algorithm {
-            "sha256" => Sha256::digest(body.as_bytes()).to_vec(),
-            "sha384" => Sha384::digest(body.as_bytes()).to_vec(),
-            "sha512" => Sha512::digest(body.as_bytes()).to_vec(),
-            other => {
-                return Err(format!(
-                    "init-data algorithm {other:?} is not sha256/sha384/sha512"
-                ))
-            }
-        };
+        // The same hashing the agent applies to the initdata it received.
+        let digest = vigil_attester::initdata::HashAlgorithm::parse(algorithm)
+            .map_err(|e| e.to_string())?
+            .digest(body.as_bytes());
         Ok(InitDataDigest {
             algorithm: algorithm.to_string(),
             digest,
@@ -90,15 +83,14 @@ impl InitDataDigest {
     /// The digest truncated or zero-padded to `len` bytes, as the launch
     /// binding field holds it.
     pub fn binding(&self, len: usize) -> Vec<u8> {
-        let mut v = self.digest.clone();
-        v.resize(len, 0);
-        v
+        vigil_attester::binding::expected_field(&self.digest, len)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256, Sha384};
 
     #[test]
     fn digest_per_algorithm_and_binding_sizes() {
