@@ -6,7 +6,6 @@
 //! than the channel holds, records are dropped and counted (`vigil_audit_dropped_total`),
 //! never waited for: a slow disk must not stall the API.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,11 +27,10 @@ enum AuditMessage {
 }
 
 struct AuditRecord {
-    endpoint: &'static str,
-    outcome: Outcome,
-    by: &'static str,
-    reason: Cow<'static, str>,
-    /// The policy that decided (for its version and digest).
+    endpoint: &'static Endpoint,
+    /// A constant decision's reason is not copied here: the writer reads it from the policy.
+    verdict: Verdict,
+    /// The policy that decided (for its reason, version and digest).
     policy: Option<Arc<CompiledPolicy>>,
 }
 
@@ -130,12 +128,11 @@ impl DecisionLog {
         if let Some(tx) = &self.audit {
             let policy_decided = !matches!(verdict.by, DecidedBy::AllowList | DecidedBy::NoPolicy);
             let rec = AuditRecord {
-                endpoint: endpoint.request,
-                outcome: verdict.outcome,
-                by: verdict.by.as_str(),
-                reason: match &verdict.reason {
-                    Some(r) => r.clone(),
-                    None => Cow::Owned(verdict_reason(rules, endpoint, verdict).to_string()),
+                endpoint,
+                verdict: Verdict {
+                    outcome: verdict.outcome,
+                    by: verdict.by,
+                    reason: verdict.reason.clone(),
                 },
                 policy: if policy_decided {
                     rules.policy.clone()
@@ -211,10 +208,10 @@ fn audit_line(rec: &AuditRecord) -> String {
     serde_json::json!({
         // Stamped by the writer: formatting a time is kept off the request path.
         "time": vigil_policy::rfc3339_now(),
-        "endpoint": rec.endpoint,
-        "decision": rec.outcome.as_str(),
-        "by": rec.by,
-        "reason": rec.reason,
+        "endpoint": rec.endpoint.request,
+        "decision": rec.verdict.outcome.as_str(),
+        "by": rec.verdict.by.as_str(),
+        "reason": verdict_reason(rec.policy.as_deref(), rec.endpoint, &rec.verdict),
         "policy_version": rec.policy.as_ref().and_then(|p| p.engine.version()),
         "policy_digest": rec.policy.as_ref().map(|p| p.engine.digest()),
     })

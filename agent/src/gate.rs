@@ -272,13 +272,15 @@ fn decide(rules: &Rules, endpoint: &Endpoint, payload: &[u8]) -> Verdict {
 }
 
 /// The reason behind a verdict: the engine's, or the constant decision's.
-pub(crate) fn verdict_reason<'a>(rules: &'a Rules, endpoint: &Endpoint, v: &'a Verdict) -> &'a str {
+pub(crate) fn verdict_reason<'a>(
+    policy: Option<&'a CompiledPolicy>,
+    endpoint: &Endpoint,
+    v: &'a Verdict,
+) -> &'a str {
     match (&v.reason, v.by) {
         (Some(r), _) => r,
         (None, DecidedBy::AllowList) => "not in [endpoints] allowed",
-        (None, DecidedBy::PolicyConstant) => rules
-            .policy
-            .as_ref()
+        (None, DecidedBy::PolicyConstant) => policy
             .and_then(|p| p.constant_decision(endpoint.id))
             .map_or("", |d| &d.reason),
         (None, _) => "",
@@ -293,7 +295,7 @@ fn denial_status(rules: &Rules, endpoint: &Endpoint, v: &Verdict) -> Status {
             format!("{} is blocked", endpoint.request),
         );
     }
-    let reason = verdict_reason(rules, endpoint, v);
+    let reason = verdict_reason(rules.policy.as_deref(), endpoint, v);
     tracing::warn!(endpoint = endpoint.request, reason, "denied by policy");
     let code = match v.outcome {
         Outcome::Error => Code::INTERNAL,

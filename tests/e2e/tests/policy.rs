@@ -281,6 +281,8 @@ fn metrics_and_audit_log_record_decisions() {
     assert_eq!(exec.len(), 3, "{text}");
     assert_eq!(exec[0]["decision"], "deny");
     assert_eq!(exec[0]["by"], "constant");
+    // The constant decision's reason, looked up by the writer in the policy that decided.
+    assert_eq!(exec[0]["reason"], "rule is false");
     assert_eq!(exec[0]["policy_digest"].as_str().unwrap().len(), 64);
     // Never request contents.
     assert!(!text.contains("\"request\""), "{text}");
