@@ -118,6 +118,8 @@ pub struct Config {
     pub policy: PolicySection,
     /// `[attestation]`; absent: unattested (`tee = "none"`).
     pub attestation: AttestationSection,
+    /// `[policy] signer`, parsed when the config loads.
+    pub signer: Option<vigil_kbc::envelope::VerifyingKey>,
 }
 
 impl Config {
@@ -129,6 +131,7 @@ impl Config {
             allow_list: AllowList::All,
             policy: PolicySection::default(),
             attestation: AttestationSection::default(),
+            signer: None,
         }
     }
 
@@ -157,7 +160,7 @@ impl Config {
             }
         };
         let policy = file.policy.unwrap_or_default();
-        policy.validate().map_err(|message| ConfigError::Parse {
+        let signer = policy.validate().map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
         })?;
@@ -174,6 +177,7 @@ impl Config {
             allow_list,
             policy,
             attestation,
+            signer,
         })
     }
 

@@ -149,7 +149,7 @@ pub async fn start(
     let t = Instant::now();
     let initial = match (&attester, &loaded.initdata) {
         (Some(attester), Some(initdata)) => {
-            let signer = loaded
+            let signer = config
                 .signer
                 .as_ref()
                 .ok_or_else(|| fail("KBS policy")("no [policy] signer".into()))?;
@@ -198,7 +198,7 @@ pub async fn start(
     // 4. The gate, compiled before anything can reach it.
     let t = Instant::now();
     let gate = Arc::new(compile_gate(config, opts, initial)?);
-    let admin = PolicyAdmin::new(config.policy.clone(), loaded.signer.clone(), gate.clone());
+    let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
     let mut api = AgentApi::new(GuestInfo::default(), gate.clone(), admin);
     if let Some(claims) = child_claims {
         let sandbox = vigil_runtime::Sandbox::new(vigil_runtime::SandboxConfig::default())
@@ -289,7 +289,6 @@ struct Loaded {
     config: Config,
     initdata: Option<InitData>,
     initdata_path: Option<PathBuf>,
-    signer: Option<vigil_kbc::envelope::VerifyingKey>,
 }
 
 impl Loaded {
@@ -321,12 +320,10 @@ fn load(opts: &Options) -> Result<Loaded, String> {
                 config.attestation.tee
             ));
         }
-        let signer = config.policy.validate()?;
         return Ok(Loaded {
             config,
             initdata: None,
             initdata_path: None,
-            signer,
         });
     };
     if let Some(flag) = &opts.config {
@@ -361,12 +358,10 @@ fn load(opts: &Options) -> Result<Loaded, String> {
             ));
         }
     }
-    let signer = config.policy.validate()?;
     Ok(Loaded {
         config,
         initdata: Some(initdata),
         initdata_path: Some(path),
-        signer,
     })
 }
 
