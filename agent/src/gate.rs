@@ -178,6 +178,28 @@ impl Gate {
         }
     }
 
+    /// The gate for a streaming RPC. Its messages arrive after the call opens, so only the
+    /// endpoint is known: a policy rule that depends on the request cannot be evaluated, and
+    /// the call is refused rather than judged on an empty request. (The Kata API has no
+    /// streaming RPC today; this keeps a future one from slipping through.)
+    pub fn check_stream(&self, endpoint: &'static Endpoint) -> Result<(), Status> {
+        {
+            let rules = self.rules.load();
+            if let Some(policy) = rules.policy.as_ref() {
+                let id = endpoint.id;
+                let constant =
+                    policy.constant_allow.contains(id) || policy.constant_deny.contains(id);
+                if rules.allowed.contains(id) && !constant {
+                    return Err(ttrpc::get_status(
+                        Code::INTERNAL,
+                        format!("{} is blocked by policy", endpoint.request),
+                    ));
+                }
+            }
+        }
+        self.check(endpoint, &[])
+    }
+
     /// The decision alone, without recording it (benchmarks, `policy eval`).
     pub fn decide(&self, endpoint: &Endpoint, payload: &[u8]) -> Verdict {
         decide(&self.rules.load(), endpoint, payload)
@@ -399,8 +421,7 @@ impl StreamHandler for GatedStream {
         ctx: TtrpcContext,
         stream: ttrpc::r#async::StreamInner,
     ) -> ttrpc::Result<Option<Response>> {
-        // A stream's messages arrive after the call opens, so only the endpoint is known here.
-        match self.gate.check(self.endpoint, &[]) {
+        match self.gate.check_stream(self.endpoint) {
             Ok(()) => self.inner.handler(ctx, stream).await,
             Err(status) => {
                 let mut res = Response::new();
@@ -433,6 +454,23 @@ mod tests {
                 .iter()
                 .fold(EndpointSet::NONE, |s, e| s.with(e.id))
         );
+    }
+
+    #[test]
+    fn streams_are_never_judged_on_an_empty_request() {
+        let rego = "package agent_policy\ndefault GuestDetailsRequest := true\nCreateContainerRequest if { input.container_id == \"\" }\n";
+        let policy = CompiledPolicy::compile(rego, None, Default::default(), "test").unwrap();
+        let gate = Gate::new(Rules {
+            allowed: EndpointSet::all(),
+            policy: Some(Arc::new(policy)),
+            host_error_details: false,
+        });
+        // On an empty unary request this rule would allow; a stream is refused instead.
+        assert!(gate.check(ep("CreateContainer"), &[]).is_ok());
+        let st = gate.check_stream(ep("CreateContainer")).unwrap_err();
+        assert_eq!(st.code(), Code::INTERNAL);
+        // Constant decisions need no request and apply as usual.
+        assert!(gate.check_stream(ep("GetGuestDetails")).is_ok());
     }
 
     #[test]
