@@ -2,15 +2,16 @@
 # Builds the static vigil-agent for the guest initramfs (glibc, +crt-static: no loader, no
 # libraries in the guest) and checks that it really is static. Prints the binary's path.
 #
-# Env: VIGIL_AGENT_PROFILE=release (default) | dev; CARGO_TARGET_DIR as usual.
+# Env: VIGIL_AGENT_PROFILE=release (default) | e2e (quick to build, CI) | dev;
+#      CARGO_TARGET_DIR as usual.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 profile=${VIGIL_AGENT_PROFILE:-release}
 case $profile in
-    release) dir=release ;;
+    release | e2e) dir=$profile ;;
     dev) dir=debug ;;
-    *) die "VIGIL_AGENT_PROFILE must be release or dev, not '$profile'" ;;
+    *) die "VIGIL_AGENT_PROFILE must be release, e2e or dev, not '$profile'" ;;
 esac
 
 cd "$REPO_ROOT"
