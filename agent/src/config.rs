@@ -4,7 +4,7 @@
 //! key: `[endpoints] allowed = [...]` follows Kata 2.3's allow-list semantics, and the file is
 //! found through `--config` or the kernel parameter `agent.config_file=PATH`.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 use vigil_protos::ENDPOINTS;
@@ -80,6 +80,8 @@ pub struct ConfigFile {
     pub endpoints: Option<EndpointsSection>,
     pub policy: Option<PolicySection>,
     pub attestation: Option<AttestationSection>,
+    #[serde(default)]
+    pub sandbox: SandboxSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +98,76 @@ pub struct AgentSection {
 pub struct EndpointsSection {
     #[serde(default)]
     pub allowed: Vec<String>,
+}
+
+/// `[sandbox]`: where the container runtime keeps sandboxes and what specs may ask of it.
+/// Every key is optional; the defaults are the strict ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Parent of each sandbox's directory `<run_root>/<sandbox id>`, which holds bundles,
+    /// storages and `shared/` (the only place CopyFile writes). Absolute.
+    pub run_root: Option<PathBuf>,
+    /// Whether OCI hooks (in container specs, or CreateSandbox's `guest_hook_path`) are
+    /// accepted. Hooks run host-chosen programs in the guest, so they are refused by default.
+    pub allow_hooks: Option<bool>,
+    /// Bytes of unread stdout/stderr kept per process stream before the oldest is dropped.
+    pub output_limit_bytes: Option<usize>,
+    /// Cgroup path (relative) under which each container gets `<cgroup_parent>/<container id>`.
+    pub cgroup_parent: Option<String>,
+}
+
+/// Bounds for `output_limit_bytes`: below 4 KiB a single read chunk overflows it; above
+/// 256 MiB one chatty process could take the guest's memory.
+const OUTPUT_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 4096..=256 << 20;
+
+impl SandboxSection {
+    /// The runtime's settings, or a message naming the bad key.
+    fn to_runtime_config(&self) -> Result<vigil_runtime::SandboxConfig, String> {
+        let mut c = vigil_runtime::SandboxConfig::default();
+        if let Some(root) = &self.run_root {
+            let plain = root
+                .components()
+                .all(|p| matches!(p, Component::RootDir | Component::Normal(_)));
+            if !root.is_absolute() || !plain || root.parent().is_none() {
+                return Err(format!(
+                    "[sandbox] run_root: {} must be an absolute path below / without \"..\" or \".\"",
+                    root.display()
+                ));
+            }
+            c.run_root = root.clone();
+        }
+        if let Some(allow) = self.allow_hooks {
+            c.allow_hooks = allow;
+        }
+        if let Some(limit) = self.output_limit_bytes {
+            if !OUTPUT_LIMIT_RANGE.contains(&limit) {
+                return Err(format!(
+                    "[sandbox] output_limit_bytes: {limit} is outside {}..={}",
+                    OUTPUT_LIMIT_RANGE.start(),
+                    OUTPUT_LIMIT_RANGE.end()
+                ));
+            }
+            c.output_limit = limit;
+        }
+        if let Some(parent) = &self.cgroup_parent {
+            let valid_segment = |s: &str| {
+                !s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            };
+            if !parent.split('/').all(valid_segment) {
+                return Err(format!(
+                    "[sandbox] cgroup_parent: {parent:?} must be a relative cgroup path of \
+                     names made of letters, digits, '-', '_' and '.'"
+                ));
+            }
+            c.cgroup_parent = parent.clone();
+        }
+        Ok(c)
+    }
 }
 
 /// Which request types the host may send at all.
@@ -120,6 +192,8 @@ pub struct Config {
     pub attestation: AttestationSection,
     /// `[policy] signer`, parsed when the config loads.
     pub signer: Option<vigil_kbc::envelope::VerifyingKey>,
+    /// `[sandbox]`, validated into the container runtime's settings.
+    pub sandbox: vigil_runtime::SandboxConfig,
 }
 
 impl Config {
@@ -132,6 +206,7 @@ impl Config {
             policy: PolicySection::default(),
             attestation: AttestationSection::default(),
             signer: None,
+            sandbox: vigil_runtime::SandboxConfig::default(),
         }
     }
 
@@ -171,6 +246,13 @@ impl Config {
                 path: path.to_owned(),
                 message,
             })?;
+        let sandbox = file
+            .sandbox
+            .to_runtime_config()
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -178,6 +260,7 @@ impl Config {
             policy,
             attestation,
             signer,
+            sandbox,
         })
     }
 
@@ -344,5 +427,40 @@ mod tests {
         assert!(names.iter().any(|n| n == "CreateContainerRequest"));
         let all = Config::load(&dir.join("all-endpoints.toml")).unwrap();
         assert_eq!(all.allow_list, AllowList::All);
+    }
+
+    #[test]
+    fn sandbox_section_sets_the_runtime_and_names_bad_keys() {
+        let c = parse("").unwrap();
+        let d = vigil_runtime::SandboxConfig::default();
+        assert_eq!(c.sandbox.run_root, d.run_root);
+        assert!(!c.sandbox.allow_hooks, "hooks must be refused by default");
+
+        let c = parse(
+            "[sandbox]\nrun_root = \"/run/pods\"\nallow_hooks = true\n\
+             output_limit_bytes = 65536\ncgroup_parent = \"kubepods/vigil\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sandbox.run_root, Path::new("/run/pods"));
+        assert!(c.sandbox.allow_hooks);
+        assert_eq!(c.sandbox.output_limit, 65536);
+        assert_eq!(c.sandbox.cgroup_parent, "kubepods/vigil");
+
+        for (text, key) in [
+            ("run_root = \"run/pods\"", "run_root"),
+            ("run_root = \"/run/../etc\"", "run_root"),
+            ("run_root = \"/\"", "run_root"),
+            ("output_limit_bytes = 10", "output_limit_bytes"),
+            ("output_limit_bytes = 1099511627776", "output_limit_bytes"),
+            ("cgroup_parent = \"/vigil\"", "cgroup_parent"),
+            ("cgroup_parent = \"a/../b\"", "cgroup_parent"),
+            ("cgroup_parent = \"\"", "cgroup_parent"),
+            ("allow_hook = true", "allow_hook"),
+        ] {
+            let msg = parse(&format!("[sandbox]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
     }
 }

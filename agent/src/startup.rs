@@ -199,12 +199,11 @@ pub async fn start(
     let t = Instant::now();
     let gate = Arc::new(compile_gate(config, opts, initial)?);
     let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
-    let mut api = AgentApi::new(GuestInfo::default(), gate.clone(), admin);
+    let mut sandbox = vigil_runtime::Sandbox::new(config.sandbox.clone());
     if let Some(claims) = child_claims {
-        let sandbox = vigil_runtime::Sandbox::new(vigil_runtime::SandboxConfig::default())
-            .with_child_claims(claims);
-        api = api.with_sandbox(sandbox);
+        sandbox = sandbox.with_child_claims(claims);
     }
+    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin).with_sandbox(sandbox);
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
     tracing::info!(ms = ms(t), "step 4/5: gate compiled");

@@ -10,8 +10,8 @@ use vigil_tests::{Agent, AgentSetup};
 use vigilctl::ClientError;
 
 const T: Duration = Duration::from_secs(30);
-/// The agent's default sandbox run root (`SandboxConfig::default`).
-const RUN_ROOT: &str = "/run/vigil/sandbox";
+/// The test's `[sandbox] cgroup_parent`, so its cgroups are told apart from a real agent's.
+const CGROUP_PARENT: &str = "vigil-e2e";
 
 async fn call(
     client: &ttrpc::r#async::Client,
@@ -58,7 +58,8 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let procs = Path::new("/sys/fs/cgroup/pids/vigil")
+        let procs = Path::new("/sys/fs/cgroup/pids")
+            .join(CGROUP_PARENT)
             .join(&self.container)
             .join("cgroup.procs");
         for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
@@ -87,11 +88,20 @@ fn container_lifecycle_through_the_agent() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = busybox_rootfs(tmp.path());
-    let agent = Agent::start(AgentSetup::default())
-        .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    // The sandbox lives where `[sandbox]` says, not in the default /run/vigil/sandbox.
+    let run_root = tmp.path().join("run");
+    let config = format!(
+        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
+        run_root.display()
+    );
+    let agent = Agent::start(AgentSetup {
+        config: Some(&config),
+        ..AgentSetup::default()
+    })
+    .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
     let sid = format!("e2e-{}", std::process::id());
     let cid = format!("e2e-c-{}", std::process::id());
-    let sandbox_dir = Path::new(RUN_ROOT).join(&sid);
+    let sandbox_dir = run_root.join(&sid);
     let _cleanup = Cleanup {
         container: cid.clone(),
         sandbox_dir: sandbox_dir.clone(),
@@ -101,9 +111,18 @@ fn container_lifecycle_through_the_agent() {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         let ids = json!({"container_id": cid});
 
+        // Hooks are refused unless `[sandbox] allow_hooks = true`.
+        let hooks = call(
+            &c,
+            "CreateSandbox",
+            json!({"sandbox_id": sid, "guest_hook_path": "/usr/share/oci/hooks"}),
+        )
+        .await;
+        assert!(matches!(&hooks, Err((ttrpc::Code::INVALID_ARGUMENT, _))), "{hooks:?}");
         call(&c, "CreateSandbox", json!({"sandbox_id": sid, "hostname": "e2e-pod"}))
             .await
             .unwrap();
+        assert!(sandbox_dir.join("shared").is_dir(), "sandbox not under [sandbox] run_root");
         let spec = json!({
             "Version": "1.0.2",
             "Process": process(&["sleep", "1000"]),
@@ -209,7 +228,7 @@ fn container_lifecycle_through_the_agent() {
     for controller in ["pids", "memory", "freezer", "cpu"] {
         let dir = Path::new("/sys/fs/cgroup")
             .join(controller)
-            .join("vigil")
+            .join(CGROUP_PARENT)
             .join(&cid);
         assert!(!dir.exists(), "{} left behind", dir.display());
     }
