@@ -73,17 +73,20 @@ pub(crate) struct Analysis {
     /// `name[key]` heads), so `data.agent_policy.<name>` is exactly that rule's value.
     simple: BTreeSet<String>,
     /// `name := <expr>` rules with no body, the only definition of their name: candidates
-    /// for evaluating once at load (with the byte range of `<expr>` in the source).
-    assignments: BTreeMap<String, (usize, usize)>,
+    /// for evaluating once at load (with the byte range of the rule in the source, and
+    /// `<expr>`).
+    assignments: BTreeMap<String, (usize, usize, Ref<Expr>)>,
 }
 
 /// A complete rule whose value can be computed once at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Hoistable {
     pub name: String,
     /// Byte range of the whole rule in the policy text.
     pub start: usize,
     pub end: usize,
+    /// The rule's value expression.
+    pub expr: Ref<Expr>,
 }
 
 impl Analysis {
@@ -107,10 +110,11 @@ impl Analysis {
             .filter(|(name, _)| {
                 self.is_simple_rule(name) && self.taint_of(name) == Some(Taint::default())
             })
-            .map(|(name, (start, end))| Hoistable {
+            .map(|(name, (start, end, expr))| Hoistable {
                 name: name.clone(),
                 start: *start,
                 end: *end,
+                expr: expr.clone(),
             })
             .collect()
     }
@@ -217,8 +221,8 @@ fn head_is_bare_name(rule: &Ref<Rule>) -> bool {
 }
 
 /// `name := <composite expr>` with no body: the byte range of the whole rule (the span of
-/// the expression alone does not always start at its first token).
-fn composite_assignment(rule: &Ref<Rule>) -> Option<(usize, usize)> {
+/// the expression alone does not always start at its first token) and the expression.
+fn composite_assignment(rule: &Ref<Rule>) -> Option<(usize, usize, Ref<Expr>)> {
     let Rule::Spec { head, bodies, span } = rule.as_ref() else {
         return None;
     };
@@ -239,7 +243,9 @@ fn composite_assignment(rule: &Ref<Rule>) -> Option<(usize, usize)> {
         | Expr::Set { .. }
         | Expr::ArrayCompr { .. }
         | Expr::SetCompr { .. }
-        | Expr::ObjectCompr { .. } => Some((span.start as usize, span.end as usize)),
+        | Expr::ObjectCompr { .. } => {
+            Some((span.start as usize, span.end as usize, assign.value.clone()))
+        }
         _ => None,
     }
 }

@@ -4,13 +4,17 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{LimitError, PolicyLengthConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use regorus::unstable::{Expr, Ref};
 
 use crate::analysis::{rule_names, Analysis, Hoistable, PACKAGE};
 
@@ -210,9 +214,12 @@ pub struct PolicyEngine {
     /// `{"__vigil_hoisted": {...}}`, re-added whenever the data document is rebuilt.
     hoisted: regorus::Value,
     hoisted_names: Vec<String>,
-    /// The policy compiled as written, evaluated the way Kata does; only for
+    /// The policy as written (parsed; prepared on first use); only for
     /// [`PolicyEngine::decide_evaluated`], which proves the optimised path equivalent.
-    reference: Mutex<State>,
+    original: regorus::Engine,
+    /// The state of the reference path, set up on its first use: the gate never needs it,
+    /// and preparing the policy as written is a large part of a load.
+    reference: OnceLock<Mutex<State>>,
     allow_failing: bool,
     limits: Limits,
     digest: String,
@@ -235,8 +242,8 @@ fn valid_identifier(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn new_engine(
-    rego: &str,
+/// An empty engine configured as Kata configures its own, holding `data`.
+fn configured_engine(
     limits: &Limits,
     rego_v0: bool,
     data: regorus::Value,
@@ -257,15 +264,35 @@ fn new_engine(
         check_interval: NonZeroU32::new(32).expect("non-zero"),
     });
     engine.add_data(data).map_err(|e| e.to_string())?;
+    Ok(engine)
+}
+
+fn add_policy(engine: &mut regorus::Engine, rego: &str) -> Result<(), String> {
     engine
         .add_policy(format!("{PACKAGE}.rego"), rego.to_string())
-        .map_err(|e| e.to_string())?;
-    // Prepare once (scheduling, rule and function tables) so clones start ready; a
-    // trivial query does it without evaluating any rule.
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Prepare once (scheduling, rule and function tables) so clones start ready; a trivial
+/// query does it without evaluating any rule.
+fn prepare(engine: &mut regorus::Engine) -> Result<(), String> {
     engine.set_input(regorus::Value::new_object());
     engine
         .eval_query("true".to_string(), false)
-        .map_err(|e| e.to_string())?;
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn new_engine(
+    rego: &str,
+    limits: &Limits,
+    rego_v0: bool,
+    data: regorus::Value,
+) -> Result<regorus::Engine, String> {
+    let mut engine = configured_engine(limits, rego_v0, data)?;
+    add_policy(&mut engine, rego)?;
+    prepare(&mut engine)?;
     Ok(engine)
 }
 
@@ -286,13 +313,76 @@ fn compile(rego: &str, limits: &Limits) -> Result<(regorus::Engine, bool), LoadE
     }
 }
 
+/// Parse the policy as written, without preparing it (the costly half of a compile that a
+/// rewritten policy does not need): v1, else v0, as [`compile`] chooses.
+fn parse(rego: &str, limits: &Limits) -> Result<(regorus::Engine, bool), LoadError> {
+    let engine = |rego_v0| {
+        let mut e = configured_engine(limits, rego_v0, regorus::Value::from(initial_doc()))?;
+        add_policy(&mut e, rego)?;
+        Ok::<_, String>(e)
+    };
+    match engine(false) {
+        Ok(e) => Ok((e, false)),
+        Err(v1_err) => match engine(true) {
+            Ok(e) => Ok((e, true)),
+            Err(_) => Err(LoadError::Compile(v1_err)),
+        },
+    }
+}
+
+/// Prepare a parsed policy. If that fails, [`compile`] from scratch decides, so the version
+/// chosen and the error reported are exactly those of compiling the text directly.
+fn prepare_parsed(
+    mut parsed: regorus::Engine,
+    rego_v0: bool,
+    rego: &str,
+    limits: &Limits,
+) -> Result<(regorus::Engine, bool), LoadError> {
+    match prepare(&mut parsed) {
+        Ok(()) => Ok((parsed, rego_v0)),
+        Err(_) => compile(rego, limits),
+    }
+}
+
+/// The value of a constant literal (null, booleans, numbers, strings, and arrays, sets and
+/// objects of constant literals), built exactly as regorus' interpreter builds it
+/// (`Interpreter::eval_array`/`eval_set`/`eval_object`: the last of two equal object keys
+/// wins); `None` for any other expression.
+fn literal_value(expr: &Ref<Expr>) -> Option<regorus::Value> {
+    match expr.as_ref() {
+        Expr::Null { value, .. }
+        | Expr::Bool { value, .. }
+        | Expr::Number { value, .. }
+        | Expr::String { value, .. }
+        | Expr::RawString { value, .. } => Some(value.clone()),
+        Expr::Array { items, .. } => items
+            .iter()
+            .map(literal_value)
+            .collect::<Option<Vec<_>>>()
+            .map(regorus::Value::from),
+        Expr::Set { items, .. } => items
+            .iter()
+            .map(literal_value)
+            .collect::<Option<BTreeSet<_>>>()
+            .map(regorus::Value::from),
+        Expr::Object { fields, .. } => {
+            let mut map = BTreeMap::new();
+            for (_, key, value) in fields {
+                map.insert(literal_value(key)?, literal_value(value)?);
+            }
+            Some(regorus::Value::from(map))
+        }
+        _ => None,
+    }
+}
+
 /// Precompute rules like genpolicy's `policy_data := {...}`: composite values that depend
 /// on neither input nor state. Kata rebuilds such a value on every request that reads it;
 /// here it is evaluated once, stored in the data document, and the rule's expression is
 /// replaced by a reference to it. Returns the rewritten engine and the hoisted document, or
 /// `None` (keep the policy as written) if anything does not check out.
 fn hoist(
-    original: &regorus::Engine,
+    original: &mut regorus::Engine,
     rego: &str,
     candidates: &[Hoistable],
     limits: &Limits,
@@ -301,15 +391,29 @@ fn hoist(
     if candidates.is_empty() {
         return None;
     }
-    let mut probe = original.clone();
-    let mut values = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let v = probe.eval_rule(format!("data.{PACKAGE}.{}", c.name)).ok()?;
-        if v == regorus::Value::Undefined {
-            return None;
+    // genpolicy's `policy_data` is a literal: its value comes straight from the parsed
+    // text, so the policy as written need not be prepared at all. Anything else is
+    // evaluated on the prepared original.
+    let values = match candidates
+        .iter()
+        .map(|c| literal_value(&c.expr))
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(values) => values,
+        None => {
+            prepare(original).ok()?;
+            let mut probe = original.clone();
+            let mut values = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                let v = probe.eval_rule(format!("data.{PACKAGE}.{}", c.name)).ok()?;
+                if v == regorus::Value::Undefined {
+                    return None;
+                }
+                values.push(v);
+            }
+            values
         }
-        values.push(v);
-    }
+    };
     let mut sorted: Vec<&Hoistable> = candidates.iter().collect();
     sorted.sort_by_key(|c| std::cmp::Reverse(c.start));
     let mut text = rego.to_string();
@@ -351,7 +455,6 @@ fn hoist(
         .insert(regorus::Value::from(HOISTED_ROOT), table);
     let mut engine = new_engine(&text, limits, rego_v0, data).ok()?;
     // Same rules, in the same order: the rewrite replaced rule values, nothing else.
-    let mut original = original.clone();
     if rule_names(engine.get_modules()) != rule_names(original.get_modules()) {
         return None;
     }
@@ -583,18 +686,26 @@ impl PolicyEngine {
             }
         }
 
-        let (mut original, rego_v0) = compile(rego, &limits)?;
+        let (mut original, rego_v0) = parse(rego, &limits)?;
         let analysis = Analysis::analyse(original.get_modules());
-        let empty = regorus::Value::new_object();
         let candidates = analysis.hoistable();
-        let (base, hoisted, hoisted_names) =
-            match hoist(&original, rego, &candidates, &limits, rego_v0) {
+        let (base, original, hoisted, hoisted_names) =
+            match hoist(&mut original, rego, &candidates, &limits, rego_v0) {
                 Some((engine, doc)) => (
                     engine,
+                    original,
                     doc,
                     candidates.into_iter().map(|c| c.name).collect(),
                 ),
-                None => (original.clone(), empty, Vec::new()),
+                None => {
+                    let (prepared, _) = prepare_parsed(original, rego_v0, rego, &limits)?;
+                    (
+                        prepared.clone(),
+                        prepared,
+                        regorus::Value::new_object(),
+                        Vec::new(),
+                    )
+                }
             };
         let budget = limits.eval_time_budget;
 
@@ -684,19 +795,6 @@ impl PolicyEngine {
             table.push(ep);
         }
 
-        let mut reference = State {
-            engine: original,
-            doc: initial_doc(),
-            version: 0,
-        };
-        // The reference path starts from the same state, including any ops of
-        // AllowRequestsFailingPolicy.
-        let query = RuleQuery {
-            path: format!("data.{PACKAGE}.{ALLOW_FAILING_RULE}"),
-            by_rule: false,
-        };
-        let empty = regorus::Value::new_object();
-        let _ = evaluate_stateful(&mut reference, &query, empty.clone(), budget, &empty);
         let digest = hex::encode(Sha256::digest(rego.as_bytes()));
         Ok(PolicyEngine {
             endpoints: table.into_boxed_slice(),
@@ -704,7 +802,8 @@ impl PolicyEngine {
             state: Mutex::new(state),
             hoisted,
             hoisted_names,
-            reference: Mutex::new(reference),
+            original,
+            reference: OnceLock::new(),
             allow_failing,
             limits,
             digest,
@@ -880,7 +979,7 @@ impl PolicyEngine {
             path: ep.query.path.clone(),
             by_rule: false,
         };
-        let mut state = self.reference.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.reference().lock().unwrap_or_else(|p| p.into_inner());
         let empty = regorus::Value::new_object();
         let (answer, prints) = evaluate_stateful(
             &mut state,
@@ -897,7 +996,85 @@ impl PolicyEngine {
     /// The state of the [`PolicyEngine::decide_evaluated`] path.
     #[doc(hidden)]
     pub fn reference_state(&self) -> Value {
-        let state = self.reference.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.reference().lock().unwrap_or_else(|p| p.into_inner());
         state.doc[STATE_ROOT].clone()
+    }
+
+    /// The reference path's state, set up on first use from the policy as written. It
+    /// starts from the same state as the gate, including any ops of
+    /// AllowRequestsFailingPolicy, which is evaluated here as the gate did at load (same
+    /// rule, same empty input, same initial data).
+    fn reference(&self) -> &Mutex<State> {
+        self.reference.get_or_init(|| {
+            let mut reference = State {
+                engine: self.original.clone(),
+                doc: initial_doc(),
+                version: 0,
+            };
+            let query = RuleQuery {
+                path: format!("data.{PACKAGE}.{ALLOW_FAILING_RULE}"),
+                by_rule: false,
+            };
+            let empty = regorus::Value::new_object();
+            let budget = self.limits.eval_time_budget;
+            let _ = evaluate_stateful(&mut reference, &query, empty.clone(), budget, &empty);
+            Mutex::new(reference)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `literal_value` must give exactly what regorus computes for the rule as written.
+    #[test]
+    fn literal_values_equal_regorus_evaluation() {
+        let rego = r#"package agent_policy
+
+nested := {"a": [1, 2.5, 1e3, 0.1, 18446744073709551615, 123456789012345678901234567890], "b": {"c": null, "d": true}}
+strings := ["tab\there", "\u00e9\ud83d\ude00", `raw\n`, "quote\"", ""]
+duplicate_keys := {"k": 1, "k": 2, "j": [], "i": {}}
+sets := {{1, 2, 2}, {"x"}, {[1], {"y": 1}}}
+non_string_keys := {1: "one", [1]: "list", {"s"}: "set", null: false}
+empty_array := []
+negative := [-1, -2.5]
+refers := [nested]
+computed := [x | some x in [1, 2]]
+"#;
+        let limits = Limits::default();
+        let (mut parsed, _) = parse(rego, &limits).unwrap();
+        let analysis = Analysis::analyse(parsed.get_modules());
+        let candidates = analysis.hoistable();
+        let (mut compiled, _) = compile(rego, &limits).unwrap();
+        let mut literal = Vec::new();
+        for c in &candidates {
+            let expected = compiled
+                .eval_rule(format!("data.{PACKAGE}.{}", c.name))
+                .unwrap();
+            match literal_value(&c.expr) {
+                Some(v) => {
+                    assert_eq!(v, expected, "{}", c.name);
+                    literal.push(c.name.as_str());
+                }
+                None => assert!(
+                    ["refers", "computed"].contains(&c.name.as_str()),
+                    "{}",
+                    c.name
+                ),
+            }
+        }
+        assert_eq!(
+            literal,
+            [
+                "duplicate_keys",
+                "empty_array",
+                "negative",
+                "nested",
+                "non_string_keys",
+                "sets",
+                "strings"
+            ]
+        );
     }
 }
