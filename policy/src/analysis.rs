@@ -272,6 +272,29 @@ pub(crate) fn rule_names(modules: &[Ref<Module>]) -> Vec<String> {
     out
 }
 
+/// Byte ranges of the `import future.keywords.<keyword>` statements of the package. In Rego
+/// v1 every future keyword is already on, so these imports do nothing, and no identifier
+/// can be named like a keyword, so their aliases can never be looked up; regorus still
+/// searches the import table on every function call and reference while it is not empty.
+pub(crate) fn redundant_v1_imports(modules: &[Ref<Module>]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for module in modules {
+        for import in &module.imports {
+            let Some((root, fields)) = chain_fields(&import.refr) else {
+                continue;
+            };
+            let keyword = matches!(
+                fields.as_slice(),
+                [k, kw] if k == "keywords" && ["in", "if", "contains", "every"].contains(&kw.as_str())
+            );
+            if root == "future" && keyword && import.r#as.is_none() {
+                out.push((import.span.start as usize, import.span.end as usize));
+            }
+        }
+    }
+    out
+}
+
 /// `a.b["c"].d` as ("a", ["b", "c", "d"]) when every component is a constant name.
 fn chain_fields(expr: &Ref<Expr>) -> Option<(String, Vec<String>)> {
     let (root, comps) = chain(expr);

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::unstable::{Expr, Ref};
 
-use crate::analysis::{rule_names, Analysis, Hoistable, PACKAGE};
+use crate::analysis::{redundant_v1_imports, rule_names, Analysis, Hoistable, PACKAGE};
 
 /// The rule Kata evaluates once after loading a policy: when true, denials and undefined
 /// results are logged and allowed (a debugging aid that must never ship in production).
@@ -379,8 +379,10 @@ fn literal_value(expr: &Ref<Expr>) -> Option<regorus::Value> {
 /// Precompute rules like genpolicy's `policy_data := {...}`: composite values that depend
 /// on neither input nor state. Kata rebuilds such a value on every request that reads it;
 /// here it is evaluated once, stored in the data document, and the rule's expression is
-/// replaced by a reference to it. Returns the rewritten engine and the hoisted document, or
-/// `None` (keep the policy as written) if anything does not check out.
+/// replaced by a reference to it. In Rego v1 the redundant `import future.keywords.<kw>`
+/// statements are blanked too (see [`redundant_v1_imports`]). Returns the rewritten engine
+/// and the hoisted document, or `None` (keep the policy as written) if there is nothing to
+/// rewrite or anything does not check out.
 fn hoist(
     original: &mut regorus::Engine,
     rego: &str,
@@ -388,7 +390,12 @@ fn hoist(
     limits: &Limits,
     rego_v0: bool,
 ) -> Option<(regorus::Engine, regorus::Value)> {
-    if candidates.is_empty() {
+    let redundant_imports = if rego_v0 {
+        Vec::new()
+    } else {
+        redundant_v1_imports(original.get_modules())
+    };
+    if candidates.is_empty() && redundant_imports.is_empty() {
         return None;
     }
     // genpolicy's `policy_data` is a literal: its value comes straight from the parsed
@@ -437,6 +444,24 @@ fn hoist(
         );
         text.replace_range(c.start..c.end, &replacement);
     }
+    // Imports precede every rule, so the offsets above did not move them. Blanked, not
+    // removed: every position in the text stays where it was.
+    for &(start, end) in &redundant_imports {
+        if start >= end
+            || end > text.len()
+            || !text.is_char_boundary(start)
+            || !text.is_char_boundary(end)
+            || !text[start..end].starts_with("import")
+            || candidates.iter().any(|c| c.start < end)
+        {
+            return None;
+        }
+        let blank: String = text[start..end]
+            .chars()
+            .map(|c| if c == '\n' { c } else { ' ' })
+            .collect();
+        text.replace_range(start..end, &blank);
+    }
     let mut table = regorus::Value::new_object();
     {
         let map = table.as_object_mut().ok()?;
@@ -456,6 +481,12 @@ fn hoist(
     let mut engine = new_engine(&text, limits, rego_v0, data).ok()?;
     // Same rules, in the same order: the rewrite replaced rule values, nothing else.
     if rule_names(engine.get_modules()) != rule_names(original.get_modules()) {
+        return None;
+    }
+    let imports = |modules: &[Ref<regorus::unstable::Module>]| -> usize {
+        modules.iter().map(|m| m.imports.len()).sum()
+    };
+    if imports(engine.get_modules()) + redundant_imports.len() != imports(original.get_modules()) {
         return None;
     }
     // The rewritten rules must give exactly the values they replaced.
@@ -1076,5 +1107,29 @@ computed := [x | some x in [1, 2]]
                 "strings"
             ]
         );
+    }
+
+    /// Only `import future.keywords.<keyword>` is dropped from the gate's text; the gate
+    /// still answers as the policy as written.
+    #[test]
+    fn only_keyword_imports_are_redundant() {
+        let rego = "package agent_policy\n\nimport future.keywords.in\nimport future.keywords.every\nimport future.keywords\nimport data.other as o\n\nallowed(x) if { x in [1, 2] }\nExecProcessRequest if { every a in input.args { allowed(a) } }\n";
+        let (mut parsed, _) = parse(rego, &Limits::default()).unwrap();
+        let ranges = redundant_v1_imports(parsed.get_modules());
+        let texts: Vec<&str> = ranges.iter().map(|&(s, e)| &rego[s..e]).collect();
+        assert_eq!(
+            texts,
+            ["import future.keywords.in", "import future.keywords.every"]
+        );
+        let e = PolicyEngine::load(rego, &["ExecProcessRequest"], Limits::default()).unwrap();
+        for (args, allowed) in [
+            (serde_json::json!([1, 2]), true),
+            (serde_json::json!([3]), false),
+        ] {
+            let input = serde_json::json!({ "args": args });
+            let gate = e.decide(0, || Ok::<_, String>(input.clone()));
+            assert_eq!(gate.allowed, allowed);
+            assert_eq!(gate, e.decide_evaluated(0, input));
+        }
     }
 }
