@@ -16,6 +16,11 @@ use regorus::unstable::{Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, Ru
 /// The package Kata's agent queries (`data.agent_policy.<Request>`).
 pub(crate) const PACKAGE: &str = "agent_policy";
 
+/// Where rule values computed at load live in the data document. Ops cannot reach it (they
+/// are confined to /pstate) and nothing else writes it after load, so reading it is
+/// constant: the precomputed values, or undefined when nothing was precomputed.
+pub(crate) const HOISTED_ROOT: &str = "__vigil_hoisted";
+
 /// Builtins whose result is not a function of their arguments.
 const NONDETERMINISTIC_BUILTINS: &[&str] = &[
     "time.now_ns",
@@ -296,7 +301,7 @@ pub(crate) fn redundant_v1_imports(modules: &[Ref<Module>]) -> Vec<(usize, usize
 }
 
 /// `a.b["c"].d` as ("a", ["b", "c", "d"]) when every component is a constant name.
-fn chain_fields(expr: &Ref<Expr>) -> Option<(String, Vec<String>)> {
+pub(crate) fn chain_fields(expr: &Ref<Expr>) -> Option<(String, Vec<String>)> {
     let (root, comps) = chain(expr);
     let root = match root.as_ref() {
         Expr::Var { span, .. } => span.text().to_string(),
@@ -347,7 +352,7 @@ fn chain(expr: &Ref<Expr>) -> (Ref<Expr>, Vec<Component>) {
     (cur, comps)
 }
 
-fn rule_name(rule: &Ref<Rule>) -> Option<String> {
+pub(crate) fn rule_name(rule: &Ref<Rule>) -> Option<String> {
     let refr = match rule.as_ref() {
         Rule::Spec { head, .. } => match head {
             RuleHead::Compr { refr, .. }
@@ -497,6 +502,7 @@ fn walk_ref(expr: &Ref<Expr>, facts: &mut Facts) {
                 (Some(Some(PACKAGE)), Some(Some(name))) => {
                     facts.qualified.insert(name.to_string());
                 }
+                (Some(Some(HOISTED_ROOT)), _) => {}
                 _ => facts.taint.state = true,
             }
         }

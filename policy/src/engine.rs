@@ -16,7 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::unstable::{Expr, Ref};
 
-use crate::analysis::{redundant_v1_imports, rule_names, Analysis, Hoistable, PACKAGE};
+use crate::analysis::{
+    chain_fields, redundant_v1_imports, rule_name, rule_names, Analysis, Hoistable, HOISTED_ROOT,
+    PACKAGE,
+};
+use crate::literal_rules::{header_keyword_imports, json_rules};
 
 /// The rule Kata evaluates once after loading a policy: when true, denials and undefined
 /// results are logged and allowed (a debugging aid that must never ship in production).
@@ -200,10 +204,6 @@ struct State {
     version: u64,
 }
 
-/// Where rule values computed at load live in the data document (ops cannot reach it: they
-/// are confined to /pstate).
-const HOISTED_ROOT: &str = "__vigil_hoisted";
-
 /// A loaded policy. `Send + Sync`: share it behind an `Arc` and call [`PolicyEngine::decide`]
 /// from any thread.
 pub struct PolicyEngine {
@@ -214,12 +214,14 @@ pub struct PolicyEngine {
     /// `{"__vigil_hoisted": {...}}`, re-added whenever the data document is rebuilt.
     hoisted: regorus::Value,
     hoisted_names: Vec<String>,
-    /// The policy as written (parsed; prepared on first use); only for
+    /// The policy as written, if the load parsed it; only for
     /// [`PolicyEngine::decide_evaluated`], which proves the optimised path equivalent.
-    original: regorus::Engine,
-    /// The state of the reference path, set up on its first use: the gate never needs it,
-    /// and preparing the policy as written is a large part of a load.
-    reference: OnceLock<Mutex<State>>,
+    original: Option<regorus::Engine>,
+    rego: String,
+    /// The state of the reference path, set up on its first use (the gate never needs it,
+    /// and compiling the policy as written is a large part of a load), or why the policy as
+    /// written does not compile.
+    reference: OnceLock<Result<Mutex<State>, String>>,
     allow_failing: bool,
     limits: Limits,
     digest: String,
@@ -395,7 +397,7 @@ fn hoist(
     } else {
         redundant_v1_imports(original.get_modules())
     };
-    if candidates.is_empty() && redundant_imports.is_empty() {
+    if (candidates.is_empty() && redundant_imports.is_empty()) || rego.contains(HOISTED_ROOT) {
         return None;
     }
     // genpolicy's `policy_data` is a literal: its value comes straight from the parsed
@@ -500,6 +502,192 @@ fn hoist(
         }
     }
     Some((engine, hoisted))
+}
+
+/// The gate's engine from a single parse, for policies whose precomputable rules are all
+/// JSON literals at the top level (genpolicy's `policy_data`): the literals are read with
+/// serde_json straight from the text (see [`crate::literal_rules`]), the rewritten text is
+/// parsed and prepared once, and the policy as written is not parsed at all (the reference
+/// path compiles it on first use). Every guess of the text scan is confirmed on the parsed
+/// rewrite: each replaced rule is found exactly where it was put, as the only definition of
+/// its name, with the value it was given. Returns `None` (take the general path) if anything
+/// does not check out, or if other rules could be precomputed that are more than small
+/// literals, which only the general path does.
+fn fast_rewrite(rego: &str, limits: &Limits) -> Option<Rewritten> {
+    if rego.contains(HOISTED_ROOT) {
+        return None;
+    }
+    let rules = json_rules(rego);
+    if rules.is_empty() {
+        return None;
+    }
+    let imports = header_keyword_imports(rego);
+    if imports.last().is_some_and(|&(_, end)| end > rules[0].start) {
+        return None;
+    }
+    // Rewrite front to back, recording where each replacement lands.
+    let mut text = String::with_capacity(rego.len());
+    let mut placed = Vec::with_capacity(rules.len());
+    let mut copied = 0;
+    for &(start, end) in &imports {
+        text.push_str(&rego[copied..start]);
+        text.extend(std::iter::repeat_n(' ', end - start));
+        copied = end;
+    }
+    for r in &rules {
+        text.push_str(&rego[copied..r.start]);
+        let head = format!("{name} := data.{HOISTED_ROOT}.{name}", name = r.name);
+        placed.push((text.len(), text.len() + head.len()));
+        text.push_str(&head);
+        // Keep line numbers of everything after the rule unchanged.
+        text.extend(std::iter::repeat_n(
+            '\n',
+            rego[r.start..r.end].matches('\n').count(),
+        ));
+        copied = r.end;
+    }
+    text.push_str(&rego[copied..]);
+
+    let mut table = BTreeMap::new();
+    for r in &rules {
+        if table
+            .insert(regorus::Value::from(r.name.as_str()), r.value.clone())
+            .is_some()
+        {
+            return None;
+        }
+    }
+    let table = regorus::Value::from(table);
+    let mut data = regorus::Value::from(initial_doc());
+    data.as_object_mut()
+        .ok()?
+        .insert(regorus::Value::from(HOISTED_ROOT), table.clone());
+    let mut engine = configured_engine(limits, false, data).ok()?;
+    add_policy(&mut engine, &text).ok()?;
+    {
+        let modules = engine.get_modules();
+        let [module] = modules.as_slice() else {
+            return None;
+        };
+        for (r, &(start, end)) in rules.iter().zip(&placed) {
+            let mut defs = module
+                .policy
+                .iter()
+                .filter(|rule| rule_name(rule).as_deref() == Some(r.name.as_str()));
+            let (Some(rule), None) = (defs.next(), defs.next()) else {
+                return None;
+            };
+            if !is_hoisted_reference(rule, &r.name, start, end) {
+                return None;
+            }
+        }
+    }
+    prepare(&mut engine).ok()?;
+    let analysis = Analysis::analyse(engine.get_modules());
+    // Other precomputable rules: small Rego-only literals (a trailing comma is not JSON)
+    // cost little per request and stay as written; anything else is worth the general path.
+    let small_literal =
+        |c: &Hoistable| c.end - c.start <= SMALL_LITERAL_BYTES && literal_value(&c.expr).is_some();
+    if !analysis.hoistable().iter().all(small_literal) {
+        return None;
+    }
+    for r in &rules {
+        if engine
+            .eval_rule(format!("data.{PACKAGE}.{}", r.name))
+            .ok()?
+            != r.value
+        {
+            return None;
+        }
+    }
+    let mut hoisted = regorus::Value::new_object();
+    hoisted
+        .as_object_mut()
+        .ok()?
+        .insert(regorus::Value::from(HOISTED_ROOT), table);
+    let mut names: Vec<String> = rules.into_iter().map(|r| r.name).collect();
+    names.sort();
+    Some(Rewritten {
+        engine,
+        analysis,
+        original: None,
+        hoisted,
+        hoisted_names: names,
+    })
+}
+
+/// What a load builds the gate from.
+struct Rewritten {
+    /// The gate's prepared engine.
+    engine: regorus::Engine,
+    analysis: Analysis,
+    /// The policy as written, if it was parsed.
+    original: Option<regorus::Engine>,
+    /// `{"__vigil_hoisted": {...}}`, or an empty object.
+    hoisted: regorus::Value,
+    hoisted_names: Vec<String>,
+}
+
+/// The general path: parse the policy as written, analyse it, and precompute whatever the
+/// analysis allows (evaluating non-literal values on the prepared original).
+fn general_rewrite(rego: &str, limits: &Limits) -> Result<Rewritten, LoadError> {
+    let (mut original, rego_v0) = parse(rego, limits)?;
+    let analysis = Analysis::analyse(original.get_modules());
+    let candidates = analysis.hoistable();
+    Ok(
+        match hoist(&mut original, rego, &candidates, limits, rego_v0) {
+            Some((engine, hoisted)) => Rewritten {
+                engine,
+                analysis,
+                original: Some(original),
+                hoisted,
+                hoisted_names: candidates.into_iter().map(|c| c.name).collect(),
+            },
+            None => {
+                let (prepared, _) = prepare_parsed(original, rego_v0, rego, limits)?;
+                Rewritten {
+                    engine: prepared.clone(),
+                    analysis,
+                    original: Some(prepared),
+                    hoisted: regorus::Value::new_object(),
+                    hoisted_names: Vec::new(),
+                }
+            }
+        },
+    )
+}
+
+/// Largest literal rule the single-parse path leaves to be evaluated per request.
+const SMALL_LITERAL_BYTES: usize = 4096;
+
+/// `rule` is `<name> := data.<HOISTED_ROOT>.<name>` with no body, spanning exactly
+/// `start..end` of the rewritten text.
+fn is_hoisted_reference(
+    rule: &Ref<regorus::unstable::Rule>,
+    name: &str,
+    start: usize,
+    end: usize,
+) -> bool {
+    use regorus::unstable::{Rule, RuleHead};
+    let Rule::Spec { head, bodies, span } = rule.as_ref() else {
+        return false;
+    };
+    let RuleHead::Compr {
+        refr,
+        assign: Some(assign),
+        ..
+    } = head
+    else {
+        return false;
+    };
+    let value_is_reference = chain_fields(&assign.value).is_some_and(|(root, fields)| {
+        root == "data" && fields.len() == 2 && fields[0] == HOISTED_ROOT && fields[1] == name
+    });
+    bodies.is_empty()
+        && matches!(refr.as_ref(), Expr::Var { span, .. } if span.text() == name)
+        && value_is_reference
+        && span.start as usize == start
+        && assign.value.span().end as usize == end
 }
 
 /// Ops may only touch `/pstate`: the rest of the data document is what makes constant
@@ -717,27 +905,16 @@ impl PolicyEngine {
             }
         }
 
-        let (mut original, rego_v0) = parse(rego, &limits)?;
-        let analysis = Analysis::analyse(original.get_modules());
-        let candidates = analysis.hoistable();
-        let (base, original, hoisted, hoisted_names) =
-            match hoist(&mut original, rego, &candidates, &limits, rego_v0) {
-                Some((engine, doc)) => (
-                    engine,
-                    original,
-                    doc,
-                    candidates.into_iter().map(|c| c.name).collect(),
-                ),
-                None => {
-                    let (prepared, _) = prepare_parsed(original, rego_v0, rego, &limits)?;
-                    (
-                        prepared.clone(),
-                        prepared,
-                        regorus::Value::new_object(),
-                        Vec::new(),
-                    )
-                }
-            };
+        let Rewritten {
+            engine: base,
+            analysis,
+            original,
+            hoisted,
+            hoisted_names,
+        } = match fast_rewrite(rego, &limits) {
+            Some(r) => r,
+            None => general_rewrite(rego, &limits)?,
+        };
         let budget = limits.eval_time_budget;
 
         let mut state = State {
@@ -834,6 +1011,7 @@ impl PolicyEngine {
             hoisted,
             hoisted_names,
             original,
+            rego: rego.to_string(),
             reference: OnceLock::new(),
             allow_failing,
             limits,
@@ -1010,7 +1188,11 @@ impl PolicyEngine {
             path: ep.query.path.clone(),
             by_rule: false,
         };
-        let mut state = self.reference().lock().unwrap_or_else(|p| p.into_inner());
+        let reference = match self.reference() {
+            Ok(r) => r,
+            Err(e) => return Decision::new(Outcome::Error, DecisionClass::Evaluate, e.to_string()),
+        };
+        let mut state = reference.lock().unwrap_or_else(|p| p.into_inner());
         let empty = regorus::Value::new_object();
         let (answer, prints) = evaluate_stateful(
             &mut state,
@@ -1026,19 +1208,33 @@ impl PolicyEngine {
 
     /// The state of the [`PolicyEngine::decide_evaluated`] path.
     #[doc(hidden)]
+    /// `null` if the policy as written does not compile.
     pub fn reference_state(&self) -> Value {
-        let state = self.reference().lock().unwrap_or_else(|p| p.into_inner());
-        state.doc[STATE_ROOT].clone()
+        match self.reference() {
+            Ok(r) => {
+                let state = r.lock().unwrap_or_else(|p| p.into_inner());
+                state.doc[STATE_ROOT].clone()
+            }
+            Err(_) => Value::Null,
+        }
     }
 
     /// The reference path's state, set up on first use from the policy as written. It
     /// starts from the same state as the gate, including any ops of
     /// AllowRequestsFailingPolicy, which is evaluated here as the gate did at load (same
     /// rule, same empty input, same initial data).
-    fn reference(&self) -> &Mutex<State> {
-        self.reference.get_or_init(|| {
+    fn reference(&self) -> Result<&Mutex<State>, &str> {
+        let reference = self.reference.get_or_init(|| {
+            let engine = match &self.original {
+                Some(e) => e.clone(),
+                None => {
+                    compile(&self.rego, &self.limits)
+                        .map_err(|e| format!("the policy as written: {e}"))?
+                        .0
+                }
+            };
             let mut reference = State {
-                engine: self.original.clone(),
+                engine,
                 doc: initial_doc(),
                 version: 0,
             };
@@ -1049,8 +1245,9 @@ impl PolicyEngine {
             let empty = regorus::Value::new_object();
             let budget = self.limits.eval_time_budget;
             let _ = evaluate_stateful(&mut reference, &query, empty.clone(), budget, &empty);
-            Mutex::new(reference)
-        })
+            Ok(Mutex::new(reference))
+        });
+        reference.as_ref().map_err(String::as_str)
     }
 }
 
@@ -1131,5 +1328,73 @@ computed := [x | some x in [1, 2]]
             assert_eq!(gate.allowed, allowed);
             assert_eq!(gate, e.decide_evaluated(0, input));
         }
+    }
+
+    fn genpolicy_like() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/genpolicy-like/policy.rego"
+        ))
+        .unwrap()
+    }
+
+    /// The genpolicy-like policy takes the single-parse path, with the literals it has.
+    #[test]
+    fn genpolicy_like_policy_loads_from_one_parse() {
+        let rego = genpolicy_like();
+        let r = fast_rewrite(&rego, &Limits::default()).expect("single-parse path");
+        assert!(r.original.is_none());
+        assert!(r.hoisted_names.contains(&"policy_data".to_string()));
+        // The values equal those of the policy as written.
+        let (mut compiled, _) = compile(&rego, &Limits::default()).unwrap();
+        for name in &r.hoisted_names {
+            let expected = compiled
+                .eval_rule(format!("data.{PACKAGE}.{name}"))
+                .unwrap();
+            assert_eq!(r.hoisted[HOISTED_ROOT][name.as_str()], expected, "{name}");
+        }
+    }
+
+    /// JSON-literal values equal regorus' values for the policy as written.
+    #[test]
+    fn json_literal_values_equal_regorus_evaluation() {
+        let rego = "package agent_policy\n\nimport future.keywords.in\n\n\
+            a := {\"n\": [0, 7, -9223372036854775808, 9223372036854775807], \"dup\": 1, \"dup\": 2,}\n\
+            b := [\"tab\\t\", \"\\u00e9\\ud83d\\ude00\", \"\\/slash\", \"\", null, true, false, {}, [],]\n\
+            allowed if { some x in a.n; x == 7 }\n";
+        let r = fast_rewrite(rego, &Limits::default()).expect("single-parse path");
+        assert_eq!(r.hoisted_names, ["a", "b"]);
+        let (mut compiled, _) = compile(rego, &Limits::default()).unwrap();
+        for name in ["a", "b"] {
+            let expected = compiled
+                .eval_rule(format!("data.{PACKAGE}.{name}"))
+                .unwrap();
+            assert_eq!(r.hoisted[HOISTED_ROOT][name], expected, "{name}");
+        }
+    }
+
+    /// A guess of the text scan that the parsed rewrite does not confirm takes the general
+    /// path, and the gate still answers as the policy as written.
+    #[test]
+    fn unconfirmed_guesses_take_the_general_path() {
+        // The "rule" is inside a raw string; the real rule reads it.
+        let rego = "package agent_policy\n\ntext := `\nfake := {\"a\": 1}\n`\n\n\
+            ExecProcessRequest if { contains(text, input.s) }\n";
+        assert!(json_rules(rego).iter().any(|r| r.name == "fake"));
+        assert!(fast_rewrite(rego, &Limits::default()).is_none());
+        let e = PolicyEngine::load(rego, &["ExecProcessRequest"], Limits::default()).unwrap();
+        for s in ["fake := {", "nothing"] {
+            let input = serde_json::json!({ "s": s });
+            let gate = e.decide(0, || Ok::<_, String>(input.clone()));
+            assert_eq!(gate.allowed, s != "nothing");
+            assert_eq!(gate, e.decide_evaluated(0, input));
+        }
+        // A second definition of the name.
+        let twice = "package agent_policy\n\nd := {\"a\": 1}\nd := {\"a\": 1}\n";
+        assert!(fast_rewrite(twice, &Limits::default()).is_none());
+        // The policy mentions the hoisted root itself.
+        let clash =
+            format!("package agent_policy\n\nd := {{\"a\": 1}}\nx := data.{HOISTED_ROOT}\n");
+        assert!(fast_rewrite(&clash, &Limits::default()).is_none());
     }
 }

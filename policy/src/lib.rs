@@ -20,6 +20,7 @@
 mod analysis;
 mod copy_file;
 mod engine;
+mod literal_rules;
 
 pub use copy_file::{copy_file_input, file_type, CopyFileInputError};
 pub use engine::{
