@@ -9,6 +9,7 @@ pub mod config;
 pub mod gate;
 pub mod guest;
 pub mod metrics;
+pub mod network;
 pub mod pid1;
 pub mod policy;
 pub mod server;

@@ -104,6 +104,7 @@ pub struct AgentApi {
     policy: PolicyAdmin,
     started: std::time::Instant,
     sandbox: Sandbox,
+    network: crate::network::Network,
 }
 
 impl AgentApi {
@@ -114,6 +115,7 @@ impl AgentApi {
             policy,
             started: std::time::Instant::now(),
             sandbox: Sandbox::new(SandboxConfig::default()),
+            network: crate::network::Network::new(),
         }
     }
 
@@ -186,6 +188,54 @@ agent_service! {
             ..Default::default()
         })
     }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> RpcResult<types::Interface> {
+        Ok(self.network.update_interface(req).await.map_err(AgentError::from)?)
+    }
+
+    async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> RpcResult<Routes> {
+        Ok(self.network.update_routes(req).await.map_err(AgentError::from)?)
+    }
+
+    async fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ListInterfacesRequest,
+    ) -> RpcResult<Interfaces> {
+        Ok(self.network.list_interfaces().await.map_err(AgentError::from)?)
+    }
+
+    async fn list_routes(&self, _ctx: &TtrpcContext, _req: ListRoutesRequest) -> RpcResult<Routes> {
+        Ok(self.network.list_routes().await.map_err(AgentError::from)?)
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: AddARPNeighborsRequest,
+    ) -> RpcResult<Empty> {
+        Ok(self.network.add_arp_neighbors(req).await.map_err(AgentError::from)?)
+    }
+
+    async fn get_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GetIPTablesRequest,
+    ) -> RpcResult<GetIPTablesResponse> {
+        Ok(self.network.get_ip_tables(req).await.map_err(AgentError::from)?)
+    }
+
+    async fn set_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetIPTablesRequest,
+    ) -> RpcResult<SetIPTablesResponse> {
+        Ok(self.network.set_ip_tables(req).await.map_err(AgentError::from)?)
+    }
     }
 
     sandbox {
@@ -214,13 +264,6 @@ agent_service! {
         update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
         remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
         get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
-        update_interface(UpdateInterfaceRequest) -> types::Interface;
-        update_routes(UpdateRoutesRequest) -> Routes;
-        list_interfaces(ListInterfacesRequest) -> Interfaces;
-        list_routes(ListRoutesRequest) -> Routes;
-        add_arp_neighbors(AddARPNeighborsRequest) -> Empty;
-        get_ip_tables(GetIPTablesRequest) -> GetIPTablesResponse;
-        set_ip_tables(SetIPTablesRequest) -> SetIPTablesResponse;
         mem_agent_memcg_set(MemAgentMemcgConfig) -> Empty;
         mem_agent_compact_set(MemAgentCompactConfig) -> Empty;
         online_cpu_mem(OnlineCPUMemRequest) -> Empty;
