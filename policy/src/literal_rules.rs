@@ -60,54 +60,59 @@ fn rest_of_line_is_blank(text: &str) -> bool {
 /// has anything that is neither JSON nor such a comma outside strings: a comment, a raw
 /// string, a comma after an opening bracket or another comma, or no closing bracket.
 fn without_trailing_commas(text: &str) -> Option<(String, usize)> {
+    // Bytes, not chars: every delimiter is ASCII, and ASCII bytes never occur inside a
+    // multi-byte UTF-8 sequence, so every index sliced at below is a char boundary.
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    // Last character outside strings that is not whitespace.
-    let mut previous = ' ';
-    for (i, c) in text.char_indices() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-                previous = c;
+    // Last byte outside strings that is not whitespace.
+    let mut previous = b' ';
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'"' => {
+                i += 1;
+                loop {
+                    match bytes.get(i)? {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                previous = b;
             }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '[' | '{' => depth += 1,
-            ']' | '}' => {
+            b'[' | b'{' => {
+                depth += 1;
+                previous = b;
+            }
+            b']' | b'}' => {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
-                    out.push(c);
+                    out.push_str(&text[copied..=i]);
                     return Some((out, i + 1));
                 }
+                previous = b;
             }
-            ',' => {
-                let next = text[i + 1..]
-                    .chars()
-                    .find(|n| !matches!(n, ' ' | '\t' | '\n' | '\r'));
-                if matches!(next, Some(']' | '}')) {
-                    if matches!(previous, '[' | '{' | ',') {
+            b',' => {
+                let next = bytes[i + 1..]
+                    .iter()
+                    .find(|n| !matches!(n, b' ' | b'\t' | b'\n' | b'\r'));
+                if matches!(next, Some(b']' | b'}')) {
+                    if matches!(previous, b'[' | b'{' | b',') {
                         return None;
                     }
-                    previous = c;
-                    continue;
+                    out.push_str(&text[copied..i]);
+                    copied = i + 1;
                 }
+                previous = b;
             }
-            '#' | '`' => return None,
-            _ => {}
+            b'#' | b'`' => return None,
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            _ => previous = b,
         }
-        if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            previous = c;
-        }
-        out.push(c);
+        i += 1;
     }
     None
 }
@@ -235,8 +240,14 @@ mod tests {
             more := [1] + x\n\
             indented := 1\n  c := [1]\n\
             huge := [18446744073709551615]\n\
-            d := [\"#not a comment\", \"\\\"quoted\\\"\"]\n";
-        assert_eq!(names(rego), ["a", "b", "d"]);
+            d := [\"#not a comment\", \"\\\"quoted\\\"\"]\n\
+            e := [\"]\", \"\u{e9},]\", {\"}\": \"[\"},]\n";
+        assert_eq!(names(rego), ["a", "b", "d", "e"]);
+        let e = json_rules(rego).into_iter().find(|r| r.name == "e").unwrap();
+        assert_eq!(
+            e.value,
+            regorus::Value::from_json_str(r#"["]", "\u00e9,]", {"}": "["}]"#).unwrap()
+        );
         let b = json_rules(rego)
             .into_iter()
             .find(|r| r.name == "b")
