@@ -1166,22 +1166,30 @@ fn add_neighbours(nl: &mut Netlink, neighbours: &[ParsedNeighbour]) -> Result<()
 /// Where a guest image keeps iptables' tools.
 const PROGRAM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
-fn find_program(name: &str) -> Result<PathBuf> {
-    PROGRAM_DIRS
-        .iter()
+fn find_program(name: &str, dirs: &[&str]) -> Result<PathBuf> {
+    dirs.iter()
         .map(|d| PathBuf::from(d).join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| {
             NetworkError::FailedPrecondition(format!(
                 "{name} is not installed in the guest (looked in {})",
-                PROGRAM_DIRS.join(", ")
+                dirs.join(", ")
             ))
         })
 }
 
-/// Runs `name` with `input` on its stdin; answers its stdout, or an error carrying its stderr.
+/// Runs the guest's `name` with `input` on its stdin; answers its stdout.
 async fn run_program(name: &'static str, input: Vec<u8>) -> Result<Vec<u8>> {
-    let path = find_program(name)?;
+    run(find_program(name, &PROGRAM_DIRS)?, input).await
+}
+
+/// Runs `path` with `input` on its stdin; answers its stdout, or an error carrying its stderr.
+async fn run(path: PathBuf, input: Vec<u8>) -> Result<Vec<u8>> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    let task_name = name.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         use std::process::{Command, Stdio};
@@ -1217,7 +1225,7 @@ async fn run_program(name: &'static str, input: Vec<u8>) -> Result<Vec<u8>> {
         }
     })
     .await
-    .map_err(|e| NetworkError::Internal(format!("{name} task failed: {e}")))?
+    .map_err(|e| NetworkError::Internal(format!("{task_name} task failed: {e}")))?
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1655,9 +1663,49 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_a_failed_precondition_naming_it() {
-        let e = find_program("vigil-no-such-tool").unwrap_err();
+        let e = find_program("vigil-no-such-tool", &PROGRAM_DIRS).unwrap_err();
         assert!(
             matches!(&e, NetworkError::FailedPrecondition(m) if m.contains("vigil-no-such-tool")),
+            "{e}"
+        );
+    }
+
+    fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn a_program_gets_the_input_and_answers_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        // Prints more than a pipe holds before it reads its input: feeding the input and
+        // collecting the output one after the other would deadlock.
+        let p = script(
+            dir.path(),
+            "fake-restore",
+            "head -c 200000 /dev/zero; wc -c",
+        );
+        let out = run(p, vec![b'x'; 1 << 20]).await.unwrap();
+        assert_eq!(out.len(), 200_000 + "1048576\n".len());
+        assert_eq!(String::from_utf8_lossy(&out[200_000..]).trim(), "1048576");
+        let found = find_program("fake-restore", &[dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(found, dir.path().join("fake-restore"));
+    }
+
+    #[tokio::test]
+    async fn a_failing_program_is_an_error_with_its_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(
+            dir.path(),
+            "fake-save",
+            "echo 'line 3: bad rule' >&2; exit 2",
+        );
+        let e = run(p, Vec::new()).await.unwrap_err();
+        assert!(
+            matches!(&e, NetworkError::Internal(m) if m.contains("fake-save") && m.contains("line 3: bad rule")),
             "{e}"
         );
     }
