@@ -9,9 +9,8 @@
 //! field is named by its path in the request (`routes[2].gateway`).
 //!
 //! All netlink traffic goes through one socket guarded by one lock, so concurrent network RPCs
-//! never interleave their read-modify-write sequences. The socket belongs to the network
-//! namespace it was opened in: [`Network::new`] opens it on first use (the agent's namespace),
-//! [`Network::open`] opens it at once in the calling thread's namespace.
+//! never interleave their read-modify-write sequences. The socket opens on first use, from a
+//! blocking-pool thread: it belongs to the agent process's network namespace.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -88,7 +87,7 @@ fn kernel(doing: impl std::fmt::Display, e: io::Error) -> NetworkError {
 }
 
 /// The network RPC backend: one route-netlink socket, opened on first use.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Network {
     netlink: Arc<Mutex<Option<Netlink>>>,
 }
@@ -97,13 +96,6 @@ impl Network {
     /// A backend whose socket opens on the first call, in the agent process's namespace.
     pub fn new() -> Network {
         Network::default()
-    }
-
-    /// A backend bound now to the network namespace of the calling thread.
-    pub fn open() -> io::Result<Network> {
-        Ok(Network {
-            netlink: Arc::new(Mutex::new(Some(Netlink::open()?))),
-        })
     }
 
     /// Runs `op` on the socket in a blocking thread (netlink calls block on the kernel).
