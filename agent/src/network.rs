@@ -20,8 +20,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK,
+    NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -77,13 +78,80 @@ fn invalid(field: &str, what: impl std::fmt::Display) -> NetworkError {
 /// caller's error and everything else is ours.
 fn kernel(doing: impl std::fmt::Display, e: io::Error) -> NetworkError {
     let text = format!("{doing}: {e}");
-    match e.raw_os_error() {
+    match errno(&e) {
         Some(libc::EINVAL | libc::ERANGE | libc::ENETUNREACH | libc::EADDRNOTAVAIL) => {
             NetworkError::InvalidArgument(text)
         }
         Some(libc::ENODEV | libc::ESRCH) => NetworkError::NotFound(text),
         _ => NetworkError::Internal(text),
     }
+}
+
+/// A kernel refusal: its errno and, when the kernel gave one (extended ack), its explanation
+/// ("Nexthop has invalid gateway"). Carried inside an `io::Error`; [`errno`] reads it back.
+#[derive(Debug)]
+struct Refusal {
+    errno: i32,
+    detail: Option<String>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", io::Error::from_raw_os_error(self.errno))?;
+        match &self.detail {
+            Some(d) => write!(f, " ({d})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// The errno of a failed netlink call, whether the socket or the kernel's answer said it.
+fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+        .or_else(|| e.get_ref()?.downcast_ref::<Refusal>().map(|r| r.errno))
+}
+
+/// Turns a netlink error answer into an `io::Error` carrying a [`Refusal`].
+fn refusal(e: &ErrorMessage, answer_flags: u16) -> io::Error {
+    let errno = e.raw_code().abs();
+    let detail = if answer_flags & NLM_F_ACK_TLVS != 0 {
+        ext_ack_message(&e.header, answer_flags & NLM_F_CAPPED != 0)
+    } else {
+        None
+    };
+    io::Error::new(
+        io::Error::from_raw_os_error(errno).kind(),
+        Refusal { errno, detail },
+    )
+}
+
+/// The NLMSGERR_ATTR_MSG text of an extended ack. `payload` is the error answer after its
+/// code: the request's header (the whole request unless `capped`), then attributes.
+fn ext_ack_message(payload: &[u8], capped: bool) -> Option<String> {
+    const NLMSGERR_ATTR_MSG: u16 = 1;
+    const NLA_TYPE_MASK: u16 = 0x3fff;
+    let request_len = if capped {
+        16
+    } else {
+        u32::from_ne_bytes(payload.get(..4)?.try_into().ok()?) as usize
+    };
+    let mut at = (request_len + 3) & !3;
+    while let Some(head) = payload.get(at..at + 4) {
+        let len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+        let kind = u16::from_ne_bytes([head[2], head[3]]) & NLA_TYPE_MASK;
+        if len < 4 {
+            return None;
+        }
+        let value = payload.get(at + 4..at + len)?;
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = value.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        at += (len + 3) & !3;
+    }
+    None
 }
 
 /// The network RPC backend: one route-netlink socket, opened on first use.
@@ -874,7 +942,12 @@ fn update_interface(nl: &mut Netlink, wanted: &WantedInterface) -> Result<Interf
     )
     .map_err(|e| {
         kernel(
-            format_args!("configuring {shown} (mtu {:?})", wanted.mtu),
+            match wanted.mtu {
+                Some(mtu) => {
+                    format!("setting mtu {mtu} on {shown} (interface.mtu) and bringing it up")
+                }
+                None => format!("bringing {shown} up"),
+            },
             e,
         )
     })?;
@@ -1054,7 +1127,7 @@ fn update_routes(nl: &mut Netlink, routes: &[ParsedRoute]) -> Result<Vec<Route>>
             Ok(()) => added.push(m.clone()),
             // Already there: a kernel route for a connected subnet, or a duplicate in the
             // request. Kata's agent accepts these too.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
             Err(e) => {
                 let undo = restore(nl, &added, &removed);
                 return Err(with_undo(
@@ -1082,7 +1155,7 @@ fn restore(nl: &mut Netlink, added: &[RouteMessage], removed: &[RouteMessage]) -
         m.attributes
             .retain(|a| !matches!(a, RouteAttribute::CacheInfo(_)));
         if let Err(e) = nl.apply(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
-            if e.raw_os_error() != Some(libc::EEXIST) {
+            if errno(&e) != Some(libc::EEXIST) {
                 failures.push(format!("restoring an old route: {e}"));
             }
         }
@@ -1236,6 +1309,10 @@ impl Netlink {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        // Ask the kernel to explain its refusals (extended ack) and to leave our request out of
+        // them. Older kernels lack these options; their errors are then just the errno.
+        let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
         let timeout = libc::timeval {
             tv_sec: NETLINK_TIMEOUT_SECS,
             tv_usec: 0,
@@ -1323,7 +1400,7 @@ impl Netlink {
                     NetlinkPayload::Done(_) => return undecodable.map_or(Ok(answer), Err),
                     NetlinkPayload::Error(e) => {
                         return match e.code {
-                            Some(_) => Err(e.to_io()),
+                            Some(_) => Err(refusal(&e, reply.header.flags)),
                             None => undecodable.map_or(Ok(answer), Err),
                         }
                     }
@@ -1698,6 +1775,38 @@ mod tests {
         let e = run(p, Vec::new()).await.unwrap_err();
         assert!(
             matches!(&e, NetworkError::Internal(m) if m.contains("fake-save") && m.contains("line 3: bad rule")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn extended_ack_text_is_read_after_the_request_header() {
+        let mut payload = vec![0u8; 16]; // the request's header, capped
+        let text = b"Nexthop has invalid gateway\0";
+        // An attribute before the message, which must be skipped.
+        payload.extend_from_slice(&8u16.to_ne_bytes());
+        payload.extend_from_slice(&3u16.to_ne_bytes());
+        payload.extend_from_slice(&[0, 0, 0, 0]);
+        payload.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
+        payload.extend_from_slice(&1u16.to_ne_bytes());
+        payload.extend_from_slice(text);
+        assert_eq!(
+            ext_ack_message(&payload, true).as_deref(),
+            Some("Nexthop has invalid gateway")
+        );
+        assert_eq!(ext_ack_message(&payload[..20], true), None);
+        let e = refusal(
+            &{
+                let mut m = ErrorMessage::default();
+                m.code = std::num::NonZeroI32::new(-libc::ENETUNREACH);
+                m.header = payload;
+                m
+            },
+            NLM_F_ACK_TLVS | NLM_F_CAPPED,
+        );
+        assert_eq!(errno(&e), Some(libc::ENETUNREACH));
+        assert!(
+            e.to_string().ends_with("(Nexthop has invalid gateway)"),
             "{e}"
         );
     }

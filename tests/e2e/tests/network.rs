@@ -222,6 +222,19 @@ fn pod_network_through_the_agent() {
         .await;
         expect_err(&bad_mask, ttrpc::Code::INVALID_ARGUMENT, "interface.IPAddresses[0].mask");
         assert_eq!(kernel_addresses("eth0"), want, "a refused request changed the link");
+        // A value only the kernel can judge: its refusal, with the field it concerns.
+        let huge_mtu = call(
+            &c,
+            "UpdateInterface",
+            json!({"interface": {"hwAddr": MAC, "name": "eth0", "mtu": 1u64 << 30,
+                   "IPAddresses": [
+                       {"family": 0, "address": "10.20.0.2", "mask": "24"},
+                       {"family": 1, "address": "fd00:20::2", "mask": "64"},
+                   ]}}),
+        )
+        .await;
+        expect_err(&huge_mtu, ttrpc::Code::INVALID_ARGUMENT, "interface.mtu");
+        assert_eq!(ip_json(&["link", "show", "dev", "eth0"])[0]["mtu"], 1400);
 
         // UpdateRoutes: the gateway route comes first in the request, but its gateway is
         // reachable only through the link route after it; the stray route on eth0 goes, vg1's
