@@ -243,7 +243,10 @@ mod tests {
             d := [\"#not a comment\", \"\\\"quoted\\\"\"]\n\
             e := [\"]\", \"\u{e9},]\", {\"}\": \"[\"},]\n";
         assert_eq!(names(rego), ["a", "b", "d", "e"]);
-        let e = json_rules(rego).into_iter().find(|r| r.name == "e").unwrap();
+        let e = json_rules(rego)
+            .into_iter()
+            .find(|r| r.name == "e")
+            .unwrap();
         assert_eq!(
             e.value,
             regorus::Value::from_json_str(r#"["]", "\u00e9,]", {"}": "["}]"#).unwrap()
