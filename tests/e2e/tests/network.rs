@@ -243,6 +243,8 @@ fn pod_network_through_the_agent() {
         let routes = json!({"routes": {"Routes": [
             {"dest": "10.50.0.0/16", "gateway": "10.40.0.1", "device": "eth0", "family": 0},
             {"dest": "10.40.0.0/24", "device": "eth0", "scope": 253, "family": 0},
+            // Kata's runtime also sends the kernel's own subnet route: already there, accepted.
+            {"dest": "10.20.0.0/24", "device": "eth0", "scope": 253, "source": "10.20.0.2", "family": 0},
             {"dest": "", "gateway": "10.20.0.1", "device": "eth0", "family": 0},
             {"dest": "fd00:30::/64", "gateway": "fd00:20::1", "device": "eth0", "family": 1},
         ]}});
@@ -267,6 +269,9 @@ fn pod_network_through_the_agent() {
         assert_eq!(link_route["family"], 0, "{link_route}");
         let v6_route = table["Routes"].as_array().unwrap().iter().find(|r| r["dest"] == "fd00:30::/64").unwrap();
         assert_eq!(v6_route["family"], 1, "{v6_route}");
+        // The subnet route keeps the kernel's preferred source, shown as a bare address.
+        let subnet = table["Routes"].as_array().unwrap().iter().find(|r| r["dest"] == "10.20.0.0/24").unwrap();
+        assert_eq!(subnet["source"], "10.20.0.2", "{subnet}");
         // ListRoutes answers the same table.
         assert_eq!(keys(&call(&c, "ListRoutes", json!({})).await.unwrap()), answered);
 
