@@ -12,7 +12,9 @@ use vigil_agent::startup::{self, Options};
 /// Configuration: --config FILE, else the kernel parameter agent.config_file=PATH, else none
 /// (every endpoint allowed, as Kata). The file is TOML with [agent] (server_addr, log_level,
 /// log_format) and [endpoints] allowed = ["CreateContainerRequest", ...] (request message
-/// names; a file without [endpoints] allows nothing; ["*"] allows everything).
+/// names; a file without [endpoints] allows nothing; ["*"] allows everything), plus optional
+/// [policy] (Rego agent policy, signer, logs), [attestation] (TEE mode, KBS) and [sandbox]
+/// (run_root, allow_hooks, output_limit_bytes, cgroup_parent). See the README.
 #[derive(Parser, Debug)]
 #[command(name = "vigil-agent", version)]
 struct Cli {
@@ -21,6 +23,13 @@ struct Cli {
 }
 
 fn main() {
+    // regorus creates (and discards) an anyhow error for many internal lookups; with
+    // RUST_BACKTRACE set, each would capture a backtrace, making policy load and evaluation
+    // several times slower. RUST_LIB_BACKTRACE governs only those captures: panics keep theirs.
+    // Set before any thread exists, so changing the environment races with nothing.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     // As the guest's init (see pid1): mounts, modules and network come first, and no error
     // may end the process (the kernel would panic): it powers the VM off instead.
     let init = pid1::is_init();
