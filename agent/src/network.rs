@@ -852,9 +852,20 @@ fn update_interface(nl: &mut Netlink, wanted: &WantedInterface) -> Result<Interf
         if wanted.addresses.contains(&cidr) || is_ipv6_link_local(&ip) {
             continue;
         }
-        nl.apply(RouteNetlinkMessage::DelAddress(a.clone()), 0)
-            .map_err(|e| kernel(format_args!("removing {cidr} from {old_name}"), e))?;
+        match nl.apply(RouteNetlinkMessage::DelAddress(a.clone()), 0) {
+            // Already gone: removing an IPv4 primary address takes its secondaries with it.
+            Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+            result => {
+                result.map_err(|e| kernel(format_args!("removing {cidr} from {old_name}"), e))?
+            }
+        }
     }
+    // Read again: a wanted secondary may have gone with its primary.
+    let existing: Vec<AddressMessage> = nl
+        .addresses()?
+        .into_iter()
+        .filter(|a| a.header.index == index)
+        .collect();
     for cidr in &wanted.addresses {
         let present = existing
             .iter()

@@ -154,6 +154,8 @@ fn pod_network_through_the_agent() {
         ip(&["link", "set", dev, "up"]);
     }
     ip(&["addr", "add", "192.168.77.1/24", "dev", "vg0"]);
+    // A secondary address, which the kernel removes together with the primary above.
+    ip(&["addr", "add", "192.168.77.2/24", "dev", "vg0"]);
     ip(&["addr", "add", "10.98.0.1/24", "dev", "vg1"]);
     ip(&[
         "route",
@@ -196,8 +198,24 @@ fn pod_network_through_the_agent() {
         assert_eq!(link["mtu"], 1400);
         assert!(link["flags"].as_array().unwrap().contains(&json!("UP")), "{link}");
         // Applying the same request again changes nothing.
-        let again = call(&c, "UpdateInterface", iface).await.unwrap();
+        let again = call(&c, "UpdateInterface", iface.clone()).await.unwrap();
         assert_eq!(answered_addresses(&again), want);
+        // Keeping only a secondary address: removing its primary takes it too, so it is
+        // added back.
+        ip(&["addr", "add", "10.20.0.3/24", "dev", "eth0"]);
+        let secondary = call(
+            &c,
+            "UpdateInterface",
+            json!({"interface": {"hwAddr": MAC, "name": "eth0", "mtu": 1400,
+                   "IPAddresses": [{"family": 0, "address": "10.20.0.3", "mask": "24"}]}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(answered_addresses(&secondary), vec!["10.20.0.3/24".to_string()]);
+        assert_eq!(kernel_addresses("eth0"), vec!["10.20.0.3/24".to_string()]);
+        let back = call(&c, "UpdateInterface", iface).await.unwrap();
+        assert_eq!(answered_addresses(&back), want);
+        assert_eq!(kernel_addresses("eth0"), want);
 
         // ListInterfaces: the kernel's links, in Kata's shape.
         let listed = call(&c, "ListInterfaces", json!({})).await.unwrap();
