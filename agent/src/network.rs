@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK,
@@ -428,6 +429,8 @@ struct WantedInterface {
     mtu: Option<u32>,
     addresses: Vec<Cidr>,
     noarp: bool,
+    /// Where a hot-plugged NIC sits (`interface.devicePath`): its link may not exist yet.
+    device_path: Option<String>,
 }
 
 impl WantedInterface {
@@ -475,6 +478,7 @@ impl WantedInterface {
             mtu,
             addresses,
             noarp: iface.raw_flags & libc::IFF_NOARP as u32 != 0,
+            device_path: Some(iface.devicePath.clone()).filter(|p| !p.is_empty()),
         })
     }
 }
@@ -798,8 +802,36 @@ fn set_link(
     nl.apply(RouteNetlinkMessage::SetLink(m), 0)
 }
 
+/// How long `UpdateInterface` waits for a hot-plugged NIC (a request with `devicePath`) to
+/// appear; Kata's agent likewise waits for the device before configuring it.
+const HOTPLUG_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn has_mac(links: &[LinkMessage], mac: &[u8; 6]) -> bool {
+    links.iter().any(|l| link_mac(l) == Some(&mac[..]))
+}
+
+/// Waits for a link with `mac`, up to [`HOTPLUG_TIMEOUT`]; false if none appeared.
+fn wait_for_link(nl: &mut Netlink, mac: &[u8; 6]) -> Result<bool> {
+    let deadline = Instant::now() + HOTPLUG_TIMEOUT;
+    // Subscribe first, then look: a link added before is in the list, one added after is
+    // announced.
+    let watcher = LinkWatcher::open()
+        .map_err(|e| NetworkError::Internal(format!("watching for new links: {e}")))?;
+    if has_mac(&nl.links()?, mac) {
+        return Ok(true);
+    }
+    watcher
+        .wait_for(mac, deadline)
+        .map_err(|e| NetworkError::Internal(format!("watching for new links: {e}")))
+}
+
 fn update_interface(nl: &mut Netlink, wanted: &WantedInterface) -> Result<Interface> {
-    let links = nl.links()?;
+    let mut links = nl.links()?;
+    if let (Some(mac), Some(_)) = (&wanted.mac, &wanted.device_path) {
+        if !has_mac(&links, mac) && wait_for_link(nl, mac)? {
+            links = nl.links()?;
+        }
+    }
     let link = match wanted.mac {
         Some(mac) => {
             let mut matching = links.iter().filter(|l| link_mac(l) == Some(&mac[..]));
@@ -811,8 +843,15 @@ fn update_interface(nl: &mut Netlink, wanted: &WantedInterface) -> Result<Interf
                 .find(|l| link_name(l) == wanted.name)
                 .or(first)
                 .ok_or_else(|| {
+                    let waited = match &wanted.device_path {
+                        Some(path) => format!(
+                            ", and none appeared within {}s for the device at {path}",
+                            HOTPLUG_TIMEOUT.as_secs()
+                        ),
+                        None => String::new(),
+                    };
                     NetworkError::NotFound(format!(
-                        "no link has the hardware address {} (interface.hwAddr)",
+                        "no link has the hardware address {} (interface.hwAddr){waited}",
                         format_mac(&mac)
                     ))
                 })?
@@ -1308,7 +1347,80 @@ async fn run(path: PathBuf, input: Vec<u8>) -> Result<Vec<u8>> {
 // The netlink transport: one request at a time, answers matched by sequence number.
 
 /// How long the kernel may take to answer one request before the RPC fails.
-const NETLINK_TIMEOUT_SECS: libc::time_t = 10;
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds every receive on `socket` (a zero duration would mean "forever": at least 1 µs).
+fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    let timeout = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Link announcements from the kernel (multicast group RTNLGRP_LINK), to wait for a
+/// hot-plugged NIC without polling.
+struct LinkWatcher {
+    socket: Socket,
+}
+
+impl LinkWatcher {
+    fn open() -> io::Result<LinkWatcher> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.add_membership(libc::RTNLGRP_LINK)?;
+        Ok(LinkWatcher { socket })
+    }
+
+    /// Waits until a link with `mac` is announced; false once `deadline` passes first.
+    fn wait_for(&self, mac: &[u8; 6], deadline: Instant) -> io::Result<bool> {
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Ok(false);
+            };
+            set_receive_timeout(&self.socket, left)?;
+            let datagram = match self.socket.recv_from_full() {
+                Ok((d, _)) => d,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let mut offset = 0;
+            while offset < datagram.len() {
+                let bytes = &datagram[offset..];
+                let Ok(buffer) = NetlinkBuffer::new_checked(bytes) else {
+                    break;
+                };
+                let length = buffer.length() as usize;
+                if length == 0 {
+                    break;
+                }
+                offset += (length + 3) & !3;
+                if let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+                    if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) =
+                        message.payload
+                    {
+                        if link_mac(&link) == Some(&mac[..]) {
+                            return Ok(true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 struct Netlink {
     socket: Socket,
@@ -1324,23 +1436,7 @@ impl Netlink {
         // them. Older kernels lack these options; their errors are then just the errno.
         let _ = socket.set_ext_ack(true);
         let _ = socket.set_cap_ack(true);
-        let timeout = libc::timeval {
-            tv_sec: NETLINK_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on a socket we own, with a correctly sized timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_receive_timeout(&socket, NETLINK_TIMEOUT)?;
         Ok(Netlink {
             socket,
             sequence: 0,
@@ -1375,7 +1471,10 @@ impl Netlink {
                 if e.kind() == io::ErrorKind::WouldBlock {
                     io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("the kernel did not answer within {NETLINK_TIMEOUT_SECS}s"),
+                        format!(
+                            "the kernel did not answer within {}s",
+                            NETLINK_TIMEOUT.as_secs()
+                        ),
                     )
                 } else {
                     e

@@ -16,6 +16,7 @@ const T: Duration = Duration::from_secs(30);
 const MAC: &str = "02:00:5e:10:00:01";
 const PEER_MAC: &str = "02:00:5e:10:00:02";
 const OTHER_MAC: &str = "02:00:5e:10:00:03";
+const HOTPLUG_MAC: &str = "02:00:5e:10:00:04";
 
 /// Runs `ip ARGS` in the test thread's namespace; panics with its stderr when it fails.
 fn ip(args: &[&str]) -> String {
@@ -377,5 +378,31 @@ fn pod_network_through_the_agent() {
         assert!(names.contains(&("eth0".into(), OTHER_MAC.into())), "{names:?}");
         assert!(names.contains(&("vg1".into(), MAC.into())), "{names:?}");
         assert_eq!(kernel_addresses("eth0"), vec!["10.98.0.1/24".to_string()]);
+
+        // A hot-plugged NIC (the request names its devicePath) may appear only after the
+        // request: the agent waits for it. The link is added from a thread of this one, so in
+        // this namespace.
+        let adder = std::thread::spawn(|| {
+            ip(&["link", "add", "vg2", "address", HOTPLUG_MAC, "type", "veth", "peer", "name", "vg2p"])
+        });
+        let hot = call(
+            &c,
+            "UpdateInterface",
+            json!({"interface": {"hwAddr": HOTPLUG_MAC, "name": "eth1", "devicePath": "02/00",
+                   "IPAddresses": [{"family": 0, "address": "10.80.0.2", "mask": "24"}]}}),
+        )
+        .await;
+        adder.join().unwrap();
+        let hot = hot.unwrap();
+        assert_eq!(hot["name"], "eth1", "{hot}");
+        assert_eq!(kernel_addresses("eth1"), vec!["10.80.0.2/24".to_string()]);
+        // One that never appears: NOT_FOUND once the wait is over, saying so.
+        let never = call(
+            &c,
+            "UpdateInterface",
+            json!({"interface": {"hwAddr": "02:00:5e:10:00:98", "name": "eth2", "devicePath": "03/00"}}),
+        )
+        .await;
+        expect_err(&never, ttrpc::Code::NOT_FOUND, "none appeared");
     });
 }
