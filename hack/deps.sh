@@ -2,9 +2,10 @@
 # Installs the Debian packages vigil's build and tests need, when missing (no-op otherwise):
 #   libseccomp-dev, pkg-config  youki's libcontainer (seccomp) links libseccomp
 #   busybox-static              the container tests' root filesystem
+#   iproute2                    the network tests build links in a private namespace with `ip`
 # Called by hack/demo.sh and hack/test.sh, so the README's two commands work on a fresh machine.
 set -euo pipefail
-pkgs=(libseccomp-dev pkg-config busybox-static)
+pkgs=(libseccomp-dev pkg-config busybox-static iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

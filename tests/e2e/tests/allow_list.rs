@@ -42,7 +42,7 @@ fn not_implemented(request: &str) -> Answer {
 #[test]
 fn allowed_call_succeeds_and_blocked_call_gets_kata_s_status() {
     let agent = start(Some(
-        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"ListRoutesRequest\"]\n",
+        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"MemAgentMemcgConfig\"]\n",
     ));
     rt().block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
@@ -58,8 +58,8 @@ fn allowed_call_succeeds_and_blocked_call_gets_kata_s_status() {
         assert_eq!(answer(&c, "ReadStdout").await, blocked("ReadStreamRequest"));
         // Allowed, but its capability has not landed: said honestly, not faked.
         assert_eq!(
-            answer(&c, "ListRoutes").await,
-            not_implemented("ListRoutesRequest")
+            answer(&c, "MemAgentMemcgSet").await,
+            not_implemented("MemAgentMemcgConfig")
         );
         // Health is never gated.
         assert_eq!(answer(&c, "Check").await.unwrap()["status"], 1);
@@ -107,8 +107,8 @@ fn star_allows_everything_explicitly() {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         assert!(answer(&c, "GetGuestDetails").await.is_ok());
         assert_eq!(
-            answer(&c, "ListRoutes").await,
-            not_implemented("ListRoutesRequest")
+            answer(&c, "MemAgentMemcgSet").await,
+            not_implemented("MemAgentMemcgConfig")
         );
     });
 }
@@ -189,14 +189,14 @@ fn malformed_toml_unknown_key_and_missing_file_stop_start_up() {
 #[test]
 fn sixteen_clients_get_every_answer_right() {
     let agent = start(Some(
-        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"ListRoutesRequest\"]\n",
+        "[endpoints]\nallowed = [\"GuestDetailsRequest\", \"MemAgentMemcgConfig\"]\n",
     ));
     const CLIENTS: usize = 16;
     const CALLS: usize = 2000;
     let methods = [
         "GetGuestDetails",
         "CreateContainer",
-        "ListRoutes",
+        "MemAgentMemcgSet",
         "Check",
         "ReadStderr",
     ];
@@ -205,7 +205,7 @@ fn sixteen_clients_get_every_answer_right() {
         "Check" => got.as_ref().is_ok_and(|v| v["status"] == 1),
         "CreateContainer" => *got == blocked("CreateContainerRequest"),
         "ReadStderr" => *got == blocked("ReadStreamRequest"),
-        "ListRoutes" => *got == not_implemented("ListRoutesRequest"),
+        "MemAgentMemcgSet" => *got == not_implemented("MemAgentMemcgConfig"),
         _ => unreachable!(),
     };
     let wrong = rt().block_on(async {
