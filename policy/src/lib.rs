@@ -14,8 +14,9 @@
 //!   update happened since (otherwise it is evaluated again under the lock), so updates are
 //!   atomic, never lost and applied in a single order.
 //! * Limits: a policy size cap and an evaluation time budget (regorus' execution timer).
-//! * Records: audit log, Kata-format input log, per-endpoint counters ([`Recorder`]), and
-//!   [`replay`] of an input log.
+//! * Records: the size-rotated log files the agent's audit and Kata-format input logs are
+//!   written to ([`RotatingLog`]), and [`replay`] of an input log. The agent records
+//!   decisions itself (it also counts allow-list decisions, which never reach this crate).
 
 mod analysis;
 mod copy_file;
@@ -31,5 +32,5 @@ pub use engine::{
 mod logs;
 mod replay;
 
-pub use logs::{audit_record, rfc3339_now, Counters, Recorder, RotatingLog, INPUT_LOG_SKIPPED};
+pub use logs::{rfc3339_now, RotatingLog, INPUT_LOG_SKIPPED};
 pub use replay::{replay, ReplayError};

@@ -1,18 +1,13 @@
-//! Decision records: the audit log (on by default; never holds request contents), the
-//! input log (off by default, Kata's `{"kind","request"}` format, may hold secrets), and
-//! per-endpoint counters rendered in the Prometheus text format.
+//! What the agent's decision logs are written with: the size-rotated log file, the
+//! timestamp format, and the endpoints Kata leaves out of its input log. (The records
+//! themselves, the audit log's and the input log's `{"kind","request"}` lines, are made by
+//! the agent, which also counts the allow-list's decisions.)
 
-use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use serde_json::{json, Value};
-
-use crate::engine::{Decision, Outcome, PolicyEngine};
 
 /// Endpoints Kata leaves out of its input log: frequent and uninteresting (stats, stream
 /// reads) or large and available elsewhere (the SetPolicy text).
@@ -141,144 +136,4 @@ pub fn rfc3339_now() -> String {
         rem % 60,
         now.subsec_millis()
     )
-}
-
-/// The audit record of one decision: what was decided and why, under which policy; never
-/// the request.
-pub fn audit_record(engine: &PolicyEngine, endpoint: &str, decision: &Decision) -> Value {
-    json!({
-        "time": rfc3339_now(),
-        "endpoint": endpoint,
-        "decision": decision.outcome.as_str(),
-        "reason": decision.reason,
-        "class": if decision.class.is_constant() { "constant" } else { "evaluated" },
-        "policy_version": engine.version(),
-        "policy_digest": engine.digest(),
-    })
-}
-
-/// Per-endpoint allowed/denied/error counts.
-#[derive(Debug)]
-pub struct Counters {
-    names: Vec<String>,
-    counts: Vec<[AtomicU64; 3]>,
-}
-
-impl Counters {
-    pub fn new(endpoints: &[&str]) -> Self {
-        Counters {
-            names: endpoints.iter().map(|s| s.to_string()).collect(),
-            counts: endpoints
-                .iter()
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)])
-                .collect(),
-        }
-    }
-
-    pub fn record(&self, index: usize, outcome: Outcome) {
-        if let Some(c) = self.counts.get(index) {
-            let slot = match outcome {
-                Outcome::Allowed => 0,
-                Outcome::Denied => 1,
-                Outcome::Error => 2,
-            };
-            c[slot].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// (allowed, denied, error) for one endpoint.
-    pub fn get(&self, index: usize) -> Option<(u64, u64, u64)> {
-        self.counts.get(index).map(|c| {
-            (
-                c[0].load(Ordering::Relaxed),
-                c[1].load(Ordering::Relaxed),
-                c[2].load(Ordering::Relaxed),
-            )
-        })
-    }
-
-    /// Prometheus text exposition format (version 0.0.4).
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        out.push_str(
-            "# HELP vigil_policy_decisions_total Agent API requests decided by the policy gate.\n",
-        );
-        out.push_str("# TYPE vigil_policy_decisions_total counter\n");
-        for (name, c) in self.names.iter().zip(&self.counts) {
-            for (i, label) in ["allow", "deny", "error"].iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "vigil_policy_decisions_total{{endpoint=\"{name}\",decision=\"{label}\"}} {}",
-                    c[i].load(Ordering::Relaxed)
-                );
-            }
-        }
-        out
-    }
-}
-
-/// Everything recorded per decision. Logging failures never change a decision; they are
-/// counted so the agent can report them.
-#[derive(Debug)]
-pub struct Recorder {
-    pub counters: Counters,
-    audit: Option<RotatingLog>,
-    input: Option<RotatingLog>,
-    log_errors: AtomicU64,
-}
-
-impl Recorder {
-    pub fn new(endpoints: &[&str], audit: Option<RotatingLog>, input: Option<RotatingLog>) -> Self {
-        Recorder {
-            counters: Counters::new(endpoints),
-            audit,
-            input,
-            log_errors: AtomicU64::new(0),
-        }
-    }
-
-    /// Number of log lines that could not be written.
-    pub fn log_errors(&self) -> u64 {
-        self.log_errors.load(Ordering::Relaxed)
-    }
-
-    fn write(&self, log: &Option<RotatingLog>, line: &str) {
-        if let Some(log) = log {
-            if log.write_line(line).is_err() {
-                self.log_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// [`PolicyEngine::decide`] plus the input log, the audit log and the counters.
-    /// Counters are indexed like the engine's endpoint list.
-    pub fn decide<E: std::fmt::Display>(
-        &self,
-        engine: &PolicyEngine,
-        index: usize,
-        input: impl FnOnce() -> Result<Value, E>,
-    ) -> Decision {
-        let name = engine.endpoint_name(index).unwrap_or("<unknown>");
-        // With the input log on, every request is logged as Kata does (constant endpoints
-        // included, so a replay sees the whole sequence); the log is a debugging aid, off
-        // by default, and only then is the input built for constant endpoints.
-        let decision = if self.input.is_some() && !INPUT_LOG_SKIPPED.contains(&name) {
-            match input() {
-                Ok(v) => {
-                    let line = json!({ "kind": name, "request": &v }).to_string();
-                    self.write(&self.input, &line);
-                    engine.decide(index, || Ok::<Value, E>(v))
-                }
-                Err(e) => engine.decide(index, || Err(e)),
-            }
-        } else {
-            engine.decide(index, input)
-        };
-        self.counters.record(index, decision.outcome);
-        if self.audit.is_some() {
-            let line = audit_record(engine, name, &decision).to_string();
-            self.write(&self.audit, &line);
-        }
-        decision
-    }
 }

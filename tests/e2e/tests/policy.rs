@@ -267,6 +267,10 @@ fn metrics_and_audit_log_record_decisions() {
         for _ in 0..3 {
             let _ = call(&c, "ExecProcess", json!({})).await;
         }
+        // An evaluated decision whose request carries a secret.
+        let secret =
+            json!({"OCI": {"Process": {"Args": ["/bin/other"], "Env": ["TOKEN=hunter2-SECRET"]}}});
+        let _ = call(&c, "CreateContainer", secret).await;
     });
     let (_, _log) = s.agent.stop();
     let text = std::fs::read_to_string(&audit).unwrap();
@@ -284,8 +288,19 @@ fn metrics_and_audit_log_record_decisions() {
     // The constant decision's reason, looked up by the writer in the policy that decided.
     assert_eq!(exec[0]["reason"], "rule is false");
     assert_eq!(exec[0]["policy_digest"].as_str().unwrap().len(), 64);
+    let create: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["endpoint"] == "CreateContainerRequest")
+        .collect();
+    assert_eq!(create.len(), 1, "{text}");
+    assert_eq!(create[0]["decision"], "deny");
+    assert_eq!(create[0]["by"], "evaluated");
     // Never request contents.
     assert!(!text.contains("\"request\""), "{text}");
+    assert!(
+        !text.contains("hunter2"),
+        "request contents leaked into the audit log: {text}"
+    );
 }
 
 #[test]
