@@ -20,6 +20,7 @@ default AllowRequestsFailingPolicy := false
 default GuestDetailsRequest := true
 default CreateSandboxRequest := true
 default DestroySandboxRequest := true
+default ListInterfacesRequest := true
 default SetPolicyRequest := false
 default CreateContainerRequest := false
 CreateContainerRequest if {
@@ -41,7 +42,8 @@ server_addr = "$server_addr"
 
 [endpoints]
 allowed = ["GuestDetailsRequest", "CreateSandboxRequest", "DestroySandboxRequest",
-           "CreateContainerRequest", "StartContainerRequest", "SetPolicyRequest"]
+           "CreateContainerRequest", "StartContainerRequest", "SetPolicyRequest",
+           "ListInterfacesRequest"]
 
 [policy]
 signer = """

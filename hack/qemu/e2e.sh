@@ -127,6 +127,9 @@ expect_ok Check '{}' '"status": 1'
 t_first_answer=$(now)
 # init_daemon is true only when the agent runs as PID 1: proof that it booted as init.
 expect_ok GetGuestDetails '{"mem_block_size": true}' '"init_daemon": true'
+# The pod network RPCs work from the static agent as init (route netlink in the guest):
+# the loopback interface that init brought up is listed.
+expect_ok ListInterfaces '{}' '"name": "lo"'
 expect_status ExecProcess '{"container_id": "c1", "exec_id": "e1"}' UNIMPLEMENTED \
     "ExecProcessRequest is blocked"
 # The tenant's policy from the KBS (the initial one in initdata would have allowed this).
@@ -149,7 +152,7 @@ t_end=$(now)
 
 # A failed start-up as init: initdata edited after launch. The binding still names the
 # original digest, so step 2 fails: the reason on the console, then power-off; nothing listens.
-sed 's/"SetPolicyRequest"]/"SetPolicyRequest", "ExecProcessRequest"]/' "$work/initdata.toml" >"$work/initdata-edited.toml"
+sed 's/^allowed = \[/allowed = ["ExecProcessRequest", /' "$work/initdata.toml" >"$work/initdata-edited.toml"
 cmp -s "$work/initdata.toml" "$work/initdata-edited.toml" && die "the edit did not change the initdata"
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
     --initdata "$work/initdata-edited.toml" -o "$work/initramfs-bad.cpio" >/dev/null
