@@ -190,6 +190,15 @@ impl Gate {
                 let constant =
                     policy.constant_allow.contains(id) || policy.constant_deny.contains(id);
                 if rules.allowed.contains(id) && !constant {
+                    // Counted and audited like any other refusal.
+                    let verdict = Verdict {
+                        outcome: Outcome::Error,
+                        by: DecidedBy::PolicyEvaluated,
+                        reason: Some(Cow::Borrowed(
+                            "streaming call: the rule reads the request, which a stream does not carry when it opens",
+                        )),
+                    };
+                    self.log.record(endpoint, &verdict, &rules);
                     return Err(ttrpc::get_status(
                         Code::INTERNAL,
                         format!("{} is blocked by policy", endpoint.request),
@@ -467,8 +476,11 @@ mod tests {
         });
         // On an empty unary request this rule would allow; a stream is refused instead.
         assert!(gate.check(ep("CreateContainer"), &[]).is_ok());
+        assert_eq!(gate.log.counts(ep("CreateContainer")), (1, 0, 0));
         let st = gate.check_stream(ep("CreateContainer")).unwrap_err();
         assert_eq!(st.code(), Code::INTERNAL);
+        // The refusal is counted (as an error: the rule could not be evaluated).
+        assert_eq!(gate.log.counts(ep("CreateContainer")), (1, 0, 1));
         // Constant decisions need no request and apply as usual.
         assert!(gate.check_stream(ep("GetGuestDetails")).is_ok());
     }
