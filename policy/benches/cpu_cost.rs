@@ -9,13 +9,13 @@
 //!
 //! Run: cargo bench -p vigil-policy --bench cpu_cost
 
+#[path = "support/genpolicy_like.rs"]
+mod genpolicy_like;
 #[path = "support/kata_baseline.rs"]
 mod kata_baseline;
 
-use std::path::PathBuf;
-
+use genpolicy_like::request;
 use kata_baseline::KataBaseline;
-use serde_json::Value;
 use vigil_policy::{Limits, PolicyEngine};
 
 fn thread_cpu_seconds() -> f64 {
@@ -29,20 +29,9 @@ fn thread_cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/genpolicy-like")
-        .join(rel)
-}
-
-fn request(name: &str) -> Value {
-    let text = std::fs::read_to_string(testdata(&format!("requests/{name}"))).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 fn main() {
     // `cargo bench` passes harness flags such as --bench; there is nothing to configure.
-    let rego = std::fs::read_to_string(testdata("policy.rego")).unwrap();
+    let rego = genpolicy_like::policy();
     let endpoints = [
         "CreateContainerRequest",
         "ExecProcessRequest",

@@ -4,14 +4,16 @@
 //!
 //! Run: cargo bench -p vigil-policy --bench gate -- --warm-up-time 1 --measurement-time 3
 
+#[path = "support/genpolicy_like.rs"]
+mod genpolicy_like;
 #[path = "support/kata_baseline.rs"]
 mod kata_baseline;
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use genpolicy_like::request;
 use kata_baseline::KataBaseline;
 use serde_json::Value;
 use vigil_policy::{Limits, PolicyEngine};
@@ -19,17 +21,6 @@ use vigil_policy::{Limits, PolicyEngine};
 /// The gated request names, from the agent API's generated endpoint table.
 static ENDPOINTS: std::sync::LazyLock<Vec<&'static str>> =
     std::sync::LazyLock::new(vigil_protos::agent_request_names);
-
-fn testdata(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/genpolicy-like")
-        .join(rel)
-}
-
-fn request(name: &str) -> Value {
-    let text = std::fs::read_to_string(testdata(&format!("requests/{name}"))).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 struct Fixture {
     rego: String,
@@ -41,7 +32,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let rego = std::fs::read_to_string(testdata("policy.rego")).unwrap();
+    let rego = genpolicy_like::policy();
     let vigil = PolicyEngine::load(&rego, &ENDPOINTS, Limits::default()).unwrap();
     let kata = KataBaseline::load(&rego);
     // Bring both to the steady state of a running pod: the pause container has fixed the
