@@ -102,6 +102,19 @@ fn full_create_container_request() -> agent::CreateContainerRequest {
     process.NoNewPrivileges = true;
     process.OOMScoreAdj = -998;
     spec.Process = MessageField::some(process);
+    let hook = |path: &str| oci::Hook {
+        Path: path.into(),
+        Args: vec![path.into(), "--stage".into()],
+        Timeout: 5,
+        ..Default::default()
+    };
+    spec.Hooks = MessageField::some(oci::Hooks {
+        Prestart: vec![hook("/usr/bin/prestart")],
+        CreateRuntime: vec![hook("/usr/bin/create-runtime")],
+        CreateContainer: vec![hook("/usr/bin/create-container")],
+        StartContainer: vec![hook("/usr/bin/start-container")],
+        ..Default::default()
+    });
     spec.Root = MessageField::some(oci::Root {
         Path: "/run/kata-containers/shared/containers/c1/rootfs".into(),
         Readonly: true,
@@ -182,6 +195,7 @@ fn full_create_container_request() -> agent::CreateContainerRequest {
                 group_change_policy: EnumOrUnknown::new(types::FSGroupChangePolicy::OnRootMismatch),
                 ..Default::default()
             }),
+            shared: true,
             ..Default::default()
         }],
         OCI: MessageField::some(spec),
@@ -216,7 +230,16 @@ fn create_container_request_round_trips_through_protobuf_and_json() {
     assert_eq!(json["OCI"]["Mounts"][0]["type_"], "proc");
     assert_eq!(json["devices"][0]["type_"], "blk");
     assert_eq!(json["storages"][0]["fs_group"]["group_change_policy"], 1);
-    assert_eq!(json["OCI"]["Hooks"], Value::Null, "unset message is null");
+    assert_eq!(json["storages"][0]["shared"], true);
+    // All six OCI hook kinds, under Kata's names; the unset ones are empty lists.
+    let hooks = &json["OCI"]["Hooks"];
+    assert_eq!(hooks["Prestart"][0]["Path"], "/usr/bin/prestart");
+    assert_eq!(hooks["CreateRuntime"][0]["Path"], "/usr/bin/create-runtime");
+    assert_eq!(hooks["CreateContainer"][0]["Args"][1], "--stage");
+    assert_eq!(hooks["StartContainer"][0]["Timeout"], 5);
+    assert_eq!(hooks["Poststart"], json!([]));
+    assert_eq!(hooks["Poststop"], json!([]));
+    assert_eq!(json["OCI"]["Solaris"], Value::Null, "unset message is null");
     assert_eq!(json["OCI"]["Linux"]["IntelRdt"], Value::Null);
     assert_eq!(
         json["OCI"]["Linux"]["Seccomp"]["Syscalls"][0]["ErrnoRet"]["Errnoret"],
@@ -267,6 +290,45 @@ fn interface_uses_kata_names_and_integer_enums() {
     assert_eq!(json["type_"], "veth");
     assert_eq!(json["devicePath"], "");
     assert_eq!(json["raw_flags"], 0);
+}
+
+#[test]
+fn route_and_diagnostic_data_use_kata_names() {
+    let route = types::Route {
+        dest: "10.0.0.0/24".into(),
+        device: "eth0".into(),
+        mtu: 1400,
+        ..Default::default()
+    };
+    let json = serde_json::to_value(&route).unwrap();
+    assert_eq!(json["mtu"], 1400);
+    assert_eq!(json["flags"], 0);
+    // Kata's field 8 of Route on the wire: tag (8 << 3 | varint) = 0x40.
+    let bytes = route.write_to_bytes().unwrap();
+    assert!(bytes.ends_with(&[0x40, 0xf8, 0x0a]), "{bytes:02x?}");
+
+    let req = agent::GetDiagnosticDataRequest {
+        log_type: "agent".into(),
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        serde_json::to_value(&req).unwrap(),
+        json!({"log_type": "agent", "container_id": "c1"})
+    );
+    // container_id is field 2 (tag 0x12), after log_type (field 1, tag 0x0a).
+    assert_eq!(
+        req.write_to_bytes().unwrap(),
+        b"\x0a\x05agent\x12\x02c1".to_vec()
+    );
+    let resp = agent::GetDiagnosticDataResponse {
+        data: "text".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        serde_json::to_value(&resp).unwrap(),
+        json!({"data": "text"})
+    );
 }
 
 #[test]

@@ -353,12 +353,6 @@ impl Sandbox {
                 "loading kernel modules is not supported",
             ));
         }
-        if req.guest_userns {
-            return Err(RuntimeError::invalid(
-                "guest_userns",
-                "guest user namespaces are not supported",
-            ));
-        }
         for (i, d) in req.dns.iter().enumerate() {
             if d.contains('\n') || d.contains('\0') {
                 return Err(RuntimeError::invalid(
