@@ -64,12 +64,21 @@ pub fn container_spec(spec: &oci::Spec, ctx: &SpecContext) -> Result<oci_spec::r
     }
     doc.insert("mounts".into(), mounts_json(&spec.Mounts, ctx)?);
     if let Some(hooks) = spec.Hooks.as_ref() {
-        let count = hooks.Prestart.len() + hooks.Poststart.len() + hooks.Poststop.len();
+        // All six OCI hook kinds count, so that a spec with only the later three is refused too.
+        let later =
+            hooks.CreateRuntime.len() + hooks.CreateContainer.len() + hooks.StartContainer.len();
+        let count = hooks.Prestart.len() + hooks.Poststart.len() + hooks.Poststop.len() + later;
         if count > 0 {
             if !ctx.allow_hooks {
                 return Err(RuntimeError::invalid(
                     "OCI.Hooks",
                     "OCI hooks run as root outside the container and are not allowed by the agent configuration",
+                ));
+            }
+            if later > 0 {
+                return Err(RuntimeError::invalid(
+                    "OCI.Hooks",
+                    "createRuntime, createContainer and startContainer hooks are not supported yet",
                 ));
             }
             doc.insert("hooks".into(), hooks_json(hooks));
@@ -724,5 +733,52 @@ mod tests {
         let mut s = base();
         s.Process = protobuf::MessageField::none();
         assert_eq!(field_of(&s, dir), "OCI.Process");
+    }
+
+    /// Each of the six hook kinds alone is refused without `allow_hooks`; with it, the three
+    /// not run yet (createRuntime, createContainer, startContainer) are refused, not dropped.
+    #[test]
+    fn every_hook_kind_is_refused_unless_it_can_run() {
+        let dir = Path::new("/run/vigil/sandbox/s");
+        let bundle = dir.join("containers/c");
+        let hook = || {
+            vec![oci::Hook {
+                Path: "/bin/true".into(),
+                ..Default::default()
+            }]
+        };
+        type Set = fn(&mut oci::Hooks, Vec<oci::Hook>);
+        let kinds: [(Set, bool); 6] = [
+            (|h, v| h.Prestart = v, true),
+            (|h, v| h.Poststart = v, true),
+            (|h, v| h.Poststop = v, true),
+            (|h, v| h.CreateRuntime = v, false),
+            (|h, v| h.CreateContainer = v, false),
+            (|h, v| h.StartContainer = v, false),
+        ];
+        for (i, (set, runs)) in kinds.into_iter().enumerate() {
+            let mut s = base();
+            let mut hooks = oci::Hooks::new();
+            set(&mut hooks, hook());
+            s.Hooks = Some(hooks).into();
+            assert_eq!(field_of(&s, dir), "OCI.Hooks", "kind {i}");
+            let ctx = SpecContext {
+                bundle: &bundle,
+                sandbox_dir: dir,
+                allow_hooks: true,
+                cgroups_path: "/vigil/c".into(),
+                hostname: "h",
+                pid_namespace: None,
+            };
+            match container_spec(&s, &ctx) {
+                Ok(out) => assert!(runs && out.hooks().is_some(), "kind {i} accepted"),
+                Err(RuntimeError::InvalidArgument { field, reason }) => {
+                    assert!(!runs, "kind {i} refused: {reason}");
+                    assert_eq!(field, "OCI.Hooks");
+                    assert!(reason.contains("not supported yet"), "{reason}");
+                }
+                Err(e) => panic!("kind {i}: {e}"),
+            }
+        }
     }
 }
