@@ -228,6 +228,10 @@ fn tampered_container_requests_are_denied() {
             "sandbox pidns",
             Box::new(|r| r["sandbox_pidns"] = json!(true)),
         ),
+        (
+            "storage marked shared",
+            Box::new(|r| r["storages"][1]["shared"] = json!(true)),
+        ),
     ];
     for (what, f) in &tamper {
         let mut r = base.clone();
@@ -236,6 +240,41 @@ fn tampered_container_requests_are_denied() {
         assert_eq!(d.outcome, Outcome::Denied, "{what} was not refused");
     }
     assert!(decide(&e, "CreateContainerRequest", base).allowed);
+}
+
+/// The request files are exactly what the agent hands the policy for the current protos:
+/// decoding them into the typed request and encoding that back as policy input changes
+/// nothing (so a field added to the protos must be added here too, as Kata's agent would
+/// send it). CopyFile's files are the summary input, not a request.
+#[test]
+fn requests_are_in_the_kata_json_shape_of_the_protos() {
+    let kinds = [
+        ("create_container_", "CreateContainerRequest"),
+        ("exec_process_", "ExecProcessRequest"),
+        ("read_stream", "ReadStreamRequest"),
+        ("start_container", "StartContainerRequest"),
+    ];
+    let mut checked = 0;
+    for entry in std::fs::read_dir(testdata("requests")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("copy_file_") {
+            continue;
+        }
+        let (_, kind) = kinds
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{name}: which request is it?"));
+        let e = vigil_protos::ENDPOINTS
+            .iter()
+            .find(|e| e.request == *kind)
+            .unwrap();
+        let json = request(&name);
+        let bytes = e.request_bytes_from_json(&json).unwrap();
+        let back = e.request_json_from_bytes(&bytes).unwrap();
+        assert_eq!(back, json, "{name} is not the Kata JSON shape of {kind}");
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
 }
 
 #[test]

@@ -215,6 +215,7 @@ def storage(policy, kind, bundle=None, image=None):
             "options": [] if policy else ["image_guest_pull={\"metadata\":{}}"],
             "mount_point": "^$(cpath)/$(bundle-id)$" if policy else CPATH + "/" + bundle,
             "fs_group": None,
+            "shared": False,
         }
     return {
         "driver": "local",
@@ -225,6 +226,7 @@ def storage(policy, kind, bundle=None, image=None):
         "mount_point": ("^$(cpath)/$(sandbox-id)/rootfs/local/data$" if policy
                         else CPATH + "/" + SANDBOX_ID + "/rootfs/local/data"),
         "fs_group": None,
+        "shared": False,
     }
 
 

@@ -321,6 +321,7 @@ allow_storage(p_storage, i_storage, bundle_id, sandbox_id) if {
     p_storage.driver == i_storage.driver
     p_storage.driver_options == i_storage.driver_options
     p_storage.fstype == i_storage.fstype
+    p_storage.shared == i_storage.shared
     allow_storage_options(p_storage, i_storage)
     allow_mount_point(p_storage, i_storage, bundle_id, sandbox_id)
     allow_storage_source(p_storage, i_storage, bundle_id, sandbox_id)
@@ -1130,7 +1131,8 @@ policy_data := {
                     "fstype": "overlay",
                     "options": [],
                     "mount_point": "^$(cpath)/$(bundle-id)$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 }
             ],
             "devices": [],
@@ -1437,7 +1439,8 @@ policy_data := {
                     "fstype": "overlay",
                     "options": [],
                     "mount_point": "^$(cpath)/$(bundle-id)$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 },
                 {
                     "driver": "local",
@@ -1448,7 +1451,8 @@ policy_data := {
                         "mode=0777"
                     ],
                     "mount_point": "^$(cpath)/$(sandbox-id)/rootfs/local/data$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 }
             ],
             "devices": [],
@@ -1770,7 +1774,8 @@ policy_data := {
                     "fstype": "overlay",
                     "options": [],
                     "mount_point": "^$(cpath)/$(bundle-id)$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 },
                 {
                     "driver": "local",
@@ -1781,7 +1786,8 @@ policy_data := {
                         "mode=0777"
                     ],
                     "mount_point": "^$(cpath)/$(sandbox-id)/rootfs/local/data$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 }
             ],
             "devices": [],
@@ -2103,7 +2109,8 @@ policy_data := {
                     "fstype": "overlay",
                     "options": [],
                     "mount_point": "^$(cpath)/$(bundle-id)$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 },
                 {
                     "driver": "local",
@@ -2114,7 +2121,8 @@ policy_data := {
                         "mode=0777"
                     ],
                     "mount_point": "^$(cpath)/$(sandbox-id)/rootfs/local/data$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 }
             ],
             "devices": [],
@@ -2430,7 +2438,8 @@ policy_data := {
                     "fstype": "overlay",
                     "options": [],
                     "mount_point": "^$(cpath)/$(bundle-id)$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 },
                 {
                     "driver": "local",
@@ -2441,7 +2450,8 @@ policy_data := {
                         "mode=0777"
                     ],
                     "mount_point": "^$(cpath)/$(sandbox-id)/rootfs/local/data$",
-                    "fs_group": null
+                    "fs_group": null,
+                    "shared": false
                 }
             ],
             "devices": [],

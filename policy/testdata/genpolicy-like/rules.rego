@@ -321,6 +321,7 @@ allow_storage(p_storage, i_storage, bundle_id, sandbox_id) if {
     p_storage.driver == i_storage.driver
     p_storage.driver_options == i_storage.driver_options
     p_storage.fstype == i_storage.fstype
+    p_storage.shared == i_storage.shared
     allow_storage_options(p_storage, i_storage)
     allow_mount_point(p_storage, i_storage, bundle_id, sandbox_id)
     allow_storage_source(p_storage, i_storage, bundle_id, sandbox_id)
