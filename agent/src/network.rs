@@ -31,8 +31,8 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -493,7 +493,12 @@ struct ParsedRoute {
     source: Option<Source>,
     scope: u8,
     onlink: bool,
+    /// Path MTU of the route (RTAX_MTU); 0 leaves it to the device.
+    mtu: u32,
 }
+
+/// The largest route MTU the kernel stores; it would silently cap a larger one.
+const MAX_ROUTE_MTU: u32 = 65535 - 15;
 
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -567,6 +572,15 @@ impl ParsedRoute {
                 format!("{} is not a scope (0-255)", r.scope),
             )
         })?;
+        if r.mtu > MAX_ROUTE_MTU {
+            return Err(invalid(
+                &field("mtu"),
+                format!(
+                    "{} is above the kernel's route MTU limit {MAX_ROUTE_MTU}",
+                    r.mtu
+                ),
+            ));
+        }
         Ok(ParsedRoute {
             index,
             dest,
@@ -574,6 +588,7 @@ impl ParsedRoute {
             device: r.device.clone(),
             source,
             scope,
+            mtu: r.mtu,
             // Only RTNH_F_ONLINK changes how a route is added; the other bits are state the
             // kernel reports (dead, linkdown, ...), which a runtime may copy from the host.
             onlink: RouteFlags::from_bits_retain(r.flags).contains(RouteFlags::Onlink),
@@ -620,6 +635,10 @@ impl ParsedRoute {
                 m.attributes.push(RouteAttribute::Source(c.ip.into()));
             }
             None => {}
+        }
+        if self.mtu != 0 {
+            m.attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(self.mtu)]));
         }
         m
     }
@@ -1109,6 +1128,13 @@ fn to_route(r: &RouteMessage, links: &[LinkMessage]) -> Route {
                     route.device = link_name(l).to_string();
                 }
             }
+            RouteAttribute::Metrics(metrics) => {
+                for metric in metrics {
+                    if let RouteMetric::Mtu(mtu) = metric {
+                        route.mtu = *mtu;
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -1176,8 +1202,35 @@ fn update_routes(nl: &mut Netlink, routes: &[ParsedRoute]) -> Result<Vec<Route>>
         ) {
             Ok(()) => added.push(m.clone()),
             // Already there: a kernel route for a connected subnet, or a duplicate in the
-            // request. Kata's agent accepts these too.
-            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            // request. Kata's agent accepts these too. An MTU the request sets must still
+            // take effect, so then the existing route is replaced (and put back on undo).
+            Err(e) if errno(&e) == Some(libc::EEXIST) && r.mtu == 0 => {}
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                // A duplicate of a route added above is replaced in place; any other is
+                // remembered, so that an undo puts it back as it was.
+                let ours = added.iter().any(|a| same_destination(a, m));
+                let existing = match nl.routes() {
+                    Ok(_) if ours => None,
+                    Ok(all) => {
+                        let same = |o: &&RouteMessage| same_destination(o, m);
+                        let on_device = |o: &&RouteMessage| route_oif(o) == route_oif(m);
+                        let found = all.iter().filter(same).find(on_device);
+                        found.or_else(|| all.iter().find(same)).cloned()
+                    }
+                    Err(e) => return Err(with_undo(e, restore(nl, &added, &removed))),
+                };
+                if let Err(e) = nl.apply(RouteNetlinkMessage::NewRoute(m.clone()), NLM_F_REPLACE) {
+                    let undo = restore(nl, &added, &removed);
+                    return Err(with_undo(
+                        kernel(format_args!("routes[{}] ({})", r.index, r.describe()), e),
+                        undo,
+                    ));
+                }
+                if !ours {
+                    added.push(m.clone());
+                    removed.extend(existing);
+                }
+            }
             Err(e) => {
                 let undo = restore(nl, &added, &removed);
                 return Err(with_undo(
@@ -1188,6 +1241,21 @@ fn update_routes(nl: &mut Netlink, routes: &[ParsedRoute]) -> Result<Vec<Route>>
         }
     }
     list_routes(nl)
+}
+
+/// Whether the main-table route `old` has the destination of `new`: a route a replace of
+/// `new` may take the place of (IPv4 keys routes by destination, whatever their device).
+fn same_destination(old: &RouteMessage, new: &RouteMessage) -> bool {
+    let dest = |r: &RouteMessage| {
+        r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(d) => route_ip(d),
+            _ => None,
+        })
+    };
+    is_main_table(old)
+        && old.header.address_family == new.header.address_family
+        && old.header.destination_prefix_length == new.header.destination_prefix_length
+        && dest(old) == dest(new)
 }
 
 /// Best-effort undo of a failed `UpdateRoutes`: removes what was added, puts back what was
@@ -1799,6 +1867,37 @@ mod tests {
                 ..route("10.0.0.0/24", "", "eth0", IPFamily::v4)
             },
             "routes[7].scope",
+        );
+
+        // The MTU travels as the RTAX_MTU metric and is read back from it.
+        let r = ParsedRoute::parse(
+            8,
+            &Route {
+                mtu: 1400,
+                ..route("10.0.0.0/24", "", "eth0", IPFamily::v4)
+            },
+        )
+        .unwrap();
+        let m = r.message(7);
+        assert!(m
+            .attributes
+            .contains(&RouteAttribute::Metrics(vec![RouteMetric::Mtu(1400)])));
+        assert_eq!(to_route(&m, &[]).mtu, 1400);
+        let plain = ParsedRoute::parse(9, &route("10.0.0.0/24", "", "eth0", IPFamily::v4));
+        let plain = plain.unwrap().message(7);
+        assert!(!plain
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Metrics(_))));
+        assert_eq!(to_route(&plain, &[]).mtu, 0);
+        // Above what the kernel keeps (it would cap it silently): refused.
+        bad(
+            10,
+            Route {
+                mtu: MAX_ROUTE_MTU + 1,
+                ..route("10.0.0.0/24", "", "eth0", IPFamily::v4)
+            },
+            "routes[10].mtu",
         );
     }
 

@@ -406,3 +406,133 @@ fn pod_network_through_the_agent() {
         expect_err(&never, ttrpc::Code::NOT_FOUND, "none appeared");
     });
 }
+
+/// The kernel's route to `dst` in the main table (`ip -j route`), if any.
+fn kernel_route(family: &str, dst: &str) -> Option<Value> {
+    ip_json(&[family, "route", "show", "table", "main"])
+        .into_iter()
+        .find(|r| r["dst"] == dst)
+}
+
+/// The MTU `ip` shows for a route (its RTAX_MTU metric), 0 when it has none.
+fn kernel_route_mtu(route: &Value) -> u64 {
+    route["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|m| m["mtu"].as_u64())
+        .unwrap_or(0)
+}
+
+fn answered_route<'a>(table: &'a Value, dest: &str) -> &'a Value {
+    table["Routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dest"] == dest)
+        .unwrap_or_else(|| panic!("{dest} missing from {table}"))
+}
+
+#[test]
+fn route_mtu_through_the_agent() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping route_mtu_through_the_agent: needs root (a network namespace)");
+        return;
+    }
+    // SAFETY: as in pod_network_through_the_agent: this thread's network namespace only.
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare(CLONE_NEWNET)"
+    );
+    ip(&["link", "add", "vm0", "type", "veth", "peer", "name", "vm0p"]);
+    for dev in ["vm0", "vm0p"] {
+        ip(&["link", "set", dev, "up"]);
+    }
+    // Gives the kernel's own subnet route 10.30.0.0/24, without an MTU.
+    ip(&["addr", "add", "10.30.0.2/24", "dev", "vm0"]);
+    let subnet = kernel_route("-4", "10.30.0.0/24").expect("the kernel's subnet route");
+    assert_eq!(subnet["protocol"], "kernel", "{subnet}");
+    assert_eq!(kernel_route_mtu(&subnet), 0, "{subnet}");
+
+    let agent = Agent::start(AgentSetup::default())
+        .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = vigilctl::connect(&agent.addr, T).await.unwrap();
+        // The subnet route as Kata's runtime copies it from the host, with the host route's
+        // MTU: the existing route takes it.
+        let subnet_route = json!({"dest": "10.30.0.0/24", "device": "vm0", "scope": 253,
+                                  "source": "10.30.0.2", "family": 0, "mtu": 1400});
+
+        // Refused after the subnet route was replaced: the kernel's route comes back as it
+        // was, without the MTU.
+        let unreachable = call(
+            &c,
+            "UpdateRoutes",
+            json!({"routes": {"Routes": [
+                subnet_route.clone(),
+                {"dest": "10.70.0.0/16", "gateway": "10.71.0.1", "device": "vm0", "family": 0, "mtu": 1300},
+            ]}}),
+        )
+        .await;
+        expect_err(&unreachable, ttrpc::Code::INVALID_ARGUMENT, "routes[1]");
+        assert!(unreachable.as_ref().unwrap_err().1.contains("restored"), "{unreachable:?}");
+        let back = kernel_route("-4", "10.30.0.0/24").expect("subnet route restored");
+        assert_eq!(kernel_route_mtu(&back), 0, "{back}");
+        assert_eq!(back["protocol"], "kernel", "{back}");
+        assert!(kernel_route("-4", "10.70.0.0/16").is_none());
+
+        let table = call(
+            &c,
+            "UpdateRoutes",
+            json!({"routes": {"Routes": [
+                {"dest": "", "gateway": "10.30.0.1", "device": "vm0", "family": 0, "mtu": 1300},
+                subnet_route,
+                {"dest": "10.31.0.0/24", "device": "vm0", "scope": 253, "family": 0},
+                {"dest": "fd00:31::/64", "device": "vm0", "family": 1, "mtu": 1280},
+            ]}}),
+        )
+        .await
+        .unwrap();
+        // The kernel's view, from `ip -j route`.
+        for (family, dst, mtu) in [
+            ("-4", "default", 1300),
+            ("-4", "10.30.0.0/24", 1400),
+            ("-4", "10.31.0.0/24", 0),
+            ("-6", "fd00:31::/64", 1280),
+        ] {
+            let r = kernel_route(family, dst).unwrap_or_else(|| panic!("{dst} not in the table"));
+            assert_eq!(kernel_route_mtu(&r), mtu, "{dst}: {r}");
+        }
+        assert_eq!(
+            kernel_route("-4", "10.30.0.0/24").unwrap()["prefsrc"],
+            "10.30.0.2"
+        );
+        // The answer and ListRoutes report the same MTUs.
+        let listed = call(&c, "ListRoutes", json!({})).await.unwrap();
+        for answer in [&table, &listed] {
+            assert_eq!(answered_route(answer, "")["mtu"], 1300, "{answer}");
+            assert_eq!(answered_route(answer, "10.30.0.0/24")["mtu"], 1400, "{answer}");
+            assert_eq!(answered_route(answer, "10.31.0.0/24")["mtu"], 0, "{answer}");
+            assert_eq!(answered_route(answer, "fd00:31::/64")["mtu"], 1280, "{answer}");
+        }
+
+        // An MTU the kernel would silently cap is refused, naming the route, before any change.
+        let huge = call(
+            &c,
+            "UpdateRoutes",
+            json!({"routes": {"Routes": [
+                {"dest": "10.32.0.0/24", "device": "vm0", "scope": 253, "family": 0, "mtu": 70000},
+            ]}}),
+        )
+        .await;
+        expect_err(&huge, ttrpc::Code::INVALID_ARGUMENT, "routes[0].mtu");
+        assert_eq!(kernel_route_mtu(&kernel_route("-4", "default").unwrap()), 1300);
+        assert!(kernel_route("-4", "10.32.0.0/24").is_none());
+    });
+}
