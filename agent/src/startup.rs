@@ -401,7 +401,8 @@ fn init_logging(opts: &Options, config: &Config) {
         .or(config.agent.log_format)
         .unwrap_or_default();
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        // Not fd 2 itself: processes forked for containers have the workload's stderr there.
+        .with_writer(crate::log_sink::LogSink::from_stderr())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(match level {
             LogLevel::Trace => tracing::Level::TRACE,

@@ -235,3 +235,144 @@ fn container_lifecycle_through_the_agent() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&sid), "mounts left behind");
 }
+
+/// Reads a process's stream until `want` bytes came or the stream ended (`eof` error).
+async fn read_until(
+    c: &ttrpc::r#async::Client,
+    method: &str,
+    cid: &str,
+    eid: &str,
+    want: usize,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < want {
+        match call(
+            c,
+            method,
+            json!({"container_id": cid, "exec_id": eid, "len": 4096}),
+        )
+        .await
+        {
+            Ok(v) => out.extend(bytes(&v["data"])),
+            Err((ttrpc::Code::INTERNAL, m)) if m.contains("eof") => break,
+            Err(e) => panic!("{method} {eid:?}: {e:?}"),
+        }
+    }
+    out
+}
+
+/// At trace level the agent logs a lot, its container library included, also from the
+/// processes it forks for a container before they exec; none of it may reach a workload's
+/// stdout or stderr (the host reads those streams), in pipe or tty mode, for the init
+/// process or an exec'd one. The agent's own stderr must have the lines.
+#[test]
+fn agent_logs_never_reach_container_stdio() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping agent_logs_never_reach_container_stdio: needs root (namespaces, cgroups, mounts)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let run_root = tmp.path().join("run");
+    let config = format!(
+        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
+        run_root.display()
+    );
+    let mut agent = Agent::start(AgentSetup {
+        config: Some(&config),
+        extra_args: vec!["--log-level".into(), "trace".into()],
+        ..AgentSetup::default()
+    })
+    .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let sid = format!("logs-{}", std::process::id());
+    let cid = format!("logs-c-{}", std::process::id());
+    let _cleanup = Cleanup {
+        container: cid.clone(),
+        sandbox_dir: run_root.join(&sid),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = vigilctl::connect(&agent.addr, T).await.unwrap();
+        call(&c, "CreateSandbox", json!({"sandbox_id": sid})).await.unwrap();
+        let spec = json!({
+            "Process": process(&["sh", "-c", "echo init-out; echo init-err >&2; exec sleep 1000"]),
+            "Root": {"Path": "rootfs"},
+            "Mounts": [{"destination": "/proc", "source": "proc", "type_": "proc"}],
+            "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
+        });
+        call(
+            &c,
+            "CreateContainer",
+            json!({
+                "container_id": cid,
+                "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{cid}/rootfs")}],
+                "OCI": spec,
+            }),
+        )
+        .await
+        .unwrap();
+        call(&c, "StartContainer", json!({"container_id": cid})).await.unwrap();
+        // The init process: each stream holds exactly what it wrote (a log line would come
+        // first, before the process ran).
+        let out = read_until(&c, "ReadStdout", &cid, "", b"init-out\n".len()).await;
+        assert_eq!(String::from_utf8_lossy(&out), "init-out\n");
+        let err = read_until(&c, "ReadStderr", &cid, "", b"init-err\n".len()).await;
+        assert_eq!(String::from_utf8_lossy(&err), "init-err\n");
+
+        // An exec'd process with pipes, read to the end.
+        call(
+            &c,
+            "ExecProcess",
+            json!({"container_id": cid, "exec_id": "pipes",
+                   "process": process(&["sh", "-c", "echo exec-out; echo exec-err >&2"])}),
+        )
+        .await
+        .unwrap();
+        let out = read_until(&c, "ReadStdout", &cid, "pipes", usize::MAX).await;
+        let err = read_until(&c, "ReadStderr", &cid, "pipes", usize::MAX).await;
+        assert_eq!(String::from_utf8_lossy(&out), "exec-out\n");
+        assert_eq!(String::from_utf8_lossy(&err), "exec-err\n");
+        let waited = call(&c, "WaitProcess", json!({"container_id": cid, "exec_id": "pipes"}))
+            .await
+            .unwrap();
+        assert_eq!(waited["status"], 0);
+
+        // An exec'd process on a terminal: stdout and stderr are the one tty stream.
+        let mut tty = process(&["sh", "-c", "echo tty-out; echo tty-err >&2"]);
+        tty["Terminal"] = json!(true);
+        call(
+            &c,
+            "ExecProcess",
+            json!({"container_id": cid, "exec_id": "tty", "process": tty}),
+        )
+        .await
+        .unwrap();
+        let out = read_until(&c, "ReadStdout", &cid, "tty", usize::MAX).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out).replace("\r\n", "\n"),
+            "tty-out\ntty-err\n"
+        );
+        call(&c, "WaitProcess", json!({"container_id": cid, "exec_id": "tty"}))
+            .await
+            .unwrap();
+
+        call(&c, "SignalProcess", json!({"container_id": cid, "signal": 9})).await.unwrap();
+        call(&c, "WaitProcess", json!({"container_id": cid})).await.unwrap();
+        call(&c, "RemoveContainer", json!({"container_id": cid, "timeout": 10})).await.unwrap();
+        call(&c, "DestroySandbox", json!({})).await.unwrap();
+    });
+    // The lines went to the agent's log instead: trace level really was on, and the lines
+    // the container library logs in a container's process just before the exec (its
+    // `workload` module runs nowhere else) are there, not lost.
+    let (_, log) = agent.stop();
+    assert!(
+        log.contains(" TRACE "),
+        "no trace line in the agent's log:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" DEBUG libcontainer::workload")),
+        "no line of a container's process in the agent's log:\n{log}"
+    );
+}
