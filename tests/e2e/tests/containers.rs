@@ -49,6 +49,48 @@ fn bytes(v: &Value) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Starts the agent with every endpoint allowed and its sandboxes under `run_root` (not the
+/// default /run/vigil/sandbox), in the test's cgroup parent.
+fn start_agent(run_root: &Path, extra_args: &[&str]) -> Agent {
+    let config = format!(
+        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
+        run_root.display()
+    );
+    Agent::start(AgentSetup {
+        config: Some(&config),
+        extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        ..AgentSetup::default()
+    })
+    .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr))
+}
+
+/// CreateContainer of a busybox container running `args`, its rootfs a bind storage.
+async fn create_busybox_container(
+    c: &ttrpc::r#async::Client,
+    cid: &str,
+    rootfs: &Path,
+    args: &[&str],
+) {
+    let spec = json!({
+        "Version": "1.0.2",
+        "Process": process(args),
+        "Root": {"Path": "rootfs"},
+        "Mounts": [{"destination": "/proc", "source": "proc", "type_": "proc"}],
+        "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
+    });
+    call(
+        c,
+        "CreateContainer",
+        json!({
+            "container_id": cid,
+            "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{cid}/rootfs")}],
+            "OCI": spec,
+        }),
+    )
+    .await
+    .unwrap();
+}
+
 /// If the test fails half-way, the agent is stopped with its container still running: kill
 /// what is in the container's cgroup and detach the sandbox's mounts, so nothing outlives it.
 struct Cleanup {
@@ -88,17 +130,8 @@ fn container_lifecycle_through_the_agent() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = busybox_rootfs(tmp.path());
-    // The sandbox lives where `[sandbox]` says, not in the default /run/vigil/sandbox.
     let run_root = tmp.path().join("run");
-    let config = format!(
-        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
-        run_root.display()
-    );
-    let agent = Agent::start(AgentSetup {
-        config: Some(&config),
-        ..AgentSetup::default()
-    })
-    .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let agent = start_agent(&run_root, &[]);
     let sid = format!("e2e-{}", std::process::id());
     let cid = format!("e2e-c-{}", std::process::id());
     let sandbox_dir = run_root.join(&sid);
@@ -123,24 +156,7 @@ fn container_lifecycle_through_the_agent() {
             .await
             .unwrap();
         assert!(sandbox_dir.join("shared").is_dir(), "sandbox not under [sandbox] run_root");
-        let spec = json!({
-            "Version": "1.0.2",
-            "Process": process(&["sleep", "1000"]),
-            "Root": {"Path": "rootfs"},
-            "Mounts": [{"destination": "/proc", "source": "proc", "type_": "proc"}],
-            "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
-        });
-        call(
-            &c,
-            "CreateContainer",
-            json!({
-                "container_id": cid,
-                "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{cid}/rootfs")}],
-                "OCI": spec,
-            }),
-        )
-        .await
-        .unwrap();
+        create_busybox_container(&c, &cid, &rootfs, &["sleep", "1000"]).await;
         call(&c, "StartContainer", ids.clone()).await.unwrap();
 
         // Exec with a stdin/stdout round trip.
@@ -275,16 +291,7 @@ fn agent_logs_never_reach_container_stdio() {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = busybox_rootfs(tmp.path());
     let run_root = tmp.path().join("run");
-    let config = format!(
-        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
-        run_root.display()
-    );
-    let mut agent = Agent::start(AgentSetup {
-        config: Some(&config),
-        extra_args: vec!["--log-level".into(), "trace".into()],
-        ..AgentSetup::default()
-    })
-    .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let mut agent = start_agent(&run_root, &["--log-level", "trace"]);
     let sid = format!("logs-{}", std::process::id());
     let cid = format!("logs-c-{}", std::process::id());
     let _cleanup = Cleanup {
@@ -294,25 +301,18 @@ fn agent_logs_never_reach_container_stdio() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
-        call(&c, "CreateSandbox", json!({"sandbox_id": sid})).await.unwrap();
-        let spec = json!({
-            "Process": process(&["sh", "-c", "echo init-out; echo init-err >&2; exec sleep 1000"]),
-            "Root": {"Path": "rootfs"},
-            "Mounts": [{"destination": "/proc", "source": "proc", "type_": "proc"}],
-            "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
-        });
-        call(
-            &c,
-            "CreateContainer",
-            json!({
-                "container_id": cid,
-                "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{cid}/rootfs")}],
-                "OCI": spec,
-            }),
-        )
-        .await
-        .unwrap();
-        call(&c, "StartContainer", json!({"container_id": cid})).await.unwrap();
+        call(&c, "CreateSandbox", json!({"sandbox_id": sid}))
+            .await
+            .unwrap();
+        let init = [
+            "sh",
+            "-c",
+            "echo init-out; echo init-err >&2; exec sleep 1000",
+        ];
+        create_busybox_container(&c, &cid, &rootfs, &init).await;
+        call(&c, "StartContainer", json!({"container_id": cid}))
+            .await
+            .unwrap();
         // The init process: each stream holds exactly what it wrote (a log line would come
         // first, before the process ran).
         let out = read_until(&c, "ReadStdout", &cid, "", b"init-out\n".len()).await;
@@ -333,9 +333,13 @@ fn agent_logs_never_reach_container_stdio() {
         let err = read_until(&c, "ReadStderr", &cid, "pipes", usize::MAX).await;
         assert_eq!(String::from_utf8_lossy(&out), "exec-out\n");
         assert_eq!(String::from_utf8_lossy(&err), "exec-err\n");
-        let waited = call(&c, "WaitProcess", json!({"container_id": cid, "exec_id": "pipes"}))
-            .await
-            .unwrap();
+        let waited = call(
+            &c,
+            "WaitProcess",
+            json!({"container_id": cid, "exec_id": "pipes"}),
+        )
+        .await
+        .unwrap();
         assert_eq!(waited["status"], 0);
 
         // An exec'd process on a terminal: stdout and stderr are the one tty stream.
@@ -353,13 +357,31 @@ fn agent_logs_never_reach_container_stdio() {
             String::from_utf8_lossy(&out).replace("\r\n", "\n"),
             "tty-out\ntty-err\n"
         );
-        call(&c, "WaitProcess", json!({"container_id": cid, "exec_id": "tty"}))
+        call(
+            &c,
+            "WaitProcess",
+            json!({"container_id": cid, "exec_id": "tty"}),
+        )
+        .await
+        .unwrap();
+
+        call(
+            &c,
+            "SignalProcess",
+            json!({"container_id": cid, "signal": 9}),
+        )
+        .await
+        .unwrap();
+        call(&c, "WaitProcess", json!({"container_id": cid}))
             .await
             .unwrap();
-
-        call(&c, "SignalProcess", json!({"container_id": cid, "signal": 9})).await.unwrap();
-        call(&c, "WaitProcess", json!({"container_id": cid})).await.unwrap();
-        call(&c, "RemoveContainer", json!({"container_id": cid, "timeout": 10})).await.unwrap();
+        call(
+            &c,
+            "RemoveContainer",
+            json!({"container_id": cid, "timeout": 10}),
+        )
+        .await
+        .unwrap();
         call(&c, "DestroySandbox", json!({})).await.unwrap();
     });
     // The lines went to the agent's log instead: trace level really was on, and the lines

@@ -126,20 +126,41 @@ fn expect_err(answer: &Result<Value, (ttrpc::Code, String)>, code: ttrpc::Code, 
     );
 }
 
-#[test]
-fn pod_network_through_the_agent() {
+/// Moves the test thread into a new network namespace: the links it creates, the agent it
+/// starts and every `ip` it runs live there. False (with the reason printed) when not root.
+fn enter_private_network_namespace(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping pod_network_through_the_agent: needs root (a network namespace)");
-        return;
+        eprintln!("skipping {test}: needs root (a network namespace)");
+        return false;
     }
-    // SAFETY: unshare(2) of this thread's network namespace only; the links below, the agent
-    // and every `ip` the test runs are created from this thread and so live in the new one.
+    // SAFETY: unshare(2) of this thread's network namespace only; what the thread creates
+    // from now on (links, processes) lives in the new one.
     assert_eq!(
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
         0,
         "unshare(CLONE_NEWNET)"
     );
+    true
+}
+
+/// The agent, started from the test thread (so in its namespace), and a one-thread runtime
+/// to drive it: everything the test spawns stays in this thread's namespace.
+fn agent_in_this_namespace() -> (Agent, tokio::runtime::Runtime) {
+    let agent = Agent::start(AgentSetup::default())
+        .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (agent, rt)
+}
+
+#[test]
+fn pod_network_through_the_agent() {
+    if !enter_private_network_namespace("pod_network_through_the_agent") {
+        return;
+    }
 
     // The pod's interface as a hypervisor would hot-plug it: a veth end with a known MAC and a
     // stray address and route that UpdateInterface / UpdateRoutes must replace. A second link
@@ -168,13 +189,7 @@ fn pod_network_through_the_agent() {
         "vg1",
     ]);
 
-    let agent = Agent::start(AgentSetup::default())
-        .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
-    // One thread: everything the test spawns stays in this thread's namespace.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (agent, rt) = agent_in_this_namespace();
     rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
 
@@ -435,17 +450,9 @@ fn answered_route<'a>(table: &'a Value, dest: &str) -> &'a Value {
 
 #[test]
 fn route_mtu_through_the_agent() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping route_mtu_through_the_agent: needs root (a network namespace)");
+    if !enter_private_network_namespace("route_mtu_through_the_agent") {
         return;
     }
-    // SAFETY: as in pod_network_through_the_agent: this thread's network namespace only.
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare(CLONE_NEWNET)"
-    );
     ip(&["link", "add", "vm0", "type", "veth", "peer", "name", "vm0p"]);
     for dev in ["vm0", "vm0p"] {
         ip(&["link", "set", dev, "up"]);
@@ -456,12 +463,7 @@ fn route_mtu_through_the_agent() {
     assert_eq!(subnet["protocol"], "kernel", "{subnet}");
     assert_eq!(kernel_route_mtu(&subnet), 0, "{subnet}");
 
-    let agent = Agent::start(AgentSetup::default())
-        .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (agent, rt) = agent_in_this_namespace();
     rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         // The subnet route as Kata's runtime copies it from the host, with the host route's
