@@ -43,13 +43,41 @@ pub struct HandshakeTimings {
     pub attest: Duration,
 }
 
+/// One attested KBS session: the cookie, the attestation token and the TEE key that
+/// resources are encrypted to.
 struct Session {
     cookie: String,
     token: Option<String>,
     key: TeeKey,
 }
 
+/// The session in force, shared by every request made through one client. Resource requests
+/// read it without waiting; handshakes are serialised, so that several requests refused with
+/// 401 at once re-attest once, not once each.
+#[derive(Default)]
+struct SessionSlot {
+    current: std::sync::Mutex<Option<Arc<Session>>>,
+    attesting: tokio::sync::Mutex<()>,
+}
+
+impl SessionSlot {
+    fn get(&self) -> Option<Arc<Session>> {
+        // A panic while holding the lock cannot leave an Option half-written.
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, session: Option<Arc<Session>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = session;
+    }
+}
+
 /// A client bound to one KBS, one TEE type and one evidence provider.
+///
+/// Its methods take `&mut self` for single-owner use; [`crate::KbsSession`] shares one client
+/// (and its attested session) between tasks.
 pub struct KbsClient {
     http: reqwest::Client,
     base: url::Url,
@@ -57,7 +85,7 @@ pub struct KbsClient {
     tee: Tee,
     evidence: EvidenceFn,
     init_data: Option<String>,
-    session: Option<Session>,
+    session: SessionSlot,
 }
 
 impl std::fmt::Debug for KbsClient {
@@ -65,7 +93,7 @@ impl std::fmt::Debug for KbsClient {
         f.debug_struct("KbsClient")
             .field("base", &self.base.as_str())
             .field("tee", &self.tee)
-            .field("attested", &self.session.is_some())
+            .field("attested", &self.session.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -142,7 +170,7 @@ impl KbsClient {
             tee,
             evidence,
             init_data: None,
-            session: None,
+            session: SessionSlot::default(),
         })
     }
 
@@ -153,13 +181,23 @@ impl KbsClient {
     }
 
     /// The attestation token from the last successful attest, if any.
-    pub fn token(&self) -> Option<&str> {
-        self.session.as_ref().and_then(|s| s.token.as_deref())
+    pub fn token(&self) -> Option<String> {
+        self.session.get().and_then(|s| s.token.clone())
+    }
+
+    /// Whether a session is in force (it may still have expired on the KBS side).
+    pub fn is_attested(&self) -> bool {
+        self.session.get().is_some()
+    }
+
+    /// The TEE type this client attests as.
+    pub fn tee(&self) -> Tee {
+        self.tee
     }
 
     /// Forget the session so the next fetch attests again.
     pub fn reset_session(&mut self) {
-        self.session = None;
+        self.session.set(None);
     }
 
     fn endpoint(&self, path: &str) -> Result<url::Url> {
@@ -170,7 +208,14 @@ impl KbsClient {
 
     /// Run auth and attest, replacing any existing session.
     pub async fn handshake(&mut self) -> Result<HandshakeTimings> {
-        self.session = None;
+        self.session.set(None);
+        let (session, timings) = self.attest().await?;
+        self.session.set(Some(Arc::new(session)));
+        Ok(timings)
+    }
+
+    /// Auth and attest: a new session, not yet in force.
+    async fn attest(&self) -> Result<(Session, HandshakeTimings)> {
         let mut t = HandshakeTimings::default();
 
         let start = Instant::now();
@@ -208,11 +253,7 @@ impl KbsClient {
         let digest = runtime_data_digest_with(hash, &challenge.nonce, &tee_pubkey)
             .map_err(|e| Error::Evidence(e.to_string()))?;
         let report_data = report_data_for(self.tee, &digest);
-        let provider = self.evidence.clone();
-        let evidence_text = tokio::task::spawn_blocking(move || provider(&report_data))
-            .await
-            .map_err(|e| Error::Evidence(format!("evidence provider panicked: {e}")))?
-            .map_err(|e| Error::Evidence(format!("evidence provider failed: {e}")))?;
+        let evidence_text = self.evidence_for(report_data).await?;
         let primary_evidence: serde_json::Value = serde_json::from_str(&evidence_text)
             .map_err(|e| Error::Evidence(format!("evidence is not JSON: {e}")))?;
         t.evidence = start.elapsed();
@@ -235,7 +276,13 @@ impl KbsClient {
         let body = serde_json::to_vec(&attestation).expect("Attestation serialises");
         let url = self.endpoint("kbs/v0/attest")?;
         let resp = self
-            .exchange(Step::Attest, Method::POST, &url, Some(body), Some(&cookie))
+            .exchange(
+                Step::Attest,
+                Method::POST,
+                &url,
+                Some(body),
+                Some((&cookie, None)),
+            )
             .await?;
         let resp = expect_ok(Step::Attest, resp)?;
         let token = if resp.body.iter().all(u8::is_ascii_whitespace) {
@@ -251,41 +298,73 @@ impl KbsClient {
         let cookie = session_cookie(&resp.headers).unwrap_or(cookie);
         t.attest = start.elapsed();
         tracing::info!(tee = %self.tee, "KBS attestation succeeded");
-        self.session = Some(Session { cookie, token, key });
-        Ok(t)
+        Ok((Session { cookie, token, key }, t))
+    }
+
+    /// Evidence from the TEE for `report_data` (already in the TEE's final form), produced
+    /// on a blocking thread: the provider may issue a device ioctl.
+    pub(crate) async fn evidence_for(&self, report_data: Vec<u8>) -> Result<String> {
+        let provider = self.evidence.clone();
+        tokio::task::spawn_blocking(move || provider(&report_data))
+            .await
+            .map_err(|e| Error::Evidence(format!("evidence provider panicked: {e}")))?
+            .map_err(|e| Error::Evidence(format!("evidence provider failed: {e}")))
+    }
+
+    /// The session to use: the one in force unless it is `stale` (the KBS refused it), else
+    /// a new one. Handshakes are serialised; a task that waited for another's handshake uses
+    /// the session that one made.
+    async fn session_replacing(&self, stale: Option<&Arc<Session>>) -> Result<Arc<Session>> {
+        let usable = |current: Option<Arc<Session>>| {
+            current.filter(|c| stale.is_none_or(|s| !Arc::ptr_eq(s, c)))
+        };
+        if let Some(s) = usable(self.session.get()) {
+            return Ok(s);
+        }
+        let _attesting = self.session.attesting.lock().await;
+        if let Some(s) = usable(self.session.get()) {
+            return Ok(s);
+        }
+        let (session, _) = self.attest().await?;
+        let session = Arc::new(session);
+        self.session.set(Some(session.clone()));
+        Ok(session)
     }
 
     /// Fetch and decrypt the resource `repo/type/tag`, attesting first if
     /// needed and again (at most `max_auth_retries` times) on a 401.
     pub async fn get_resource(&mut self, path: &str) -> Result<Vec<u8>> {
+        self.get_resource_shared(path).await
+    }
+
+    /// [`KbsClient::get_resource`] through a shared reference (see [`crate::KbsSession`]).
+    pub(crate) async fn get_resource_shared(&self, path: &str) -> Result<Vec<u8>> {
         validate_resource_path(path)?;
         let url = self.endpoint(&format!("kbs/v0/resource/{path}"))?;
-        let mut handshakes = 0u32;
+        let mut session = self.session_replacing(None).await?;
+        let mut refused = 0u32;
         loop {
-            if self.session.is_none() {
-                if handshakes > self.cfg.max_auth_retries {
-                    return Err(Error::Unauthorized { handshakes });
-                }
-                handshakes += 1;
-                self.handshake().await?;
-            }
-            let session = self.session.as_ref().expect("session after handshake");
             let resp = self
                 .exchange(
                     Step::Resource,
                     Method::GET,
                     &url,
                     None,
-                    Some(&session.cookie),
+                    Some((&session.cookie, session.token.as_deref())),
                 )
                 .await?;
             if resp.status == StatusCode::UNAUTHORIZED {
+                refused += 1;
+                if refused > self.cfg.max_auth_retries {
+                    return Err(Error::Unauthorized {
+                        handshakes: refused,
+                    });
+                }
                 tracing::warn!(path, "KBS answered 401 for a resource; attesting again");
-                self.session = None;
+                session = self.session_replacing(Some(&session)).await?;
                 continue;
             }
             let resp = expect_ok(Step::Resource, resp)?;
-            let session = self.session.as_ref().expect("session");
             return Ok(jwe::decrypt(&resp.body, session.key.secret())?);
         }
     }
@@ -298,7 +377,18 @@ impl KbsClient {
         signer: &VerifyingKey,
         min_version: u64,
     ) -> Result<VerifiedPolicy> {
-        let bytes = self.get_resource(resource_path).await?;
+        self.fetch_policy_shared(resource_path, signer, min_version)
+            .await
+    }
+
+    /// [`KbsClient::fetch_policy`] through a shared reference.
+    pub(crate) async fn fetch_policy_shared(
+        &self,
+        resource_path: &str,
+        signer: &VerifyingKey,
+        min_version: u64,
+    ) -> Result<VerifiedPolicy> {
+        let bytes = self.get_resource_shared(resource_path).await?;
         let text = std::str::from_utf8(&bytes).map_err(|_| {
             Error::Verify(envelope::EnvelopeError::Malformed(
                 "policy envelope is not UTF-8".into(),
@@ -317,7 +407,8 @@ impl KbsClient {
         method: Method,
         url: &url::Url,
         body: Option<Vec<u8>>,
-        cookie: Option<&str>,
+        // The session cookie, and the bearer token once attested.
+        auth: Option<(&str, Option<&str>)>,
     ) -> Result<RawResponse> {
         let mut attempt = 0u32;
         loop {
@@ -325,11 +416,9 @@ impl KbsClient {
             if let Some(b) = &body {
                 req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
             }
-            if let Some(c) = cookie {
-                req = req.header(COOKIE, format!("{SESSION_COOKIE}={c}"));
-            }
-            if step == Step::Resource {
-                if let Some(token) = self.token() {
+            if let Some((cookie, token)) = auth {
+                req = req.header(COOKIE, format!("{SESSION_COOKIE}={cookie}"));
+                if let Some(token) = token {
                     req = req.header(AUTHORIZATION, format!("Bearer {token}"));
                 }
             }

@@ -3,6 +3,8 @@
 //! * [`KbsClient`]: the Trustee KBS attestation handshake (RCAR, protocol
 //!   0.4.0) and JWE-encrypted resource fetch, with [`KbsClient::fetch_policy`]
 //!   for signed policies.
+//! * [`KbsSession`]: one client and its attested session, shared (cloneable, async-safe) by
+//!   every user of the KBS after start-up; re-attests on 401 within the configured bound.
 //! * [`envelope`]: the signed policy envelope (JWS compact, ES256/EdDSA),
 //!   free of network dependencies so the agent's SetPolicy path can use it.
 //! * [`jwe`], [`jcs`], [`tee_key`]: the protocol building blocks, public so the
@@ -14,6 +16,7 @@ pub mod envelope;
 pub mod error;
 pub mod jcs;
 pub mod jwe;
+pub mod session;
 pub mod tee_key;
 
 pub use client::{
@@ -23,3 +26,4 @@ pub use config::KbcConfig;
 pub use envelope::{VerifiedPolicy, VerifyingKey};
 pub use error::{Error, Result, Step, TransportKind};
 pub use kbs_types::{HashAlgorithm, Tee};
+pub use session::KbsSession;

@@ -111,6 +111,11 @@ pub enum Fault {
     TamperProtectedHeader,
     /// Encrypt to a fresh key instead of the attested TEE key.
     EncryptToOtherKey,
+    /// Answer every request with 503, as a proxy in front of a KBS that is down does.
+    Unavailable,
+    /// Refuse every attestation (401 `AttestationFailed`), as a KBS whose verifier rejects
+    /// the evidence does.
+    RefuseEvidence,
 }
 
 /// Request counters.
@@ -356,6 +361,14 @@ impl Inner {
 async fn handle(state: &Inner, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if *state.fault.lock().unwrap() == Fault::Unavailable {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "fault injection: service unavailable",
+        )
+        .into_response();
+    }
     let result = match (method.clone(), path.as_str()) {
         (Method::POST, "/kbs/v0/auth") => match read_body(state, req).await {
             Ok((_, body)) => auth(state, &body),
@@ -548,6 +561,9 @@ fn attest_inner(
 ) -> Result<Resp, Refusal> {
     let unauthorized = |kind, detail: String| refuse(StatusCode::UNAUTHORIZED, kind, detail);
     let failed = |detail: String| refuse(StatusCode::UNAUTHORIZED, "AttestationFailed", detail);
+    if *state.fault.lock().unwrap() == Fault::RefuseEvidence {
+        return Err(failed("fault injection: evidence refused".into()));
+    }
     let id = session_id(parts).ok_or_else(|| {
         unauthorized(
             "MissingCookie",
