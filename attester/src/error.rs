@@ -77,6 +77,10 @@ pub enum Error {
     #[error("both SEV-SNP ({snp}) and TDX ({tdx}) devices are present; select the TEE explicitly")]
     AmbiguousTee { snp: String, tdx: String },
 
+    /// A TEE guest interface exists, but of a kind this crate cannot attest with.
+    #[error("{0}: a TEE interface this agent cannot attest with")]
+    UnsupportedTeeInterface(String),
+
     /// The TEE name is not one this crate knows.
     #[error("unknown TEE {0:?}: expected one of \"mock\", \"snp\", \"tdx\", \"auto\"")]
     UnknownTee(String),

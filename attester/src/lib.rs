@@ -6,6 +6,8 @@
 //! - [`select`] / [`select_with`] turn a [`TeeSelection`] into an attester. `auto` picks SNP
 //!   or TDX from the devices present and is an error when there is none: it never falls back
 //!   to the mock.
+//! - [`platform::probe`] finds the TEE guest interfaces (devices, configfs-tsm provider)
+//!   that decide whether the VM runs on TEE hardware.
 //! - [`binding::check`] compares an initdata digest with the launch-time field.
 //! - [`snp`], [`tdx`] hold the binary parsers and evidence documents; [`verify`] reads
 //!   evidence back as a KBS does.
@@ -20,13 +22,14 @@ mod tsm;
 pub mod binding;
 pub mod initdata;
 pub mod mock;
+pub mod platform;
 #[cfg(feature = "snp")]
 pub mod snp;
 #[cfg(feature = "tdx")]
 pub mod tdx;
 pub mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use error::Error;
@@ -113,35 +116,20 @@ pub enum DetectedTee {
     Tdx,
 }
 
-/// Finds the hardware TEE from the guest devices present. Never returns the mock: no device
-/// is [`Error::NoTeeDetected`], whose message says how to select the mock explicitly.
+/// Finds the hardware TEE from the guest interfaces present (see [`platform::probe`]).
+/// Never returns the mock: no interface is [`Error::NoTeeDetected`], whose message says how
+/// to select the mock explicitly.
 pub fn detect(paths: &TeePaths) -> Result<DetectedTee, Error> {
-    let snp = exists(&paths.sev_guest_device)?;
-    let tdx = exists(&paths.tdx_guest_device)?;
-    match (snp, tdx) {
-        (true, false) => Ok(DetectedTee::Snp),
-        (false, true) => Ok(DetectedTee::Tdx),
-        (true, true) => Err(Error::AmbiguousTee {
-            snp: paths.sev_guest_device.display().to_string(),
-            tdx: paths.tdx_guest_device.display().to_string(),
-        }),
-        (false, false) => Err(Error::NoTeeDetected {
+    platform::probe(paths)?
+        .tee()?
+        .ok_or_else(|| Error::NoTeeDetected {
             checked: format!(
-                "{}, {}",
+                "{}, {}, {}",
                 paths.sev_guest_device.display(),
-                paths.tdx_guest_device.display()
+                paths.tdx_guest_device.display(),
+                paths.tsm_report_root.display()
             ),
-        }),
-    }
-}
-
-/// Whether `path` exists; an error other than "not found" is reported, not read as absent.
-fn exists(path: &Path) -> Result<bool, Error> {
-    match std::fs::metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("inspect", path, e)),
-    }
+        })
 }
 
 /// The attester for `selection`, on the real kernel paths.
@@ -187,6 +175,7 @@ fn tdx_attester(_: &TeePaths) -> Result<Box<dyn Attester>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn paths_in(dir: &Path) -> TeePaths {
         TeePaths {

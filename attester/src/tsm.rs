@@ -16,6 +16,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::Error;
 
+/// The configfs-tsm provider name of the SEV-SNP guest driver.
+pub(crate) const SNP_PROVIDER: &str = "sev_guest";
+/// The configfs-tsm provider name of the TDX guest driver.
+pub(crate) const TDX_PROVIDER: &str = "tdx_guest";
+
 /// Filesystem operations used on a configfs-tsm tree.
 pub(crate) trait TsmFs {
     fn create_dir(&self, path: &Path) -> io::Result<()>;
@@ -83,6 +88,23 @@ pub(crate) fn request(
     let report = result?;
     removal?;
     Ok(report)
+}
+
+/// The provider behind the configfs-tsm report interface at `report_root`, read from a
+/// short-lived entry: `None` when no provider is registered (the kernel answers `ENXIO`,
+/// so nothing can produce a report through it). The entry is removed on every path.
+pub(crate) fn provider(fs: &dyn TsmFs, report_root: &Path) -> Result<Option<String>, Error> {
+    let entry = create_entry(fs, report_root)?;
+    let result = match read_text(fs, &entry.join("provider")) {
+        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        other => other.map(Some),
+    };
+    let removal = fs
+        .remove_dir(&entry)
+        .map_err(|e| Error::io("remove configfs-tsm report entry", &entry, e));
+    let provider = result?;
+    removal?;
+    Ok(provider)
 }
 
 /// Creates a fresh entry with a name unique to this process and moment.
@@ -250,6 +272,10 @@ pub(crate) mod fake {
                     Ok((self.make_outblob)(&inblob))
                 }
                 Some("auxblob") => Ok(self.auxblob.clone()),
+                // The kernel's answer when no TSM provider is registered.
+                Some("provider") if self.provider.is_empty() => {
+                    Err(io::Error::from_raw_os_error(libc::ENXIO))
+                }
                 _ => std::fs::read(path),
             }
         }

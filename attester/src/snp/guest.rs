@@ -19,7 +19,7 @@ use crate::tsm::{self, KernelTsm, TsmFs, TsmRequest};
 use crate::{Attester, Error, TeePaths};
 
 /// The configfs-tsm provider name of the SEV-SNP guest driver.
-pub(crate) const TSM_PROVIDER: &str = "sev_guest";
+pub(crate) const TSM_PROVIDER: &str = tsm::SNP_PROVIDER;
 
 /// Reports are requested at VMPL 0: the agent runs in the most privileged guest level, and
 /// a verifier checking `vmpl == 0` knows no lower-privileged component produced the report.

@@ -14,7 +14,7 @@ use crate::tsm::{self, KernelTsm, TsmFs, TsmRequest};
 use crate::{Attester, Error, TeePaths};
 
 /// The configfs-tsm provider name of the TDX guest driver.
-pub(crate) const TSM_PROVIDER: &str = "tdx_guest";
+pub(crate) const TSM_PROVIDER: &str = tsm::TDX_PROVIDER;
 
 /// Produces TDX evidence.
 #[derive(Debug, Clone)]
