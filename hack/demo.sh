@@ -70,5 +70,5 @@ call CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args": ["/bin/
 echo; echo "-- SetPolicy from the host: refused by the tenant's policy"
 call SetPolicy '{"policy": "package agent_policy\ndefault ExecProcessRequest := true"}'
 echo
-echo "== audit log (one line per decision, no request contents)"
+echo "== audit log (one line per policy in force and per decision, no request contents)"
 sed 's/^/   /' "$work/audit.jsonl" 2>/dev/null || true

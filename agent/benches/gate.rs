@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use vigil_agent::config::AllowList;
 use vigil_agent::gate::{EndpointSet, Gate, Rules};
-use vigil_agent::policy::CompiledPolicy;
+use vigil_agent::policy::{CompiledPolicy, PolicyOrigin, PolicySource};
 use vigil_protos::Endpoint;
 
 const TESTDATA: &str = concat!(
@@ -61,9 +61,13 @@ fn allow_list(c: &mut Criterion) {
     });
 }
 
+fn bench_source() -> PolicySource {
+    PolicySource::new(PolicyOrigin::File, "bench")
+}
+
 fn with_policy(c: &mut Criterion) {
     let rego = std::fs::read_to_string(format!("{TESTDATA}/policy.rego")).unwrap();
-    let policy = CompiledPolicy::compile(&rego, None, Default::default(), "bench").unwrap();
+    let policy = CompiledPolicy::compile(&rego, None, Default::default(), bench_source()).unwrap();
     let gate = Gate::new(Rules {
         allowed: EndpointSet::all(),
         policy: Some(std::sync::Arc::new(policy)),

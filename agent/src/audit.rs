@@ -1,5 +1,6 @@
 //! What the gate records about each decision: per-endpoint counters (always) and the audit
-//! log (on by default; one JSON line per decision, never request contents).
+//! log (on by default; one JSON line per decision, never request contents, plus one line
+//! each time a policy comes into force).
 //!
 //! The audit line is written by a background thread, so the request path only pays for a
 //! counter increment and a non-blocking channel send. If the writer falls behind by more
@@ -22,6 +23,8 @@ const AUDIT_QUEUE: usize = 16 * 1024;
 
 enum AuditMessage {
     Record(AuditRecord),
+    /// A line written as it is (policy changes).
+    Line(String),
     /// Answered once every earlier record is written.
     Flush(SyncSender<()>),
 }
@@ -106,6 +109,11 @@ impl DecisionLog {
                                 errors.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        AuditMessage::Line(line) => {
+                            if log.write_line(&line).is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         AuditMessage::Flush(done) => {
                             let _ = done.send(());
                         }
@@ -146,6 +154,28 @@ impl DecisionLog {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// Records that `policy` came into force (start-up, SetPolicy): one line
+    /// `{"time", "event": "policy", "policy_source", "policy_version", "policy_digest",
+    /// "detail"}`, so the log says which policy decided the lines after it (and, for a
+    /// policy_optional fallback, why the KBS policy is not the one in force).
+    pub fn policy_event(&self, policy: &CompiledPolicy, detail: &str) {
+        let Some(tx) = &self.audit else {
+            return;
+        };
+        let line = serde_json::json!({
+            "time": vigil_policy::rfc3339_now(),
+            "event": "policy",
+            "policy_source": policy.source.origin.as_str(),
+            "policy_version": policy.engine.version(),
+            "policy_digest": policy.engine.digest(),
+            "detail": detail,
+        })
+        .to_string();
+        if tx.try_send(AuditMessage::Line(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -212,6 +242,7 @@ fn audit_line(rec: &AuditRecord) -> String {
         "decision": rec.verdict.outcome.as_str(),
         "by": rec.verdict.by.as_str(),
         "reason": verdict_reason(rec.policy.as_deref(), rec.endpoint, &rec.verdict),
+        "policy_source": rec.policy.as_ref().map(|p| p.source.origin.as_str()),
         "policy_version": rec.policy.as_ref().and_then(|p| p.engine.version()),
         "policy_digest": rec.policy.as_ref().map(|p| p.engine.digest()),
     })

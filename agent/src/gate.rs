@@ -449,6 +449,10 @@ mod tests {
         Endpoint::find(GATED_SERVICE, method).unwrap()
     }
 
+    fn test_source() -> crate::policy::PolicySource {
+        crate::policy::PolicySource::new(crate::policy::PolicyOrigin::File, "test")
+    }
+
     #[test]
     fn endpoint_set_follows_request_names() {
         let set = EndpointSet::by_request_names(&["ReadStreamRequest", "GuestDetailsRequest"]);
@@ -468,7 +472,8 @@ mod tests {
     #[test]
     fn streams_are_never_judged_on_an_empty_request() {
         let rego = "package agent_policy\ndefault GuestDetailsRequest := true\nCreateContainerRequest if { input.container_id == \"\" }\n";
-        let policy = CompiledPolicy::compile(rego, None, Default::default(), "test").unwrap();
+        let policy =
+            CompiledPolicy::compile(rego, None, Default::default(), test_source()).unwrap();
         let gate = Gate::new(Rules {
             allowed: EndpointSet::all(),
             policy: Some(Arc::new(policy)),

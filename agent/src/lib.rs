@@ -10,6 +10,7 @@ pub mod gate;
 pub mod guest;
 pub mod log_sink;
 pub mod metrics;
+pub mod mode;
 pub mod network;
 pub mod pid1;
 pub mod policy;

@@ -9,12 +9,21 @@ use vigil_agent::startup::{self, Options};
 /// vigil guest agent: serves the Kata agent API (ttrpc) inside a confidential VM, and lets
 /// through only the requests that the endpoint allow-list and the policy allow.
 ///
-/// Configuration: --config FILE, else the kernel parameter agent.config_file=PATH, else none
-/// (every endpoint allowed, as Kata). The file is TOML with [agent] (server_addr, log_level,
-/// log_format) and [endpoints] allowed = ["CreateContainerRequest", ...] (request message
-/// names; a file without [endpoints] allows nothing; ["*"] allows everything), plus optional
-/// [policy] (Rego agent policy, signer, logs), [attestation] (TEE mode, KBS) and [sandbox]
-/// (run_root, allow_hooks, output_limit_bytes, cgroup_parent). See the README.
+/// Configuration: initdata (kernel parameter agent.initdata=PATH, or --initdata FILE), whose
+/// [data] entry "vigil.toml" is the config; else --config FILE, else the kernel parameter
+/// agent.config_file=PATH, else none (every endpoint allowed, as Kata). The config is TOML with
+/// [agent] (server_addr, log_level, log_format) and [endpoints] allowed =
+/// ["CreateContainerRequest", ...] (request message names; a file without [endpoints] allows
+/// nothing; ["*"] allows everything), plus optional [policy] (Rego agent policy, signer, logs),
+/// [attestation] (TEE mode, KBS) and [sandbox] (run_root, allow_hooks, output_limit_bytes,
+/// cgroup_parent).
+///
+/// The mode follows the hardware: with a TEE guest interface present (/dev/sev-guest,
+/// /dev/tdx_guest, configfs-tsm), initdata is mandatory, its digest must be in the launch
+/// field, and tee = "none" / "mock" or a config file are start-up errors (unless the image's
+/// /etc/vigil/image.toml sets allow_unattested = true and the launch field is all zeros). As
+/// PID 1 and on TEE hardware only --log-level and --log-format are accepted. See the README
+/// and SECURITY.md.
 #[derive(Parser, Debug)]
 #[command(name = "vigil-agent", version)]
 struct Cli {

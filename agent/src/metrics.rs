@@ -17,6 +17,13 @@ pub fn render(gate: &Gate, started: Instant) -> String {
         "1 when an agent policy is in force.",
         u64::from(policy.is_some()) as f64,
     );
+    if let Some(p) = &policy {
+        let _ = writeln!(
+            out,
+            "# HELP vigil_policy_source Where the policy in force came from (kbs, initdata-fallback, initdata, file, set-policy).\n# TYPE vigil_policy_source gauge\nvigil_policy_source{{source=\"{}\"}} 1",
+            p.source.origin.as_str()
+        );
+    }
     if let Some(v) = policy.as_ref().and_then(|p| p.engine.version()) {
         gauge(
             &mut out,

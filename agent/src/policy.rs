@@ -123,6 +123,57 @@ impl PolicySection {
     }
 }
 
+/// Where a policy came from: the audit log's `policy_source` and GetMetrics'
+/// `vigil_policy_source{source=...}` name the kind; logs show the detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOrigin {
+    /// The tenant's signed policy, fetched from the KBS at start-up.
+    Kbs,
+    /// initdata's `policy.rego`, because the KBS could not be reached and the measured config
+    /// sets `policy_optional = true`.
+    InitdataFallback,
+    /// initdata's `policy.rego` in unattested mode.
+    Initdata,
+    /// A local policy file (unattested mode).
+    File,
+    /// Installed by SetPolicy.
+    SetPolicy,
+}
+
+impl PolicyOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyOrigin::Kbs => "kbs",
+            PolicyOrigin::InitdataFallback => "initdata-fallback",
+            PolicyOrigin::Initdata => "initdata",
+            PolicyOrigin::File => "file",
+            PolicyOrigin::SetPolicy => "set-policy",
+        }
+    }
+}
+
+/// A policy's origin and, for logs, the detail: a path, the KBS resource, why the fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    pub origin: PolicyOrigin,
+    pub detail: String,
+}
+
+impl PolicySource {
+    pub fn new(origin: PolicyOrigin, detail: impl Into<String>) -> PolicySource {
+        PolicySource {
+            origin,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
 /// A loaded policy in the form the gate consults.
 pub struct CompiledPolicy {
     pub engine: PolicyEngine,
@@ -134,8 +185,8 @@ pub struct CompiledPolicy {
     pub constant_deny: EndpointSet,
     /// The constant decisions themselves, for the audit log.
     constant: Vec<Option<Decision>>,
-    /// Where this policy came from, for logs: a path, "SetPolicy", the KBS resource.
-    pub source: String,
+    /// Where this policy came from.
+    pub source: PolicySource,
 }
 
 impl CompiledPolicy {
@@ -143,7 +194,7 @@ impl CompiledPolicy {
         rego: &str,
         version: Option<u64>,
         limits: Limits,
-        source: impl Into<String>,
+        source: PolicySource,
     ) -> Result<CompiledPolicy, vigil_policy::LoadError> {
         let names = vigil_protos::agent_request_names();
         let mut engine = PolicyEngine::load(rego, &names, limits)?;
@@ -179,7 +230,7 @@ impl CompiledPolicy {
             constant_allow,
             constant_deny,
             constant,
-            source: source.into(),
+            source,
         })
     }
 
@@ -231,35 +282,41 @@ pub struct PolicyAdmin {
     section: PolicySection,
     signer: Option<VerifyingKey>,
     gate: Arc<Gate>,
-    /// Serialises replacements so the version check and the swap are one step.
-    replacing: Mutex<()>,
+    /// The lowest version a signed SetPolicy may carry: `min_version`, raised past every
+    /// signed version that was in force. It never drops, whatever policy is in force (a
+    /// policy_optional fallback has no version, and must not reopen older ones). Behind the
+    /// lock that serialises replacements, so the check and the swap are one step.
+    floor: Mutex<u64>,
 }
 
 impl PolicyAdmin {
+    /// Takes the floor from the configuration and the policy the gate starts with.
     pub fn new(section: PolicySection, signer: Option<VerifyingKey>, gate: Arc<Gate>) -> Self {
+        let floor = next_floor(section.min_version, gate.policy_version());
         PolicyAdmin {
             section,
             signer,
             gate,
-            replacing: Mutex::new(()),
+            floor: Mutex::new(floor),
         }
+    }
+
+    /// The lowest version a signed SetPolicy is accepted with now.
+    pub fn floor(&self) -> u64 {
+        *self.floor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Installs the policy carried by a SetPolicy request. The gate has already checked the
     /// request against the current policy (as Kata does). With a signer configured the text
-    /// must be an envelope signed by it, with a version at or above the floor and strictly
-    /// above the current policy's; otherwise raw Rego is accepted only when configured so.
-    /// The new policy starts with fresh state; on any failure nothing changes.
+    /// must be an envelope signed by it, with a version at or above the floor (above every
+    /// signed version in force so far, and at least `min_version`); otherwise raw Rego is
+    /// accepted only when configured so. The new policy starts with fresh state; on any
+    /// failure nothing changes.
     pub fn set_policy(&self, text: &str) -> Result<(), SetPolicyError> {
-        let _guard = self.replacing.lock().unwrap_or_else(|p| p.into_inner());
-        let current_version = self.gate.policy_version();
+        let mut floor = self.floor.lock().unwrap_or_else(|p| p.into_inner());
         let (rego, version) = match &self.signer {
             Some(signer) => {
-                let floor = match current_version {
-                    Some(v) => self.section.min_version.max(v.saturating_add(1)),
-                    None => self.section.min_version,
-                };
-                let verified = envelope::verify(text, signer, floor)
+                let verified = envelope::verify(text, signer, *floor)
                     .map_err(|e| SetPolicyError::Unauthorized(e.to_string()))?;
                 (verified.policy, Some(verified.version))
             }
@@ -271,14 +328,117 @@ impl PolicyAdmin {
                 ))
             }
         };
-        let compiled = CompiledPolicy::compile(&rego, version, self.section.limits(), "SetPolicy")
+        let source = PolicySource::new(PolicyOrigin::SetPolicy, "SetPolicy");
+        let compiled = CompiledPolicy::compile(&rego, version, self.section.limits(), source)
             .map_err(|e| SetPolicyError::Invalid(e.to_string()))?;
         tracing::info!(
             version = ?version,
             digest = compiled.engine.digest(),
             "SetPolicy: new policy in force"
         );
-        self.gate.replace_policy(Some(Arc::new(compiled)));
+        let compiled = Arc::new(compiled);
+        self.gate.replace_policy(Some(compiled.clone()));
+        self.gate
+            .decision_log()
+            .policy_event(&compiled, "SetPolicy");
+        *floor = next_floor(*floor, version);
         Ok(())
+    }
+}
+
+/// The floor after a policy with `version` came into force: above it, never lower than before.
+fn next_floor(floor: u64, version: Option<u64>) -> u64 {
+    match version {
+        Some(v) => floor.max(v.saturating_add(1)),
+        None => floor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::Rules;
+    use vigil_kbc::envelope::{Algorithm, PolicyPayload, SigningKey};
+
+    const REGO: &str = "package agent_policy\ndefault SetPolicyRequest := true\n";
+
+    fn signed(key: &SigningKey, version: u64) -> String {
+        envelope::sign(
+            key,
+            &PolicyPayload {
+                version,
+                policy: REGO.into(),
+                issued_at: 1_700_000_000,
+                id: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// A gate whose policy is `version` (None: a policy_optional fallback, which has none).
+    fn admin(min_version: u64, version: Option<u64>, key: &SigningKey) -> PolicyAdmin {
+        let origin = match version {
+            Some(_) => PolicyOrigin::Kbs,
+            None => PolicyOrigin::InitdataFallback,
+        };
+        let policy = CompiledPolicy::compile(
+            REGO,
+            version,
+            Limits::default(),
+            PolicySource::new(origin, "test"),
+        )
+        .unwrap();
+        let gate = Arc::new(Gate::new(Rules {
+            allowed: EndpointSet::all(),
+            policy: Some(Arc::new(policy)),
+            host_error_details: false,
+        }));
+        let section = PolicySection {
+            min_version,
+            ..PolicySection::default()
+        };
+        PolicyAdmin::new(section, Some(key.verifying_key()), gate)
+    }
+
+    #[test]
+    fn floor_after_a_fallback_is_min_version_and_never_drops() {
+        let key = SigningKey::generate(Algorithm::Es256);
+        let a = admin(3, None, &key);
+        assert_eq!(a.floor(), 3);
+        let err = a.set_policy(&signed(&key, 2)).unwrap_err().to_string();
+        assert!(err.contains("version"), "{err}");
+        a.set_policy(&signed(&key, 3)).unwrap();
+        assert_eq!(
+            a.gate.policy().unwrap().source.origin,
+            PolicyOrigin::SetPolicy
+        );
+        assert_eq!(a.floor(), 4);
+        // Not even the version now in force again.
+        assert!(a.set_policy(&signed(&key, 3)).is_err());
+        a.set_policy(&signed(&key, 9)).unwrap();
+        assert!(a.set_policy(&signed(&key, 5)).is_err());
+        assert_eq!(a.floor(), 10);
+    }
+
+    #[test]
+    fn floor_with_a_kbs_policy_is_above_its_version() {
+        let key = SigningKey::generate(Algorithm::Es256);
+        let a = admin(3, Some(7), &key);
+        assert_eq!(a.floor(), 8);
+        assert!(a.set_policy(&signed(&key, 7)).is_err());
+        a.set_policy(&signed(&key, 8)).unwrap();
+        // A failed SetPolicy (bad Rego) leaves the floor as it was.
+        let bad = envelope::sign(
+            &key,
+            &PolicyPayload {
+                version: 20,
+                policy: "package agent_policy\nthis is not rego".into(),
+                issued_at: 1_700_000_000,
+                id: None,
+            },
+        )
+        .unwrap();
+        assert!(a.set_policy(&bad).is_err());
+        assert_eq!(a.floor(), 9);
     }
 }

@@ -1,19 +1,23 @@
 //! The start-up sequence. Nothing listens before step 5, and no step's failure is read as
 //! "absent" or "allowed": any error stops the agent with a line naming the step.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use vigil_attester::initdata::InitData;
+use vigil_attester::TeePaths;
+use vigil_kbc::KbsSession;
 
-use crate::attestation;
+use crate::attestation::{self, PolicyFetchError};
 use crate::audit::DecisionLog;
 use crate::cmdline::KernelCmdline;
-use crate::config::{Config, LogFormat, LogLevel};
+use crate::config::{Config, LogFormat, LogLevel, CMDLINE_CONFIG_KEY};
 use crate::gate::{self, EndpointSet, Gate, Rules};
 use crate::guest::GuestInfo;
-use crate::policy::{CompiledPolicy, PolicyAdmin};
+use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
+use crate::pid1;
+use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
 use crate::service::AgentApi;
 
 /// Kernel parameter naming the initdata file or block device.
@@ -21,40 +25,63 @@ pub const CMDLINE_INITDATA: &str = "agent.initdata";
 /// The initdata `[data]` entry that holds the agent's config.
 pub const INITDATA_CONFIG_KEY: &str = "vigil.toml";
 
-/// What the command line may set. In attested modes nothing here can change a
-/// security-relevant setting: those come from measured initdata only.
+/// What the command line may set. As PID 1 (the kernel passes it the arguments after `--`,
+/// which the host writes) and on TEE hardware, only `--log-level` and `--log-format` are
+/// accepted: every other flag changes a security setting or an input, and is refused.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Config file (TOML). Without it, the kernel parameter agent.config_file=PATH is used;
     /// without either, there is no config and every endpoint is allowed (as Kata).
+    /// Refused as PID 1 and on TEE hardware.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Initdata (TOML, or Kata's block layout: "initdata" magic, u64 LE length, gzip'd TOML).
     /// Its [data] entry "vigil.toml" is the config and "policy.rego" the initial policy.
-    /// Without it, the kernel parameter agent.initdata=PATH is used.
+    /// Without it, the kernel parameter agent.initdata=PATH is used (the only way as PID 1
+    /// and on TEE hardware, where this flag is refused).
     #[arg(long, value_name = "FILE")]
     pub initdata: Option<PathBuf>,
     /// Listen address, overriding [agent] server_addr: vsock://CID:PORT or unix:///PATH
-    /// [default: vsock://-1:1024]
+    /// [default: vsock://-1:1024]. Refused as PID 1 and on TEE hardware.
     #[arg(long, value_name = "ADDR")]
     pub server_addr: Option<String>,
-    /// Log level, overriding [agent] log_level [default: info]
+    /// Log level, overriding [agent] log_level [default: info]. Always accepted.
     #[arg(long, value_enum)]
     pub log_level: Option<LogLevel>,
-    /// Log format, overriding [agent] log_format [default: text]
+    /// Log format, overriding [agent] log_format [default: text]. Always accepted.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Audit log path, overriding [policy] audit_log (for tests and development)
     #[arg(long, value_name = "FILE", hide = true)]
     pub audit_log: Option<PathBuf>,
-    /// Kernel command line to read agent.* parameters from (for tests).
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "/proc/cmdline",
-        hide = true
-    )]
-    pub kernel_cmdline: PathBuf,
+    /// Kernel command line to read agent.* parameters from, instead of /proc/cmdline (for
+    /// tests and development).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub kernel_cmdline: Option<PathBuf>,
+}
+
+impl Options {
+    /// The flags given that change a security setting or an input (all but the log flags).
+    pub fn security_flags(&self) -> Vec<&'static str> {
+        let given = [
+            ("--config", self.config.is_some()),
+            ("--initdata", self.initdata.is_some()),
+            ("--server-addr", self.server_addr.is_some()),
+            ("--audit-log", self.audit_log.is_some()),
+            ("--kernel-cmdline", self.kernel_cmdline.is_some()),
+        ];
+        given
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(f, _)| *f)
+            .collect()
+    }
+
+    fn kernel_cmdline_path(&self) -> &Path {
+        self.kernel_cmdline
+            .as_deref()
+            .unwrap_or(Path::new("/proc/cmdline"))
+    }
 }
 
 /// A start-up failure: which step, and why.
@@ -74,6 +101,9 @@ pub struct Running {
     server: ttrpc::r#async::Server,
     pub addr: String,
     pub gate: Arc<Gate>,
+    /// The boot's attested KBS session, for every later user of the KBS; `None` in
+    /// unattested modes.
+    pub kbs: Option<KbsSession>,
 }
 
 impl Running {
@@ -95,7 +125,7 @@ impl Running {
 struct InitialPolicy {
     text: String,
     version: Option<u64>,
-    source: String,
+    source: PolicySource,
 }
 
 /// Runs the start-up sequence up to an open API: five steps, each logged with its duration.
@@ -105,29 +135,31 @@ pub async fn start(
     opts: &Options,
     child_claims: Option<Arc<dyn vigil_runtime::ChildClaims>>,
 ) -> Result<Running, StartupError> {
-    // 1. Configuration and policy: from measured initdata in attested modes, with its digest.
+    // 1. The hardware decides what may configure the agent: then the configuration and
+    //    policy (from measured initdata in attested modes, with its digest), and the mode.
     let t = Instant::now();
-    let loaded = load(opts).map_err(fail("load config"))?;
+    let (loaded, mode) = configure(opts)?;
     let config = &loaded.config;
     init_logging(opts, config);
-    let mode = config.attestation.tee;
     tracing::info!(
         source = %loaded.describe(),
-        tee = ?mode,
+        mode = ?mode,
         ms = ms(t),
         "step 1/5: configuration loaded"
     );
 
     // 2. The hardware's launch binding must equal the initdata digest.
     let t = Instant::now();
-    let attester = match (&loaded.initdata, mode.is_attested()) {
-        (Some(initdata), true) => {
-            let cmdline = KernelCmdline::read(&opts.kernel_cmdline).map_err(|e| {
-                fail("launch binding")(format!("reading {}: {e}", opts.kernel_cmdline.display()))
+    let attested = match mode {
+        Mode::Hardware(_) | Mode::Mock => {
+            // load() gives attested configs only from initdata; never read its absence as
+            // "unattested".
+            let initdata = loaded.initdata.as_ref().ok_or_else(|| {
+                fail("launch binding")("an attested mode without initdata".into())
             })?;
             let attester = attestation::check_launch_binding(
                 mode,
-                cmdline.value(attestation::CMDLINE_MOCK_BINDING),
+                loaded.cmdline.value(attestation::CMDLINE_MOCK_BINDING),
                 &initdata.digest,
             )
             .map_err(fail("launch binding"))?;
@@ -137,61 +169,29 @@ pub async fn start(
                 ms = ms(t),
                 "step 2/5: launch binding matches the initdata"
             );
-            Some(attester)
+            Some((attester, initdata))
         }
-        _ => {
+        Mode::UnattestedOnTee(tee) => {
+            attestation::check_no_launch_binding(tee).map_err(fail("launch binding"))?;
+            tracing::warn!(tee = ?tee, "step 2/5: unattested mode on TEE hardware: the launch field is all zeros and the image allows it");
+            None
+        }
+        Mode::Unattested => {
             tracing::warn!("step 2/5: unattested mode (tee = \"none\"): no launch binding check");
             None
         }
     };
 
-    // 3. The tenant's signed policy from the KBS.
+    // 3. The tenant's signed policy from the KBS, through the boot's one KBS session.
     let t = Instant::now();
-    let initial = match (&attester, &loaded.initdata) {
-        (Some(attester), Some(initdata)) => {
-            let signer = config
-                .signer
-                .as_ref()
-                .ok_or_else(|| fail("KBS policy")("no [policy] signer".into()))?;
-            let fetched = attestation::fetch_tenant_policy(
-                &config.attestation,
-                attester.clone(),
-                &initdata.toml,
-                signer,
-                config.policy.min_version,
-            )
-            .await;
-            match fetched {
-                Ok(p) => {
-                    tracing::info!(version = p.version, digest = %p.digest, ms = ms(t), "step 3/5: tenant policy verified");
-                    Some(InitialPolicy {
-                        text: p.policy,
-                        version: Some(p.version),
-                        source: format!(
-                            "KBS {}",
-                            config.attestation.policy_resource.as_deref().unwrap_or("")
-                        ),
-                    })
-                }
-                Err(e) if config.attestation.policy_optional => {
-                    let text = initdata.entry("policy.rego").ok_or_else(|| {
-                        fail("KBS policy")(format!(
-                            "{e}; and initdata has no \"policy.rego\" to fall back to"
-                        ))
-                    })?;
-                    tracing::warn!(error = %e, "step 3/5: KBS policy unavailable; policy_optional: using initdata's policy.rego");
-                    Some(InitialPolicy {
-                        text: text.to_string(),
-                        version: None,
-                        source: "initdata policy.rego".into(),
-                    })
-                }
-                Err(e) => return Err(fail("KBS policy")(e)),
-            }
+    let (initial, kbs) = match &attested {
+        Some((attester, initdata)) => {
+            let (initial, session) = tenant_policy(config, attester, initdata, t).await?;
+            (Some(initial), Some(session))
         }
-        _ => {
+        None => {
             tracing::warn!("step 3/5: unattested mode: no KBS policy");
-            local_policy(&loaded).map_err(fail("load config"))?
+            (local_policy(&loaded).map_err(fail("load config"))?, None)
         }
     };
 
@@ -203,6 +203,7 @@ pub async fn start(
     if let Some(claims) = child_claims {
         sandbox = sandbox.with_child_claims(claims);
     }
+    // Services that need the KBS (none yet) take a clone of `kbs`, the boot's one session.
     let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin).with_sandbox(sandbox);
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
@@ -218,7 +219,86 @@ pub async fn start(
         .await
         .map_err(|e| fail("open API")(e.to_string()))?;
     tracing::info!(addr = %addr, ms = ms(t), "step 5/5: API open");
-    Ok(Running { server, addr, gate })
+    Ok(Running {
+        server,
+        addr,
+        gate,
+        kbs,
+    })
+}
+
+/// Step 3 in attested modes: the boot's KBS session, and through it the tenant's signed
+/// policy; initdata's `policy.rego` instead only if the KBS cannot be reached and the measured
+/// config sets `policy_optional` (never after a refusal or a failed verification).
+async fn tenant_policy(
+    config: &Config,
+    attester: &Arc<dyn vigil_attester::Attester>,
+    initdata: &InitData,
+    t: Instant,
+) -> Result<(InitialPolicy, KbsSession), StartupError> {
+    let signer = config
+        .signer
+        .as_ref()
+        .ok_or_else(|| fail("KBS policy")("no [policy] signer".into()))?;
+    let session = attestation::kbs_session(&config.attestation, attester.clone(), &initdata.toml)
+        .map_err(fail("KBS policy"))?;
+    let section = &config.attestation;
+    let fetched =
+        attestation::fetch_tenant_policy(section, &session, signer, config.policy.min_version)
+            .await;
+    let initial = match fetched {
+        Ok(p) => {
+            tracing::info!(version = p.version, digest = %p.digest, ms = ms(t), "step 3/5: tenant policy verified");
+            let resource = section.policy_resource.as_deref().unwrap_or("");
+            InitialPolicy {
+                text: p.policy,
+                version: Some(p.version),
+                source: PolicySource::new(PolicyOrigin::Kbs, format!("KBS {resource}")),
+            }
+        }
+        Err(PolicyFetchError::Unreachable(e)) if section.policy_optional => {
+            let text = initdata.entry("policy.rego").ok_or_else(|| {
+                fail("KBS policy")(format!(
+                    "KBS unreachable: {e}; and initdata has no \"policy.rego\" to fall back to"
+                ))
+            })?;
+            tracing::warn!(error = %e, ms = ms(t), "step 3/5: KBS unreachable; policy_optional: using initdata's policy.rego");
+            InitialPolicy {
+                text: text.to_string(),
+                version: None,
+                source: PolicySource::new(
+                    PolicyOrigin::InitdataFallback,
+                    format!("initdata policy.rego (KBS unreachable: {e})"),
+                ),
+            }
+        }
+        Err(e) => return Err(fail("KBS policy")(e.to_string())),
+    };
+    Ok((initial, session))
+}
+
+/// Step 1: the hardware and the image first, then the flags and the configuration source
+/// they allow, the configuration itself, and the mode (see [`crate::mode`]).
+fn configure(opts: &Options) -> Result<(Loaded, Mode), StartupError> {
+    let platform = vigil_attester::platform::probe(&TeePaths::default())
+        .map_err(|e| fail("platform")(format!("probing the TEE guest interfaces: {e}")))?;
+    mode::check_flags(pid1::is_init(), &platform, &opts.security_flags())
+        .map_err(fail("command line"))?;
+    let image = ImageSettings::load(Path::new(IMAGE_SETTINGS)).map_err(fail("image"))?;
+    let cmdline_path = opts.kernel_cmdline_path();
+    let cmdline = KernelCmdline::read(cmdline_path)
+        .map_err(|e| fail("load config")(format!("reading {}: {e}", cmdline_path.display())))?;
+    let source = config_source(opts, &cmdline);
+    mode::admit_source(&platform, &image, &source).map_err(fail("mode"))?;
+    let loaded = load(source, cmdline, opts.config.as_deref()).map_err(fail("load config"))?;
+    let mode = mode::decide(
+        &platform,
+        &image,
+        &loaded.source,
+        loaded.config.attestation.tee,
+    )
+    .map_err(fail("mode"))?;
+    Ok((loaded, mode))
 }
 
 /// The allow-list bitmap, the policy with its precompiled decisions, and the decision log.
@@ -236,7 +316,7 @@ fn compile_gate(
                 config.policy.limits(),
                 p.source.clone(),
             )
-            .map_err(|e| fail(step)(format!("policy from {}: {e}", p.source)))?;
+            .map_err(|e| fail(step)(format!("policy from {}: {e}", p.source.detail)))?;
             log_policy_table(&compiled);
             Some(Arc::new(compiled))
         }
@@ -267,14 +347,20 @@ fn compile_gate(
         policy,
         host_error_details: config.policy.host_error_details,
     };
-    Ok(Gate::with_log(rules, log))
+    let gate = Gate::with_log(rules, log);
+    if let Some(policy) = gate.policy() {
+        gate.decision_log()
+            .policy_event(&policy, &policy.source.detail);
+    }
+    Ok(gate)
 }
 
 fn log_policy_table(policy: &CompiledPolicy) {
     let table = policy.engine.table();
     let count = |c| table.iter().filter(|r| r.class == c).count();
     tracing::info!(
-        source = %policy.source,
+        source = %policy.source.detail,
+        origin = policy.source.origin.as_str(),
         digest = policy.engine.digest(),
         constant_allow = count(vigil_policy::DecisionClass::ConstAllow),
         constant_deny = count(vigil_policy::DecisionClass::ConstDeny),
@@ -287,47 +373,70 @@ fn log_policy_table(policy: &CompiledPolicy) {
 struct Loaded {
     config: Config,
     initdata: Option<InitData>,
-    initdata_path: Option<PathBuf>,
+    source: ConfigSource,
+    /// The kernel command line the agent.* parameters were read from.
+    cmdline: KernelCmdline,
 }
 
 impl Loaded {
     fn describe(&self) -> String {
-        match (&self.initdata_path, &self.config.source) {
-            (Some(p), _) => format!("initdata {}", p.display()),
-            (None, Some(p)) => p.display().to_string(),
-            (None, None) => "no config file: every endpoint is allowed".into(),
+        match &self.source {
+            ConfigSource::Initdata { path, .. } => format!("initdata {}", path.display()),
+            ConfigSource::File { path, .. } => path.display().to_string(),
+            ConfigSource::None => "no config file: every endpoint is allowed".into(),
         }
     }
 }
 
-/// The config, from initdata (`--initdata`, else `agent.initdata=` on the kernel command line)
-/// or from a config file. With initdata the config is its `vigil.toml` entry, and no flag
-/// may point elsewhere.
-fn load(opts: &Options) -> Result<Loaded, String> {
-    let cmdline = KernelCmdline::read(&opts.kernel_cmdline)
-        .map_err(|e| format!("reading {}: {e}", opts.kernel_cmdline.display()))?;
-    let initdata_path = opts
-        .initdata
-        .clone()
-        .or_else(|| cmdline.value(CMDLINE_INITDATA).map(PathBuf::from));
-    let Some(path) = initdata_path else {
-        let config = Config::locate(opts.config.as_deref(), &opts.kernel_cmdline)
-            .map_err(|e| e.to_string())?;
-        if config.attestation.tee.is_attested() {
-            return Err(format!(
-                "[attestation] tee = {:?} needs initdata (--initdata or {CMDLINE_INITDATA}=PATH): an attested config must be measured",
-                config.attestation.tee
-            ));
+/// Where the configuration comes from: initdata (`--initdata`, else `agent.initdata=` on the
+/// kernel command line), else a config file (`--config`, else `agent.config_file=`), else
+/// none.
+fn config_source(opts: &Options, cmdline: &KernelCmdline) -> ConfigSource {
+    if let Some(path) = &opts.initdata {
+        return ConfigSource::Initdata {
+            path: path.clone(),
+            via: "--initdata",
+        };
+    }
+    if let Some(path) = cmdline.value(CMDLINE_INITDATA) {
+        return ConfigSource::Initdata {
+            path: path.into(),
+            via: "agent.initdata=",
+        };
+    }
+    if let Some(path) = &opts.config {
+        return ConfigSource::File {
+            path: path.clone(),
+            via: "--config",
+        };
+    }
+    match cmdline.value(CMDLINE_CONFIG_KEY) {
+        Some(path) => ConfigSource::File {
+            path: path.into(),
+            via: "agent.config_file=",
+        },
+        None => ConfigSource::None,
+    }
+}
+
+/// The config from `source`. With initdata the config is its `vigil.toml` entry, and no
+/// flag may point elsewhere; a config file cannot select an attested mode.
+fn load(
+    source: ConfigSource,
+    cmdline: KernelCmdline,
+    config_flag: Option<&Path>,
+) -> Result<Loaded, String> {
+    let path = match &source {
+        ConfigSource::Initdata { path, .. } => path.clone(),
+        ConfigSource::File { path, .. } => {
+            let config = Config::load(path).map_err(|e| e.to_string())?;
+            return plain_config(config, source, cmdline);
         }
-        return Ok(Loaded {
-            config,
-            initdata: None,
-            initdata_path: None,
-        });
+        ConfigSource::None => return plain_config(Config::without_file(), source, cmdline),
     };
-    if let Some(flag) = &opts.config {
+    if let Some(flag) = config_flag {
         return Err(format!(
-            "--config {} conflicts with initdata {}: the configuration comes from initdata's \"vigil.toml\"",
+            "--config {} conflicts with initdata {}: the configuration comes from initdata's \"{INITDATA_CONFIG_KEY}\"",
             flag.display(),
             path.display()
         ));
@@ -341,26 +450,47 @@ fn load(opts: &Options) -> Result<Loaded, String> {
             path.display()
         )
     })?;
-    let source = PathBuf::from(format!("{}#{INITDATA_CONFIG_KEY}", path.display()));
-    let config = Config::parse(text, &source).map_err(|e| e.to_string())?;
+    let config_name = PathBuf::from(format!("{}#{INITDATA_CONFIG_KEY}", path.display()));
+    let config = Config::parse(text, &config_name).map_err(|e| e.to_string())?;
     if config.attestation.tee.is_attested() {
         if config.policy.file.is_some() || config.policy.kata_default_fallback {
             return Err(format!(
                 "{}: [policy] file / kata_default_fallback are not allowed in attested modes: the policy comes from the KBS (or initdata's policy.rego)",
-                source.display()
+                config_name.display()
             ));
         }
         if config.policy.signer.is_none() {
             return Err(format!(
                 "{}: [policy] signer is required in attested modes",
-                source.display()
+                config_name.display()
             ));
         }
     }
     Ok(Loaded {
         config,
         initdata: Some(initdata),
-        initdata_path: Some(path),
+        source,
+        cmdline,
+    })
+}
+
+/// A config from a file (or none): never an attested one, which must be measured.
+fn plain_config(
+    config: Config,
+    source: ConfigSource,
+    cmdline: KernelCmdline,
+) -> Result<Loaded, String> {
+    if config.attestation.tee.is_attested() {
+        return Err(format!(
+            "[attestation] tee = {:?} needs initdata (--initdata or {CMDLINE_INITDATA}=PATH): an attested config must be measured",
+            config.attestation.tee
+        ));
+    }
+    Ok(Loaded {
+        config,
+        initdata: None,
+        source,
+        cmdline,
     })
 }
 
@@ -373,7 +503,7 @@ fn local_policy(loaded: &Loaded) -> Result<Option<InitialPolicy>, String> {
         return Ok(Some(InitialPolicy {
             text,
             version: None,
-            source: path.display().to_string(),
+            source: PolicySource::new(PolicyOrigin::File, path.display().to_string()),
         }));
     }
     Ok(loaded
@@ -383,7 +513,7 @@ fn local_policy(loaded: &Loaded) -> Result<Option<InitialPolicy>, String> {
         .map(|text| InitialPolicy {
             text: text.to_string(),
             version: None,
-            source: "initdata policy.rego".into(),
+            source: PolicySource::new(PolicyOrigin::Initdata, "initdata policy.rego"),
         }))
 }
 

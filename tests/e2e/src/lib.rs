@@ -114,8 +114,19 @@ impl Agent {
             .arg(&addr)
             .arg("--audit-log")
             .arg(dir.path().join("audit.jsonl"))
-            .args(&setup.extra_args)
-            .stdin(Stdio::null())
+            .args(&setup.extra_args);
+        Agent::spawn(cmd, dir, socket)
+    }
+
+    /// Runs `cmd` (the agent, possibly behind a wrapper such as `unshare`, serving on the unix
+    /// socket `socket` inside `dir`) and waits for its readiness line or its exit.
+    pub fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+    ) -> Result<Agent, StartFailure> {
+        let addr = format!("unix://{}", socket.display());
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn vigil-agent");

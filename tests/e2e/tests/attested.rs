@@ -33,6 +33,8 @@ struct Knobs<'a> {
     allowed: &'a str,
     extra_attestation: &'a str,
     policy_optional: bool,
+    /// initdata's `policy.rego`.
+    initial_policy: &'a str,
 }
 
 impl World {
@@ -65,12 +67,13 @@ impl World {
             allowed: r#"["GuestDetailsRequest", "CreateContainerRequest"]"#,
             extra_attestation: "deadline_secs = 10",
             policy_optional: false,
+            initial_policy: INITIAL_POLICY,
         }
     }
 
     fn initdata(&self, k: &Knobs) -> String {
         format!(
-            "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"vigil.toml\" = '''\n[endpoints]\nallowed = {allowed}\n\n[policy]\nsigner = \"\"\"\n{signer}\"\"\"\nmin_version = {min}\n\n[attestation]\ntee = \"{tee}\"\npolicy_resource = \"{RESOURCE}\"\npolicy_optional = {optional}\n{extra}\n\n[attestation.kbs]\nkbs_url = \"{url}\"\ntimeout_secs = 2\nconnect_timeout_secs = 1\nconnect_retries = 0\n'''\n\"policy.rego\" = '''\n{INITIAL_POLICY}'''\n",
+            "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"vigil.toml\" = '''\n[endpoints]\nallowed = {allowed}\n\n[policy]\nsigner = \"\"\"\n{signer}\"\"\"\nmin_version = {min}\n\n[attestation]\ntee = \"{tee}\"\npolicy_resource = \"{RESOURCE}\"\npolicy_optional = {optional}\n{extra}\n\n[attestation.kbs]\nkbs_url = \"{url}\"\ntimeout_secs = 2\nconnect_timeout_secs = 1\nconnect_retries = 0\n'''\n\"policy.rego\" = '''\n{initial}'''\n",
             allowed = k.allowed,
             signer = k.signer_pem,
             min = k.min_version,
@@ -78,6 +81,7 @@ impl World {
             optional = k.policy_optional,
             extra = k.extra_attestation,
             url = k.kbs_url,
+            initial = k.initial_policy,
         )
     }
 
@@ -302,12 +306,16 @@ fn version_below_the_floor() {
 }
 
 #[test]
-fn evidence_error_no_snp_device() {
+fn snp_without_tee_hardware() {
     let w = World::new();
     let mut k = w.knobs();
     k.tee = "snp";
     let (file, binding) = w.publish(&w.initdata(&k), 3);
-    refused(w.start(&file, &binding, &[]), "launch binding", "tsm");
+    refused(
+        w.start(&file, &binding, &[]),
+        "mode",
+        "no TEE guest interface",
+    );
 }
 
 #[test]
@@ -316,7 +324,7 @@ fn auto_with_no_tee_never_falls_back_to_mock() {
     let mut k = w.knobs();
     k.tee = "auto";
     let (file, binding) = w.publish(&w.initdata(&k), 3);
-    refused(w.start(&file, &binding, &[]), "launch binding", "mock");
+    refused(w.start(&file, &binding, &[]), "mode", "mock");
 }
 
 #[test]
@@ -430,22 +438,180 @@ fn attested_config_without_initdata_is_refused() {
     refused(r, "load config", "");
 }
 
-#[test]
-fn policy_optional_falls_back_to_the_initdata_policy() {
-    let w = World::new();
-    w.kbs.set_fault(Fault::TamperTag);
-    let mut k = w.knobs();
-    k.policy_optional = true;
-    let (file, binding) = w.publish(&w.initdata(&k), 3);
-    let mut agent = w
-        .start(&file, &binding, &[])
-        .unwrap_or_else(|f| panic!("{}", f.stderr));
+/// initdata's policy for the fallback tests: SetPolicy and GetMetrics allowed, GetGuestDetails
+/// denied (the tenant's KBS policy allows it, so the two are told apart).
+const FALLBACK_POLICY: &str = "package agent_policy\n\ndefault GuestDetailsRequest := false\ndefault GetMetricsRequest := true\ndefault SetPolicyRequest := true\n";
+
+fn optional_knobs(w: &World) -> Knobs<'static> {
+    Knobs {
+        policy_optional: true,
+        min_version: 3,
+        allowed: r#"["GuestDetailsRequest", "GetMetricsRequest", "SetPolicyRequest"]"#,
+        initial_policy: FALLBACK_POLICY,
+        extra_attestation: "deadline_secs = 2",
+        ..w.knobs()
+    }
+}
+
+/// A policy_optional agent that fell back: initdata's policy is in force and says so (log,
+/// GetMetrics, audit log), and a signed SetPolicy keeps the measured floor.
+fn assert_fell_back(w: &World, mut agent: Agent) {
     w.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
-        // The initial policy from initdata denies GetGuestDetails.
         let denied = call(&c, "GetGuestDetails", json!({})).await.unwrap_err();
         assert_eq!(denied.0, ttrpc::Code::PERMISSION_DENIED);
+        let m = call(&c, "GetMetrics", json!({})).await.unwrap();
+        let text = m["metrics"].as_str().unwrap();
+        assert!(
+            text.contains("vigil_policy_source{source=\"initdata-fallback\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("vigil_policy_version"), "{text}");
+
+        // The floor is min_version (3): a fallback does not reopen older versions.
+        let set = |v| json!({ "policy": String::from_utf8(w.envelope(&w.key, v)).unwrap() });
+        let (code, msg) = call(&c, "SetPolicy", set(2)).await.unwrap_err();
+        assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+        assert!(msg.contains("version"), "{msg}");
+        call(&c, "SetPolicy", set(3)).await.unwrap();
+        // The tenant's policy is in force now.
+        assert!(call(&c, "GetGuestDetails", json!({})).await.is_ok());
     });
     let (_, log) = agent.stop();
     assert!(log.contains("policy_optional"), "{log}");
+    let audit = std::fs::read_to_string(agent.dir.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = &lines[0];
+    assert_eq!(first["event"], "policy", "{audit}");
+    assert_eq!(first["policy_source"], "initdata-fallback", "{audit}");
+    assert!(
+        first["detail"]
+            .as_str()
+            .unwrap()
+            .contains("KBS unreachable"),
+        "{audit}"
+    );
+    let denial = lines
+        .iter()
+        .find(|l| l["endpoint"] == "GuestDetailsRequest")
+        .unwrap();
+    assert_eq!(denial["policy_source"], "initdata-fallback", "{audit}");
+    let replaced = lines
+        .iter()
+        .filter(|l| l["event"] == "policy")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no SetPolicy event: {audit}"));
+    assert_eq!(replaced["policy_source"], "set-policy");
+    assert_eq!(replaced["policy_version"], 3);
+}
+
+#[test]
+fn policy_optional_falls_back_when_the_kbs_answers_503() {
+    let w = World::new();
+    w.kbs.set_fault(Fault::Unavailable);
+    let (file, binding) = w.publish(&w.initdata(&optional_knobs(&w)), 3);
+    let agent = w
+        .start(&file, &binding, &[])
+        .unwrap_or_else(|f| panic!("{}", f.stderr));
+    assert_fell_back(&w, agent);
+}
+
+#[test]
+fn policy_optional_falls_back_when_the_kbs_is_down() {
+    let w = World::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let k = Knobs {
+        kbs_url: format!("http://127.0.0.1:{port}"),
+        ..optional_knobs(&w)
+    };
+    let (file, binding) = w.publish(&w.initdata(&k), 3);
+    let agent = w
+        .start(&file, &binding, &[])
+        .unwrap_or_else(|f| panic!("{}", f.stderr));
+    assert_fell_back(&w, agent);
+}
+
+#[test]
+fn policy_optional_falls_back_when_the_deadline_passes() {
+    let w = World::new();
+    // Accepts connections (the kernel's backlog) and never answers: only the deadline ends
+    // step 3 (the client's own timeout is longer).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let k = Knobs {
+        kbs_url: format!("http://127.0.0.1:{port}"),
+        extra_attestation: "deadline_secs = 1",
+        ..optional_knobs(&w)
+    };
+    let (file, binding) = w.publish(&w.initdata(&k), 3);
+    let agent = w
+        .start(&file, &binding, &[])
+        .unwrap_or_else(|f| panic!("{}", f.stderr));
+    drop(silent);
+    assert_fell_back(&w, agent);
+}
+
+/// What the KBS answered is never a reason to fall back: each of these refuses to start
+/// even with policy_optional = true.
+#[test]
+fn policy_optional_never_falls_back_on_verification_failures_or_refusals() {
+    let w = World::new();
+    let stranger = SigningKey::generate(Algorithm::Es256)
+        .verifying_key()
+        .to_public_key_pem()
+        .unwrap();
+    let cases: [(&str, Fault, Option<String>, u64, &str); 7] = [
+        ("bad signature", Fault::None, Some(stranger), 3, "verify"),
+        ("rollback", Fault::None, None, 5, "version"),
+        ("JWE tampered", Fault::TamperCiphertext, None, 3, "decrypt"),
+        (
+            "JWE to another key",
+            Fault::EncryptToOtherKey,
+            None,
+            3,
+            "decrypt",
+        ),
+        (
+            "401 after re-attesting",
+            Fault::ResourceAlways401,
+            None,
+            3,
+            "401",
+        ),
+        ("evidence refused", Fault::RefuseEvidence, None, 3, "attest"),
+        ("403 not released", Fault::None, None, 3, "403"),
+    ];
+    for (name, fault, signer, min_version, cause) in cases {
+        w.kbs.set_fault(fault);
+        let k = Knobs {
+            signer_pem: signer.unwrap_or_else(|| w.knobs().signer_pem),
+            min_version,
+            ..optional_knobs(&w)
+        };
+        let (file, binding) = w.publish(&w.initdata(&k), 3);
+        if name == "403 not released" {
+            w.kbs.put_resource(
+                RESOURCE,
+                w.envelope(&w.key, 3),
+                Rule {
+                    tees: vec![Tee::Sample],
+                    init_data_digests: vec!["00".repeat(48)],
+                },
+            );
+        }
+        let result = w.start(&file, &binding, &[]);
+        if let Err(f) = &result {
+            assert!(
+                !f.stderr.contains("using initdata's policy.rego"),
+                "{name}: fell back:\n{}",
+                f.stderr
+            );
+        }
+        refused(result, "KBS policy", cause);
+    }
 }
