@@ -173,11 +173,9 @@ fn tdx_attester(_: &TeePaths) -> Result<Box<dyn Attester>, Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn paths_in(dir: &Path) -> TeePaths {
+impl TeePaths {
+    /// Every interface under `dir` (tests create there what they need).
+    pub(crate) fn under(dir: &std::path::Path) -> TeePaths {
         TeePaths {
             sev_guest_device: dir.join("sev-guest"),
             tdx_guest_device: dir.join("tdx_guest"),
@@ -186,6 +184,11 @@ mod tests {
             ccel_table: dir.join("CCEL"),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn names_parse() {
@@ -210,7 +213,7 @@ mod tests {
     #[test]
     fn auto_without_devices_is_an_error_that_explains_mock() {
         let dir = tempfile::tempdir().unwrap();
-        let err = select_with(TeeSelection::Auto, &paths_in(dir.path()))
+        let err = select_with(TeeSelection::Auto, &TeePaths::under(dir.path()))
             .err()
             .expect("must not fall back to mock");
         let msg = err.to_string();
@@ -223,7 +226,7 @@ mod tests {
     #[test]
     fn auto_picks_the_present_device() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = paths_in(dir.path());
+        let paths = TeePaths::under(dir.path());
         std::fs::write(&paths.sev_guest_device, b"").unwrap();
         assert_eq!(detect(&paths).unwrap(), DetectedTee::Snp);
         assert_eq!(
@@ -252,7 +255,7 @@ mod tests {
     #[test]
     fn uninspectable_device_path_is_an_error_not_absent() {
         let dir = tempfile::tempdir().unwrap();
-        let mut paths = paths_in(dir.path());
+        let mut paths = TeePaths::under(dir.path());
         // A path through a regular file fails with ENOTDIR, not ENOENT.
         std::fs::write(dir.path().join("file"), b"").unwrap();
         paths.sev_guest_device = dir.path().join("file/sev-guest");

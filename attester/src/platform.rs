@@ -142,16 +142,6 @@ mod tests {
     use super::*;
     use crate::tsm::fake::{leftover_entries, FakeTsm};
 
-    fn paths_in(dir: &Path) -> TeePaths {
-        TeePaths {
-            sev_guest_device: dir.join("sev-guest"),
-            tdx_guest_device: dir.join("tdx_guest"),
-            tsm_report_root: dir.join("tsm"),
-            tdx_measurements_dir: dir.join("measurements"),
-            ccel_table: dir.join("CCEL"),
-        }
-    }
-
     fn fake(provider: &str) -> FakeTsm {
         FakeTsm::new(provider, Box::new(|b| b.to_vec()))
     }
@@ -159,7 +149,7 @@ mod tests {
     #[test]
     fn nothing_present_is_no_tee() {
         let dir = tempfile::tempdir().unwrap();
-        let p = probe_with(&fake("sev_guest"), &paths_in(dir.path())).unwrap();
+        let p = probe_with(&fake("sev_guest"), &TeePaths::under(dir.path())).unwrap();
         assert!(!p.has_tee());
         assert_eq!(p.tee().unwrap(), None);
     }
@@ -167,7 +157,7 @@ mod tests {
     #[test]
     fn each_device_is_found_and_named() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = paths_in(dir.path());
+        let paths = TeePaths::under(dir.path());
         std::fs::write(&paths.sev_guest_device, b"").unwrap();
         let p = probe_with(&fake("sev_guest"), &paths).unwrap();
         assert_eq!(p.tee().unwrap(), Some(DetectedTee::Snp));
@@ -187,7 +177,7 @@ mod tests {
     #[test]
     fn configfs_tsm_provider_is_read_from_a_removed_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = paths_in(dir.path());
+        let paths = TeePaths::under(dir.path());
         std::fs::create_dir(&paths.tsm_report_root).unwrap();
         for (provider, tee) in [
             ("tdx_guest", DetectedTee::Tdx),
@@ -213,7 +203,7 @@ mod tests {
     #[test]
     fn unreadable_interfaces_are_errors_not_absent() {
         let dir = tempfile::tempdir().unwrap();
-        let mut paths = paths_in(dir.path());
+        let mut paths = TeePaths::under(dir.path());
         std::fs::write(dir.path().join("file"), b"").unwrap();
         // Through a regular file: ENOTDIR, not ENOENT.
         paths.sev_guest_device = dir.path().join("file/sev-guest");
@@ -223,12 +213,12 @@ mod tests {
         ));
 
         // A configfs-tsm root whose entry cannot be created (a regular file here).
-        let mut paths = paths_in(dir.path());
+        let mut paths = TeePaths::under(dir.path());
         paths.tsm_report_root = dir.path().join("file");
         assert!(probe_with(&fake("sev_guest"), &paths).is_err());
 
         // An entry that cannot be removed again is reported too.
-        let paths = paths_in(dir.path());
+        let paths = TeePaths::under(dir.path());
         std::fs::create_dir(&paths.tsm_report_root).unwrap();
         let mut stuck = fake("sev_guest");
         stuck.fail_remove = true;

@@ -140,6 +140,12 @@ impl World {
     }
 }
 
+/// A loopback URL where nothing listens (the port was free a moment ago).
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
 /// Asserts a failed start: non-zero exit, no socket ever, one line naming the step and cause.
 fn refused(result: Result<Agent, vigil_tests::StartFailure>, step: &str, cause: &str) {
     let f = match result {
@@ -223,11 +229,8 @@ fn initdata_in_kata_block_layout_works() {
 #[test]
 fn kbs_down_past_the_deadline() {
     let w = World::new();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
     let mut k = w.knobs();
-    k.kbs_url = format!("http://127.0.0.1:{port}");
+    k.kbs_url = closed_url();
     k.extra_attestation = "deadline_secs = 2";
     let (file, binding) = w.publish(&w.initdata(&k), 3);
     refused(w.start(&file, &binding, &[]), "KBS policy", "deadline");
@@ -508,32 +511,30 @@ fn assert_fell_back(w: &World, mut agent: Agent) {
     assert_eq!(replaced["policy_version"], 3);
 }
 
+/// Starts a policy_optional agent with `k` and checks that it fell back.
+fn starts_with_the_fallback(w: &World, k: &Knobs) {
+    let (file, binding) = w.publish(&w.initdata(k), 3);
+    let agent = w
+        .start(&file, &binding, &[])
+        .unwrap_or_else(|f| panic!("{}", f.stderr));
+    assert_fell_back(w, agent);
+}
+
 #[test]
 fn policy_optional_falls_back_when_the_kbs_answers_503() {
     let w = World::new();
     w.kbs.set_fault(Fault::Unavailable);
-    let (file, binding) = w.publish(&w.initdata(&optional_knobs(&w)), 3);
-    let agent = w
-        .start(&file, &binding, &[])
-        .unwrap_or_else(|f| panic!("{}", f.stderr));
-    assert_fell_back(&w, agent);
+    starts_with_the_fallback(&w, &optional_knobs(&w));
 }
 
 #[test]
 fn policy_optional_falls_back_when_the_kbs_is_down() {
     let w = World::new();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
     let k = Knobs {
-        kbs_url: format!("http://127.0.0.1:{port}"),
+        kbs_url: closed_url(),
         ..optional_knobs(&w)
     };
-    let (file, binding) = w.publish(&w.initdata(&k), 3);
-    let agent = w
-        .start(&file, &binding, &[])
-        .unwrap_or_else(|f| panic!("{}", f.stderr));
-    assert_fell_back(&w, agent);
+    starts_with_the_fallback(&w, &k);
 }
 
 #[test]
@@ -548,12 +549,8 @@ fn policy_optional_falls_back_when_the_deadline_passes() {
         extra_attestation: "deadline_secs = 1",
         ..optional_knobs(&w)
     };
-    let (file, binding) = w.publish(&w.initdata(&k), 3);
-    let agent = w
-        .start(&file, &binding, &[])
-        .unwrap_or_else(|f| panic!("{}", f.stderr));
+    starts_with_the_fallback(&w, &k);
     drop(silent);
-    assert_fell_back(&w, agent);
 }
 
 /// What the KBS answered is never a reason to fall back: each of these refuses to start

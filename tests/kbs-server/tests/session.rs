@@ -9,6 +9,16 @@ use kbs_test_server::Fault;
 use std::time::Duration;
 use vigil_kbc::{Error, KbsSession};
 
+/// Fetches `default/key/one` and `default/key/two` at the same time, through two clones.
+async fn both_at_once(session: &KbsSession) -> (Vec<u8>, Vec<u8>) {
+    let (a, b) = (session.clone(), session.clone());
+    let (one, two) = tokio::join!(
+        tokio::spawn(async move { a.get_resource("default/key/one").await }),
+        tokio::spawn(async move { b.get_resource("default/key/two").await }),
+    );
+    (one.unwrap().unwrap(), two.unwrap().unwrap())
+}
+
 async fn world() -> (kbs_test_server::KbsTestServer, KbsSession) {
     let server = server().await;
     server.put_resource("default/key/one", b"secret-1".to_vec(), sample_rule());
@@ -21,13 +31,11 @@ async fn world() -> (kbs_test_server::KbsTestServer, KbsSession) {
 async fn concurrent_gets_share_one_handshake() {
     let (server, session) = world().await;
     assert!(!session.is_attested());
-    let (a, b) = (session.clone(), session.clone());
-    let (one, two) = tokio::join!(
-        tokio::spawn(async move { a.get_resource("default/key/one").await }),
-        tokio::spawn(async move { b.get_resource("default/key/two").await }),
+    let (one, two) = both_at_once(&session).await;
+    assert_eq!(
+        (one.as_slice(), two.as_slice()),
+        (&b"secret-1"[..], &b"secret-2"[..])
     );
-    assert_eq!(one.unwrap().unwrap(), b"secret-1");
-    assert_eq!(two.unwrap().unwrap(), b"secret-2");
     assert!(session.is_attested());
     assert!(session.token().is_some());
     let s = server.stats();
@@ -45,13 +53,11 @@ async fn expired_session_is_replaced_once_for_concurrent_users() {
     let first_token = session.token();
     // The KBS forgets the session (expiry): every request with it now gets 401.
     server.advance_clock(Duration::from_secs(3600));
-    let (a, b) = (session.clone(), session.clone());
-    let (one, two) = tokio::join!(
-        tokio::spawn(async move { a.get_resource("default/key/one").await }),
-        tokio::spawn(async move { b.get_resource("default/key/two").await }),
+    let (one, two) = both_at_once(&session).await;
+    assert_eq!(
+        (one.as_slice(), two.as_slice()),
+        (&b"secret-1"[..], &b"secret-2"[..])
     );
-    assert_eq!(one.unwrap().unwrap(), b"secret-1");
-    assert_eq!(two.unwrap().unwrap(), b"secret-2");
     let s = server.stats();
     // Both were refused; one new handshake served both.
     assert_eq!((s.auth, s.attest_ok), (2, 2), "{s:?}");
