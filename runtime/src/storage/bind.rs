@@ -3,12 +3,15 @@
 //! `containers/<id>/rootfs`. Never a path of the guest outside the sandbox: the host owns the
 //! shared directory's contents, not the guest's.
 
+use std::os::fd::AsFd;
+
 use nix::mount::MsFlags;
 use vigil_protos::agent::Storage;
 
 use super::{parse_options, Added, MountPoint, StorageContext, StorageDriver};
+use crate::beneath;
 use crate::confine::open_in;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 
 pub(super) struct Bind;
 
@@ -26,28 +29,13 @@ impl StorageDriver for Bind {
             "the sandbox's shared directory or an earlier storage",
         )?;
         let (flags, _) = parse_options(&s.options, &[], ctx.field)?;
-        let is_dir = crate::beneath::is_dir(
-            &crate::beneath::fstat(std::os::fd::AsFd::as_fd(&source))
-                .map_err(|e| crate::error::RuntimeError::internal(&s.source, e))?,
-        );
+        let st =
+            beneath::fstat(source.as_fd()).map_err(|e| RuntimeError::internal(&s.source, e))?;
+        let is_dir = beneath::is_dir(&st);
         let target = if is_dir { at.dir(0o755)? } else { at.file()? };
         // Device nodes in what the host provides are never usable (nodev); setuid programs in
         // a rootfs must keep working, so nosuid only when asked.
-        let m = target.bind(
-            std::os::fd::AsFd::as_fd(&source),
-            true,
-            flags | MsFlags::MS_NODEV,
-        )?;
-        let root = match m.owned() {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = m.unmount();
-                return Err(e);
-            }
-        };
-        Ok(Added {
-            mount: Some(m),
-            root,
-        })
+        let m = target.bind(source.as_fd(), true, flags | MsFlags::MS_NODEV)?;
+        Added::mounted(m)
     }
 }

@@ -51,16 +51,6 @@ impl StorageDriver for Ephemeral {
                 return Err(e);
             }
         }
-        let root = match m.owned() {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = m.unmount();
-                return Err(e);
-            }
-        };
-        Ok(Added {
-            mount: Some(m),
-            root,
-        })
+        Added::mounted(m)
     }
 }

@@ -84,6 +84,22 @@ pub(crate) struct Added {
     pub(crate) root: Owned,
 }
 
+impl Added {
+    /// A mount, with its root as the directory it provides; undone if that cannot be had.
+    pub(crate) fn mounted(m: Mounted) -> Result<Added> {
+        match m.owned() {
+            Ok(root) => Ok(Added {
+                mount: Some(m),
+                root,
+            }),
+            Err(e) => {
+                let _ = m.unmount();
+                Err(e)
+            }
+        }
+    }
+}
+
 /// One kind of storage. Drivers are registered by the `driver` names they handle.
 pub(crate) trait StorageDriver: Send + Sync {
     /// The `driver` values this driver handles.
