@@ -24,7 +24,8 @@ pub(crate) struct Staging<'a> {
     bundle: &'a Owned,
     /// Where bind sources may come from: the shared directory, storages, the agent's files.
     bind_roots: Vec<&'a Owned>,
-    /// Where a rootfs may come from: the bundle (its storages), the shared directory, storages.
+    /// Where a rootfs may come from: the shared directory and storages (among them the one
+    /// mounted at `<bundle>/rootfs`).
     rootfs_roots: Vec<&'a Owned>,
     /// What was staged, to be unmounted with the container.
     pub(crate) mounts: Vec<Mounted>,
@@ -41,7 +42,8 @@ impl<'a> Staging<'a> {
         let mut bind_roots = vec![shared];
         bind_roots.extend(storages.iter().copied());
         bind_roots.extend(agent_files.iter().copied());
-        let mut rootfs_roots = vec![bundle, shared];
+        // Not the bundle itself: only what a storage provides there (`<bundle>/rootfs`).
+        let mut rootfs_roots = vec![shared];
         rootfs_roots.extend(storages.iter().copied());
         Staging {
             bundle,
@@ -97,7 +99,8 @@ impl Placement for Staging<'_> {
             &self.rootfs_roots,
             &shown,
             field,
-            "the container's bundle, the shared directory or a storage",
+            "the shared directory or a storage (a relative path is relative to the bundle, where \
+             a storage must be mounted at rootfs)",
         )?;
         let st = beneath::fstat(fd.as_fd()).map_err(|e| RuntimeError::internal(given, e))?;
         if !beneath::is_dir(&st) {

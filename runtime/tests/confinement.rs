@@ -169,6 +169,26 @@ fn refusals_leave_nothing_behind() {
                 "OCI.Process.Capabilities.Bounding[0]",
             ),
             (
+                Box::new(|r| {
+                    r.OCI.as_mut().unwrap().Root = Some(oci::Root {
+                        Path: ".".into(),
+                        ..Default::default()
+                    })
+                    .into()
+                }),
+                "OCI.Root.Path",
+            ),
+            (
+                Box::new(|r| {
+                    r.OCI.as_mut().unwrap().Root = Some(oci::Root {
+                        Path: "/".into(),
+                        ..Default::default()
+                    })
+                    .into()
+                }),
+                "OCI.Root.Path",
+            ),
+            (
                 Box::new(|r| r.container_id = "../up".into()),
                 "container_id",
             ),

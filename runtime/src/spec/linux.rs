@@ -150,8 +150,7 @@ fn devices_json(list: &[oci::LinuxDevice], ctx: &SpecContext) -> Result<(Vec<Val
         let path = Path::new(&d.Path);
         if !path.starts_with("/dev")
             || path == Path::new("/dev")
-            || d.Path.contains("/../")
-            || d.Path.ends_with("/..")
+            || path.components().any(|c| c == Component::ParentDir)
         {
             return Err(RuntimeError::invalid(
                 format!("{field}.Path"),
