@@ -1,9 +1,13 @@
 //! A KBS protocol **test** server for vigil: speaks Trustee's KBS protocol
-//! (RCAR, version 0.4.0) on a local address and really checks what a KBS
+//! (RCAR, version 0.4.0) on a local address and really checks what Trustee's KBS
 //! checks — protocol version, single-use per-session nonces, session cookie
-//! and expiry, report_data binding, evidence format, init-data digest against
-//! the evidence's launch binding, and per-resource release rules — then serves
-//! resources JWE-encrypted to the attested TEE key.
+//! and expiry, report_data binding, evidence format, the init-data digest
+//! against SNP `HOST_DATA` / TDX `MRCONFIGID` (sample evidence has no such
+//! field: as in Trustee, the digest of the init-data sent is a claim for the
+//! release rules), and per-resource release rules — then serves resources
+//! JWE-encrypted to the attested TEE key. Refusals carry Trustee's statuses and
+//! `ErrorInformation` types (a policy denial and a missing resource are 401
+//! `PolicyDeny` and `PluginInternalError`, as Trustee answers).
 //!
 //! It is **not** a production KBS: it has no attestation service, verifies no
 //! hardware signatures, keeps sessions in memory and is meant for tests and
@@ -129,7 +133,7 @@ pub struct Stats {
     pub attest_failed: u64,
     /// Resources served.
     pub resources_served: u64,
-    /// Resource requests refused (401/403/404).
+    /// Resource requests refused (401, or 400 for a malformed path).
     pub resources_refused: u64,
 }
 
@@ -634,20 +638,26 @@ fn attest_inner(
             }
             let d = evidence::InitDataDigest::of(&init.body)
                 .map_err(|e| refuse(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
-            // Sample evidence carries the whole digest (as Trustee's sample verifier compares
-            // it); hardware fields hold it truncated or zero-padded to their size.
-            let len = match tee {
-                Tee::Sample => d.digest.len(),
-                _ => evidence::launch_binding_len(tee)
-                    .ok_or_else(|| failed(format!("no launch binding field known for {tee}")))?,
-            };
-            if claims.launch_binding != d.binding(len) {
-                return Err(failed(format!(
-                    "init-data {} digest does not match the evidence launch binding",
-                    d.algorithm
-                )));
+            // As Trustee's verifiers: SNP HOST_DATA and TDX MRCONFIGID must hold the digest of
+            // the init-data sent (truncated or zero-padded to the field). Sample evidence has
+            // no such field (Trustee's sample verifier reads only svn and report_data; any
+            // init_data member is ignored): the digest of the sent TOML becomes a claim, and
+            // the release rules (Trustee: its resource policy) decide on it.
+            match evidence::launch_binding_len(tee) {
+                Some(len) => {
+                    if claims.launch_binding != d.binding(len) {
+                        return Err(failed(format!(
+                            "init-data {} digest does not match the evidence launch binding",
+                            d.algorithm
+                        )));
+                    }
+                    tracing::info!(%tee, algorithm = %d.algorithm, "attest: init-data matches launch binding");
+                }
+                None if tee == Tee::Sample => {
+                    tracing::info!(%tee, algorithm = %d.algorithm, "attest: init-data digest recorded (sample evidence binds none)");
+                }
+                None => return Err(failed(format!("no launch binding field known for {tee}"))),
             }
-            tracing::info!(%tee, algorithm = %d.algorithm, "attest: init-data matches launch binding");
             Some(hex::encode(&d.digest))
         }
     };
@@ -814,10 +824,12 @@ fn resource_inner(
             "fault injection: always 401",
         ));
     }
+    // Trustee answers 401 for these too: a policy denial is `PolicyDeny`, and a resource its
+    // storage cannot produce (missing included) is `PluginInternalError`.
     let lookup = state.store.lock().unwrap().lookup(path).map_err(|e| {
         refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ResourceStore",
+            StatusCode::UNAUTHORIZED,
+            "PluginInternalError",
             format!("reading {path}: {e}"),
         )
     })?;
@@ -825,16 +837,16 @@ fn resource_inner(
         Lookup::Found(b, r) => (b, r),
         Lookup::NotFound => {
             return Err(refuse(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                format!("no resource {path}"),
+                StatusCode::UNAUTHORIZED,
+                "PluginInternalError",
+                format!("resource not found: {path}"),
             ))
         }
-        Lookup::NoRule(why) => return Err(refuse(StatusCode::FORBIDDEN, "PolicyDeny", why)),
+        Lookup::NoRule(why) => return Err(refuse(StatusCode::UNAUTHORIZED, "PolicyDeny", why)),
     };
     rule.check(&who).map_err(|why| {
         refuse(
-            StatusCode::FORBIDDEN,
+            StatusCode::UNAUTHORIZED,
             "PolicyDeny",
             format!("{path}: {why}"),
         )
