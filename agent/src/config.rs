@@ -82,6 +82,7 @@ pub struct ConfigFile {
     pub attestation: Option<AttestationSection>,
     #[serde(default)]
     pub sandbox: SandboxSection,
+    pub workload_api: Option<crate::workload_api::WorkloadApiSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +230,8 @@ pub struct Config {
     pub signer: Option<vigil_kbc::envelope::VerifyingKey>,
     /// `[sandbox]`, validated into the container runtime's settings.
     pub sandbox: vigil_runtime::SandboxConfig,
+    /// `[workload_api]`; absent: the workload API is off.
+    pub workload_api: Option<crate::workload_api::WorkloadApiConfig>,
 }
 
 impl Config {
@@ -242,6 +245,7 @@ impl Config {
             attestation: AttestationSection::default(),
             signer: None,
             sandbox: vigil_runtime::SandboxConfig::default(),
+            workload_api: None,
         }
     }
 
@@ -288,6 +292,21 @@ impl Config {
                 path: path.to_owned(),
                 message,
             })?;
+        let workload_api = match &file.workload_api {
+            // Its secrets come from the attested session, and only a measured config may
+            // decide what workloads get.
+            Some(_) if !attestation.tee.is_attested() => {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: "[workload_api] needs an attested mode ([attestation] tee): it serves secrets from the attested KBS session".into(),
+                })
+            }
+            Some(section) => Some(section.validate().map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?),
+            None => None,
+        };
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -296,6 +315,7 @@ impl Config {
             attestation,
             signer,
             sandbox,
+            workload_api,
         })
     }
 

@@ -79,7 +79,11 @@ fn main() {
                 return 1;
             }
         };
-        // Readiness line on stdout for scripts and tests to wait on.
+        // Readiness line on stdout for scripts and tests to wait on (the workload API's
+        // address first: readers stop at the readiness line).
+        if let Some(api) = &running.workload_api {
+            println!("vigil-agent: workload API on http://{}", api.addr());
+        }
         println!("vigil-agent: listening on {}", running.addr);
         let _ = std::io::stdout().flush();
         signals.wait().await;

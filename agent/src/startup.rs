@@ -19,6 +19,7 @@ use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
 use crate::pid1;
 use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
 use crate::service::AgentApi;
+use crate::workload;
 
 /// Kernel parameter naming the initdata file or block device.
 pub const CMDLINE_INITDATA: &str = "agent.initdata";
@@ -104,10 +105,15 @@ pub struct Running {
     /// The boot's attested KBS session, for every later user of the KBS; `None` in
     /// unattested modes.
     pub kbs: Option<KbsSession>,
+    /// The workload API, when the measured config turns it on.
+    pub workload_api: Option<crate::workload_api::WorkloadApi>,
 }
 
 impl Running {
     pub async fn shutdown(mut self) {
+        if let Some(api) = self.workload_api.take() {
+            api.shutdown();
+        }
         if let Err(e) = self.server.shutdown().await {
             tracing::warn!(error = %e, "shutting the listener down");
         }
@@ -198,6 +204,13 @@ pub async fn start(
     // 4. The gate, compiled before anything can reach it.
     let t = Instant::now();
     let gate = Arc::new(compile_gate(config, opts, initial)?);
+    let workload_access = match &attested {
+        Some((attester, initdata)) => {
+            workload::access(config, attester.clone(), initdata, &gate)
+                .map_err(fail("compile gate"))?
+        }
+        None => None,
+    };
     let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
     let mut sandbox = vigil_runtime::Sandbox::new(config.sandbox.clone());
     if let Some(claims) = child_claims {
@@ -215,15 +228,23 @@ pub async fn start(
         .server_addr
         .clone()
         .unwrap_or_else(|| config.server_addr().to_string());
-    let server = crate::server::listen(&addr, services)
+    let mut server = crate::server::listen(&addr, services)
         .await
         .map_err(|e| fail("open API")(e.to_string()))?;
+    let workload_api = match workload::open(config, workload_access.as_ref(), gate.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            let _ = server.shutdown().await;
+            return Err(fail("open API")(e));
+        }
+    };
     tracing::info!(addr = %addr, ms = ms(t), "step 5/5: API open");
     Ok(Running {
         server,
         addr,
         gate,
         kbs,
+        workload_api,
     })
 }
 

@@ -195,6 +195,12 @@ impl KbsClient {
         self.tee
     }
 
+    /// The current session's TEE private key as PKCS#8 PEM (what the KBS encrypts resources
+    /// to, and what CoCo's attestation agent returns as `tee_keypair` with a token).
+    pub fn tee_key_pem(&self) -> Option<zeroize::Zeroizing<String>> {
+        self.session.get().map(|s| s.key.to_pkcs8_pem())
+    }
+
     /// Forget the session so the next fetch attests again.
     pub fn reset_session(&mut self) {
         self.session.set(None);

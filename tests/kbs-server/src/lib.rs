@@ -160,8 +160,38 @@ struct Session {
     attested: Option<Attested>,
 }
 
+/// While a hold is on, resource requests wait; `arrived` counts those that came.
+struct Hold {
+    release: tokio::sync::watch::Receiver<bool>,
+    arrived: Arc<AtomicU64>,
+}
+
+/// Resource answers held back until [`ResourceHold::release`] (or drop), so that a test can
+/// make requests overlap without timing.
+pub struct ResourceHold {
+    release: tokio::sync::watch::Sender<bool>,
+    arrived: Arc<AtomicU64>,
+}
+
+impl ResourceHold {
+    /// Resource requests that arrived since the hold began (each waits until release).
+    pub fn arrived(&self) -> u64 {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held request (and later ones) through.
+    pub fn release(self) {}
+}
+
+impl Drop for ResourceHold {
+    fn drop(&mut self) {
+        let _ = self.release.send(true);
+    }
+}
+
 struct Inner {
     cfg: ServerConfig,
+    hold: Mutex<Option<Hold>>,
     sessions: Mutex<HashMap<String, Session>>,
     store: Mutex<ResourceStore>,
     clock_offset: Mutex<Duration>,
@@ -213,6 +243,7 @@ impl KbsTestServer {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
+            hold: Mutex::new(None),
             store: Mutex::new(ResourceStore::new(cfg.resources_dir.clone())),
             cfg,
             sessions: Mutex::new(HashMap::new()),
@@ -291,6 +322,20 @@ impl KbsTestServer {
     /// Add or replace an in-memory resource (the "admin call").
     pub fn put_resource(&self, path: &str, bytes: Vec<u8>, rule: ReleaseRule) {
         self.inner.store.lock().unwrap().put(path, bytes, rule);
+    }
+
+    /// Holds resource answers until the returned hold is released (library use only).
+    pub fn hold_resources(&self) -> ResourceHold {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let arrived = Arc::new(AtomicU64::new(0));
+        *self.inner.hold.lock().unwrap() = Some(Hold {
+            release: rx,
+            arrived: arrived.clone(),
+        });
+        ResourceHold {
+            release: tx,
+            arrived,
+        }
     }
 
     /// Move the server's clock forward (expires sessions and tokens without sleeping).
@@ -384,6 +429,13 @@ async fn handle(state: &Inner, req: Request<Incoming>) -> Resp {
         },
         (Method::GET, p) if p.starts_with("/kbs/v0/resource/") => {
             let (parts, _) = req.into_parts();
+            let held = state.hold.lock().unwrap().as_ref().map(|h| {
+                h.arrived.fetch_add(1, Ordering::SeqCst);
+                h.release.clone()
+            });
+            if let Some(mut release) = held {
+                let _ = release.wait_for(|r| *r).await;
+            }
             resource(state, &parts, &p["/kbs/v0/resource/".len()..])
         }
         (Method::POST, p) if p.starts_with("/kbs/v0/resource/") => {
