@@ -83,6 +83,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub sandbox: SandboxSection,
     pub workload_api: Option<crate::workload_api::WorkloadApiSection>,
+    pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +233,8 @@ pub struct Config {
     pub sandbox: vigil_runtime::SandboxConfig,
     /// `[workload_api]`; absent: the workload API is off.
     pub workload_api: Option<crate::workload_api::WorkloadApiConfig>,
+    /// `[sealed_secrets]`; absent: a sealed value in a container fails CreateContainer.
+    pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsConfig>,
 }
 
 impl Config {
@@ -246,6 +249,7 @@ impl Config {
             signer: None,
             sandbox: vigil_runtime::SandboxConfig::default(),
             workload_api: None,
+            sealed_secrets: None,
         }
     }
 
@@ -307,6 +311,19 @@ impl Config {
             })?),
             None => None,
         };
+        let sealed_secrets = match &file.sealed_secrets {
+            Some(_) if !attestation.tee.is_attested() => {
+                return Err(ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: "[sealed_secrets] needs an attested mode ([attestation] tee): secrets are unsealed through the attested KBS session".into(),
+                })
+            }
+            Some(section) => Some(section.validate().map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?),
+            None => None,
+        };
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -316,6 +333,7 @@ impl Config {
             signer,
             sandbox,
             workload_api,
+            sealed_secrets,
         })
     }
 

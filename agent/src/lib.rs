@@ -15,6 +15,7 @@ pub mod network;
 pub mod pid1;
 pub mod policy;
 pub mod resources;
+pub mod sealed_secrets;
 pub mod server;
 pub mod service;
 pub mod startup;

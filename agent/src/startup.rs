@@ -216,8 +216,9 @@ pub async fn start(
     if let Some(claims) = child_claims {
         sandbox = sandbox.with_child_claims(claims);
     }
-    // Services that need the KBS (none yet) take a clone of `kbs`, the boot's one session.
-    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin).with_sandbox(sandbox);
+    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin)
+        .with_sandbox(sandbox)
+        .with_sealed_secrets(workload::sealed_secrets(config, workload_access.as_ref()));
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
     tracing::info!(ms = ms(t), "step 4/5: gate compiled");

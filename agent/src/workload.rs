@@ -27,7 +27,7 @@ pub fn access(
     initdata: &InitData,
     gate: &Gate,
 ) -> Result<Option<WorkloadAccess>, String> {
-    if config.workload_api.is_none() {
+    if config.workload_api.is_none() && config.sealed_secrets.is_none() {
         return Ok(None);
     }
     let kbs_config = config
@@ -73,4 +73,16 @@ pub fn open(
         "workload API open"
     );
     Ok(Some(api))
+}
+
+/// The unsealer for CreateContainer: the measured `[sealed_secrets]` and the boot's session.
+/// Without either, a sealed value fails CreateContainer (it is never passed on sealed).
+pub fn sealed_secrets(
+    config: &Config,
+    access: Option<&WorkloadAccess>,
+) -> crate::sealed_secrets::SealedSecrets {
+    crate::sealed_secrets::SealedSecrets::new(
+        config.sealed_secrets.clone(),
+        access.map(|a| a.resources.clone()),
+    )
 }
