@@ -148,7 +148,10 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, mut stop: watch
             };
             match finished {
                 Some(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "workload API: connection ended")
+                    tracing::debug!(%peer, error = %e, "workload API: connection ended");
+                    if let Some(call) = refused_before_routing(&e) {
+                        ctx.audit(call);
+                    }
                 }
                 Some(Ok(())) => {}
                 None => {
@@ -158,6 +161,33 @@ async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, mut stop: watch
             }
         });
     }
+}
+
+/// A request hyper answered (or dropped) before it reached the router: still a call that is
+/// audited and counted.
+fn refused_before_routing(e: &hyper::Error) -> Option<WorkloadCall> {
+    let (status, reason) = if e.is_parse_too_large() {
+        (431, format!("request head over {MAX_HEAD_BYTES} bytes"))
+    } else if e.is_parse() {
+        (400, "not a valid HTTP/1.1 request".to_string())
+    } else if e.is_timeout() {
+        (
+            408,
+            format!(
+                "request head not complete within {} s: connection closed",
+                HEADER_TIMEOUT.as_secs()
+            ),
+        )
+    } else {
+        return None;
+    };
+    Some(WorkloadCall {
+        endpoint: WorkloadEndpoint::Other,
+        resource: None,
+        outcome: Outcome::Error,
+        status,
+        reason,
+    })
 }
 
 /// Answers a connection over the cap with 503 and closes it, spending at most a second.

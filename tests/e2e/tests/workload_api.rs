@@ -491,6 +491,16 @@ fn malformed_requests_get_a_clear_4xx() {
         b"GET /cdh/resource/default/app/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(r.status, 400);
+    // Requests hyper answers before routing (431, unparsable) are audited too.
+    let mut agent = agent;
+    agent.stop();
+    let audit = audit_lines(&agent);
+    assert!(audit.iter().any(|l| l["status"] == 431), "{audit:?}");
+    assert_eq!(
+        audit.iter().filter(|l| l["status"] == 414).count(),
+        2,
+        "{audit:?}"
+    );
 }
 
 #[test]
@@ -535,13 +545,19 @@ fn slow_clients_and_connection_floods_do_not_stall_the_agent() {
     while get(&addr, "/info").status != 200 {
         assert!(Instant::now() < deadline, "slots never freed");
     }
+    // Each turned-away connection (503) and each cut-off slow client (408) is counted.
     let m = w.metrics(&agent);
-    assert!(
-        metric(
-            &m,
-            "vigil_workload_api_requests_total{endpoint=\"other\",outcome=\"error\"}"
-        ) >= 1
+    let other_errors = "vigil_workload_api_requests_total{endpoint=\"other\",outcome=\"error\"}";
+    assert!(metric(&m, other_errors) >= 4, "{m}");
+    let mut agent = agent;
+    agent.stop();
+    let audit = audit_lines(&agent);
+    assert_eq!(
+        audit.iter().filter(|l| l["status"] == 408).count(),
+        3,
+        "{audit:?}"
     );
+    assert!(audit.iter().any(|l| l["status"] == 503));
 }
 
 #[test]
