@@ -103,12 +103,7 @@ pub struct WorkloadCounters {
 impl WorkloadCounters {
     /// (allowed, denied, error) for an endpoint.
     pub fn counts(&self, endpoint: WorkloadEndpoint) -> (u64, u64, u64) {
-        let c = &self.calls[endpoint as usize];
-        (
-            c[0].load(Ordering::Relaxed),
-            c[1].load(Ordering::Relaxed),
-            c[2].load(Ordering::Relaxed),
-        )
+        load3(&self.calls[endpoint as usize])
     }
 
     fn render(&self, out: &mut String) {
@@ -174,12 +169,8 @@ impl DecisionLog {
     /// Counts and audits one workload API call. Like gate decisions, the record is queued,
     /// never waited for.
     pub fn record_workload(&self, call: WorkloadCall) {
-        let slot = match call.outcome {
-            Outcome::Allowed => 0,
-            Outcome::Denied => 1,
-            Outcome::Error => 2,
-        };
-        self.workload.calls[call.endpoint as usize][slot].fetch_add(1, Ordering::Relaxed);
+        self.workload.calls[call.endpoint as usize][slot(call.outcome)]
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = &self.audit {
             if tx.try_send(AuditMessage::Workload(call)).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -257,13 +248,8 @@ impl DecisionLog {
     }
 
     pub(crate) fn record(&self, endpoint: &'static Endpoint, verdict: &Verdict, rules: &Rules) {
-        let slot = match verdict.outcome {
-            Outcome::Allowed => 0,
-            Outcome::Denied => 1,
-            Outcome::Error => 2,
-        };
         if let Some(c) = self.counts.get(endpoint.id.0 as usize) {
-            c[slot].fetch_add(1, Ordering::Relaxed);
+            c[slot(verdict.outcome)].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(tx) = &self.audit {
             let policy_decided = !matches!(verdict.by, DecidedBy::AllowList | DecidedBy::NoPolicy);
@@ -325,12 +311,7 @@ impl DecisionLog {
 
     /// (allowed, denied, error) for an endpoint.
     pub fn counts(&self, endpoint: &Endpoint) -> (u64, u64, u64) {
-        let c = &self.counts[endpoint.id.0 as usize];
-        (
-            c[0].load(Ordering::Relaxed),
-            c[1].load(Ordering::Relaxed),
-            c[2].load(Ordering::Relaxed),
-        )
+        load3(&self.counts[endpoint.id.0 as usize])
     }
 
     /// The counters in Prometheus text format.
@@ -365,6 +346,24 @@ impl DecisionLog {
         );
         self.workload.render(out);
     }
+}
+
+/// The counter of a triple for `outcome`.
+fn slot(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Allowed => 0,
+        Outcome::Denied => 1,
+        Outcome::Error => 2,
+    }
+}
+
+/// (allowed, denied, error) from a counter triple.
+fn load3(c: &[AtomicU64; 3]) -> (u64, u64, u64) {
+    (
+        c[0].load(Ordering::Relaxed),
+        c[1].load(Ordering::Relaxed),
+        c[2].load(Ordering::Relaxed),
+    )
 }
 
 fn workload_line(call: &WorkloadCall) -> String {

@@ -296,34 +296,27 @@ impl Config {
                 path: path.to_owned(),
                 message,
             })?;
-        let workload_api = match &file.workload_api {
-            // Its secrets come from the attested session, and only a measured config may
-            // decide what workloads get.
-            Some(_) if !attestation.tee.is_attested() => {
-                return Err(ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: "[workload_api] needs an attested mode ([attestation] tee): it serves secrets from the attested KBS session".into(),
-                })
-            }
-            Some(section) => Some(section.validate().map_err(|message| ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            })?),
-            None => None,
+        // Both hand out secrets from the attested session, and only a measured config may
+        // decide what workloads get.
+        let attested = attestation.tee.is_attested();
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
         };
-        let sealed_secrets = match &file.sealed_secrets {
-            Some(_) if !attestation.tee.is_attested() => {
-                return Err(ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: "[sealed_secrets] needs an attested mode ([attestation] tee): secrets are unsealed through the attested KBS session".into(),
-                })
-            }
-            Some(section) => Some(section.validate().map_err(|message| ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            })?),
-            None => None,
-        };
+        let workload_api = attested_only(
+            file.workload_api.as_ref(),
+            "workload_api",
+            attested,
+            crate::workload_api::WorkloadApiSection::validate,
+        )
+        .map_err(parse_err)?;
+        let sealed_secrets = attested_only(
+            file.sealed_secrets.as_ref(),
+            "sealed_secrets",
+            attested,
+            crate::sealed_secrets::SealedSecretsSection::validate,
+        )
+        .map_err(parse_err)?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -367,6 +360,22 @@ impl Config {
             .server_addr
             .as_deref()
             .unwrap_or(DEFAULT_SERVER_ADDR)
+    }
+}
+
+/// A section only attested modes may have, validated; in an unattested config, an error.
+fn attested_only<T, V>(
+    section: Option<&T>,
+    name: &str,
+    attested: bool,
+    validate: impl Fn(&T) -> Result<V, String>,
+) -> Result<Option<V>, String> {
+    match section {
+        None => Ok(None),
+        Some(_) if !attested => Err(format!(
+            "[{name}] needs an attested mode ([attestation] tee): it hands out secrets from the attested KBS session"
+        )),
+        Some(s) => validate(s).map(Some),
     }
 }
 
@@ -500,6 +509,17 @@ mod tests {
         assert!(names.iter().any(|n| n == "CreateContainerRequest"));
         let all = Config::load(&dir.join("all-endpoints.toml")).unwrap();
         assert_eq!(all.allow_list, AllowList::All);
+    }
+
+    #[test]
+    fn workload_sections_only_in_attested_configs() {
+        for section in [
+            "[workload_api]\nlisten = \"127.0.0.1:8006\"\n",
+            "[sealed_secrets]\nsigner_resources = [\"a/b/c\"]\n",
+        ] {
+            let msg = parse(section).unwrap_err().to_string();
+            assert!(msg.contains("needs an attested mode"), "{msg}");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `hack/test.sh` does it).
 
+pub mod attested;
+pub mod container;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -2,14 +2,13 @@
 //! boots from, attested) and `vigilctl secret seal/verify/jwk`.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use kbs_test_server::{KbsTestServer, Rule, ServerConfig};
 use serde_json::Value;
 use vigil_attester::initdata::{self, InitData};
-use vigil_kbc::envelope::{self, Algorithm, PolicyPayload, SigningKey};
-use vigil_kbc::Tee;
-use vigil_tests::{call, vigilctl, Agent, AgentSetup};
+use vigil_kbc::envelope::{Algorithm, SigningKey};
+use vigil_tests::attested::Tenant;
+use vigil_tests::{call, vigilctl};
 
 const RESOURCE: &str = "default/vigil-policy/prod";
 
@@ -140,14 +139,7 @@ fn initdata_pack_digest_annotation_and_verify() {
 /// initdata pack` made, with the launch binding its `--digest` printed.
 #[test]
 fn agent_boots_from_packed_initdata() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let kbs = rt
-        .block_on(KbsTestServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            ServerConfig::default(),
-        ))
-        .unwrap();
-    let key = SigningKey::generate(Algorithm::Es256);
+    let tenant = Tenant::new();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let config = write(
@@ -157,52 +149,25 @@ fn agent_boots_from_packed_initdata() {
             "[endpoints]\nallowed = [\"GuestDetailsRequest\"]\n[policy]\nsigner = \"\"\"\n{}\"\"\"\n\
              [attestation]\ntee = \"mock\"\npolicy_resource = \"{RESOURCE}\"\ndeadline_secs = 10\n\
              [attestation.kbs]\nkbs_url = \"{}\"\nconnect_retries = 0\n",
-            key.verifying_key().to_public_key_pem().unwrap(),
-            kbs.url()
+            tenant.signer_pem(),
+            tenant.kbs.url()
         ),
     );
-    let initdata_file = d.join("initdata.toml").display().to_string();
+    let initdata_file = d.join("initdata.toml");
+    let path = initdata_file.display().to_string();
     let digest = ok(&[
-        "initdata",
-        "pack",
-        "--config",
-        &config,
-        "-o",
-        &initdata_file,
-        "--digest",
+        "initdata", "pack", "--config", &config, "-o", &path, "--digest",
     ]);
     let digest = digest.trim();
-    let issued_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let policy = "package agent_policy\ndefault GuestDetailsRequest := true\n";
-    let jws = envelope::sign(
-        &key,
-        &PolicyPayload {
-            version: 1,
-            policy: policy.into(),
-            issued_at,
-            id: None,
-        },
-    )
-    .unwrap();
-    kbs.put_resource(
+    tenant.publish_policy(
         RESOURCE,
-        jws.into_bytes(),
-        Rule {
-            tees: vec![Tee::Sample],
-            init_data_digests: vec![digest.to_string()],
-        },
+        "package agent_policy\ndefault GuestDetailsRequest := true\n",
+        digest,
     );
-    let cmdline = format!("agent.mock_launch_binding={digest}");
-    let agent = Agent::start(AgentSetup {
-        cmdline: &cmdline,
-        extra_args: vec!["--initdata".into(), initdata_file],
-        ..Default::default()
-    })
-    .unwrap_or_else(|f| panic!("{}", f.stderr));
-    rt.block_on(async {
+    let agent = tenant
+        .start_agent(&initdata_file, digest)
+        .unwrap_or_else(|f| panic!("{}", f.stderr));
+    tenant.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, Duration::from_secs(10))
             .await
             .unwrap();

@@ -5,14 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use kbs_test_server::{KbsTestServer, Rule, ServerConfig};
+use kbs_test_server::{KbsTestServer, Rule};
 use serde_json::{json, Value};
-use vigil_attester::initdata::InitData;
-use vigil_kbc::envelope::{self, Algorithm, PolicyPayload, SigningKey};
 use vigil_kbc::Tee;
+use vigil_tests::attested::Tenant;
 use vigil_tests::{call, Agent, AgentSetup};
 
 const POLICY_RESOURCE: &str = "default/vigil-policy/prod";
@@ -22,40 +21,26 @@ const TENANT_POLICY: &str = "package agent_policy\n\ndefault GetMetricsRequest :
 
 /// A tenant, a KBS holding its signed policy and secrets, and an attested agent.
 struct World {
-    rt: tokio::runtime::Runtime,
-    kbs: KbsTestServer,
-    key: SigningKey,
+    tenant: Tenant,
     dir: tempfile::TempDir,
     digest: String,
 }
 
 impl World {
     fn new() -> World {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let kbs = rt
-            .block_on(KbsTestServer::start(
-                "127.0.0.1:0".parse().unwrap(),
-                ServerConfig::default(),
-            ))
-            .unwrap();
         World {
-            rt,
-            kbs,
-            key: SigningKey::generate(Algorithm::Es256),
+            tenant: Tenant::new(),
             dir: tempfile::tempdir().unwrap(),
             digest: String::new(),
         }
     }
 
+    fn kbs(&self) -> &KbsTestServer {
+        &self.tenant.kbs
+    }
+
     fn rule(&self) -> Rule {
-        Rule {
-            tees: vec![Tee::Sample],
-            init_data_digests: vec![self.digest.clone()],
-        }
+        Tenant::rule(&self.digest)
     }
 
     /// Starts the agent with `workload` as its `[workload_api]` section.
@@ -65,42 +50,22 @@ impl World {
              [attestation]\ntee = \"mock\"\npolicy_resource = \"{POLICY_RESOURCE}\"\ndeadline_secs = 10\n\n\
              [attestation.kbs]\nkbs_url = \"{url}\"\ntimeout_secs = 3\nconnect_timeout_secs = 1\nconnect_retries = 0\n\n\
              [workload_api]\n{workload}\n",
-            signer = self.key.verifying_key().to_public_key_pem().unwrap(),
-            url = self.kbs.url(),
+            signer = self.tenant.signer_pem(),
+            url = self.kbs().url(),
         );
-        let initdata = format!(
-            "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"vigil.toml\" = '''\n{config}'''\n"
-        );
-        self.digest = hex::encode(InitData::parse(&initdata).unwrap().digest);
-        let issued_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let jws = envelope::sign(
-            &self.key,
-            &PolicyPayload {
-                version: 1,
-                policy: TENANT_POLICY.into(),
-                issued_at,
-                id: None,
-            },
-        )
-        .unwrap();
-        self.kbs
-            .put_resource(POLICY_RESOURCE, jws.into_bytes(), self.rule());
+        let (initdata, digest) = Tenant::initdata(&config);
+        self.digest = digest;
+        self.tenant
+            .publish_policy(POLICY_RESOURCE, TENANT_POLICY, &self.digest);
         let file = self.dir.path().join("initdata.toml");
         std::fs::write(&file, &initdata).unwrap();
-        let cmdline = format!("agent.mock_launch_binding={}", self.digest);
-        Agent::start(AgentSetup {
-            cmdline: &cmdline,
-            extra_args: vec!["--initdata".into(), file.display().to_string()],
-            ..Default::default()
-        })
-        .unwrap_or_else(|f| panic!("{}", f.stderr))
+        self.tenant
+            .start_agent(&file, &self.digest)
+            .unwrap_or_else(|f| panic!("{}", f.stderr))
     }
 
     fn metrics(&self, agent: &Agent) -> String {
-        self.rt.block_on(async {
+        self.tenant.rt.block_on(async {
             let c = vigilctl::connect(&agent.addr, T).await.unwrap();
             let m = call(&c, "GetMetrics", json!({})).await.unwrap();
             m["metrics"].as_str().unwrap().to_string()
@@ -188,9 +153,9 @@ fn resources_allowed_refused_and_audited_without_contents() {
     let addr = agent
         .workload_addr()
         .expect("workload API address on stdout");
-    w.kbs
+    w.kbs()
         .put_resource("default/app/db", SECRET.to_vec(), w.rule());
-    w.kbs.put_resource(
+    w.kbs().put_resource(
         "default/denied/one",
         b"x".to_vec(),
         Rule {
@@ -198,9 +163,9 @@ fn resources_allowed_refused_and_audited_without_contents() {
             init_data_digests: vec!["00".repeat(48)],
         },
     );
-    w.kbs
+    w.kbs()
         .put_resource("other/app/key", b"never".to_vec(), w.rule());
-    let before = w.kbs.stats();
+    let before = w.kbs().stats();
 
     let r = get(&addr, "/cdh/resource/default/app/db");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -214,7 +179,7 @@ fn resources_allowed_refused_and_audited_without_contents() {
         .header("x-vigil-reason")
         .unwrap()
         .contains("allowed_resources"));
-    let s = w.kbs.stats();
+    let s = w.kbs().stats();
     assert_eq!(
         s.resources_served + s.resources_refused,
         before.resources_served + before.resources_refused + 1,
@@ -230,7 +195,7 @@ fn resources_allowed_refused_and_audited_without_contents() {
     assert_eq!(r.status, 500);
     assert!(r.text().contains("PluginInternalError"), "{}", r.text());
     assert_eq!(
-        w.kbs.stats().auth,
+        w.kbs().stats().auth,
         s.auth,
         "a policy denial is not worth a new handshake"
     );
@@ -315,12 +280,12 @@ fn info_evidence_and_token_as_coco_returns_them() {
 
     // A fresh KBS token and the key it was issued for: it fetches from the KBS directly, and
     // what the KBS encrypts to the token's key opens with the returned key.
-    let auths = w.kbs.stats().auth;
+    let auths = w.kbs().stats().auth;
     let r = get(&addr, "/aa/token?token_type=kbs");
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json();
     assert_eq!(
-        w.kbs.stats().auth,
+        w.kbs().stats().auth,
         auths + 1,
         "each token is a fresh handshake"
     );
@@ -328,9 +293,9 @@ fn info_evidence_and_token_as_coco_returns_them() {
     assert_eq!(jwt.split('.').count(), 3);
     let pem = token["tee_keypair"].as_str().unwrap();
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
-    w.kbs
+    w.kbs()
         .put_resource("default/app/db", SECRET.to_vec(), w.rule());
-    let kbs = w.kbs.addr().to_string();
+    let kbs = w.kbs().addr().to_string();
     let jwe = raw(
         &kbs,
         format!("GET /kbs/v0/resource/default/app/db HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {jwt}\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -364,18 +329,18 @@ fn kbs_down_and_re_attestation() {
     let mut w = World::new();
     let agent = w.start(ALL);
     let addr = agent.workload_addr().unwrap();
-    w.kbs
+    w.kbs()
         .put_resource("default/app/db", SECRET.to_vec(), w.rule());
     assert_eq!(get(&addr, "/cdh/resource/default/app/db").status, 200);
-    let auths = w.kbs.stats().auth;
+    let auths = w.kbs().stats().auth;
     // The session (cookie and token) expires at the KBS: a 401, one new handshake, served.
-    w.kbs.advance_clock(Duration::from_secs(3600));
+    w.kbs().advance_clock(Duration::from_secs(3600));
     let r = get(&addr, "/cdh/resource/default/app/db");
     assert_eq!((r.status, r.body.as_slice()), (200, SECRET));
-    assert_eq!(w.kbs.stats().auth, auths + 1);
+    assert_eq!(w.kbs().stats().auth, auths + 1);
 
     // The KBS goes away: a clear 500, and the agent's own API is unaffected.
-    let World { kbs, rt, .. } = w;
+    let Tenant { kbs, rt, .. } = w.tenant;
     drop(kbs);
     let r = get(&addr, "/cdh/resource/default/app/db");
     assert_eq!(r.status, 500);
@@ -396,12 +361,12 @@ fn concurrent_requests_share_one_kbs_fetch() {
     let mut w = World::new();
     let agent = w.start(ALL);
     let addr = agent.workload_addr().unwrap();
-    w.kbs
+    w.kbs()
         .put_resource("default/app/db", SECRET.to_vec(), w.rule());
     // Attest first, so the overlapping requests are all resource fetches.
     assert_eq!(get(&addr, "/cdh/resource/default/app/db").status, 200);
-    let served = w.kbs.stats().resources_served;
-    let hold = w.kbs.hold_resources();
+    let served = w.kbs().stats().resources_served;
+    let hold = w.kbs().hold_resources();
     let clients: Vec<_> = (0..6)
         .map(|_| {
             let addr = addr.clone();
@@ -422,13 +387,13 @@ fn concurrent_requests_share_one_kbs_fetch() {
         assert_eq!((r.status, r.body.as_slice()), (200, SECRET));
     }
     assert_eq!(
-        w.kbs.stats().resources_served,
+        w.kbs().stats().resources_served,
         served + 1,
         "one fetch for six requests"
     );
     // Nothing is kept: the next request fetches again.
     assert_eq!(get(&addr, "/cdh/resource/default/app/db").status, 200);
-    assert_eq!(w.kbs.stats().resources_served, served + 2);
+    assert_eq!(w.kbs().stats().resources_served, served + 2);
 }
 
 #[test]
@@ -530,7 +495,7 @@ fn slow_clients_and_connection_floods_do_not_stall_the_agent() {
         );
     }
     // Meanwhile the agent's ttrpc API answers as ever.
-    w.rt.block_on(async {
+    w.tenant.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         assert!(call(&c, "Check", json!({})).await.is_ok());
     });

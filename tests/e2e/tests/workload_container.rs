@@ -9,15 +9,15 @@
 //! lo up): the KBS test server, the agent and the container all live in it, so the container
 //! reaches the agent's workload API on 127.0.0.1 as a pod's containers do in Kata.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
-use kbs_test_server::{KbsTestServer, Rule, ServerConfig};
 use serde_json::{json, Value};
-use vigil_attester::initdata::InitData;
-use vigil_kbc::envelope::{self, Algorithm, PolicyPayload, SigningKey};
-use vigil_kbc::{sealed, Tee};
-use vigil_tests::{call, Agent, AgentSetup};
+use vigil_kbc::envelope::{Algorithm, SigningKey};
+use vigil_kbc::sealed;
+use vigil_tests::attested::Tenant;
+use vigil_tests::call;
+use vigil_tests::container::{busybox_rootfs, bytes, Cleanup};
 
 const T: Duration = Duration::from_secs(30);
 const CGROUP_PARENT: &str = "vigil-e2e";
@@ -33,57 +33,6 @@ default CreateContainerRequest := true\ndefault StartContainerRequest := true\n\
 default RemoveContainerRequest := true\ndefault WaitProcessRequest := true\n\
 default ReadStreamRequest := true\ndefault CopyFileRequest := true\n\
 default SignalProcessRequest := true\ndefault StatsContainerRequest := true\n";
-
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("/bin/busybox: install the busybox-static package");
-    for applet in ["sh", "cat", "echo", "wget"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    rootfs
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.as_array()
-        .map(|a| a.iter().map(|b| b.as_u64().unwrap() as u8).collect())
-        .unwrap_or_default()
-}
-
-/// Kills what is left in the container's cgroup and detaches the sandbox's mounts if the
-/// test fails half-way.
-struct Cleanup {
-    containers: Vec<String>,
-    sandbox_dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let procs = Path::new("/sys/fs/cgroup/pids")
-                .join(CGROUP_PARENT)
-                .join(c)
-                .join("cgroup.procs");
-            for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill of a process of the test's own container.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if Path::new(m).starts_with(&self.sandbox_dir) {
-                let c = std::ffi::CString::new(m).unwrap();
-                // SAFETY: plain syscall.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-    }
-}
 
 /// CopyFile requests that lay out a Kubernetes secret volume as the kubelet does
 /// (`..<timestamp>/` with the files, `..data` pointing at it, and one symlink per key).
@@ -130,21 +79,10 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     assert!(up.success());
 
     let tmp = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(tmp.path());
+    let rootfs = busybox_rootfs(tmp.path(), &["sh", "cat", "echo", "wget"]);
     let run_root = tmp.path().join("run");
     let input_log = tmp.path().join("input.jsonl");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let kbs = rt
-        .block_on(KbsTestServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            ServerConfig::default(),
-        ))
-        .unwrap();
-    let tenant = SigningKey::generate(Algorithm::Es256);
+    let tenant = Tenant::new();
     let SigningKey::Es256(sealing) = SigningKey::generate(Algorithm::Es256) else {
         unreachable!()
     };
@@ -162,63 +100,28 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
          [sandbox]\nrun_root = \"{run}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n\n\
          [workload_api]\nlisten = \"127.0.0.1:0\"\nallowed_resources = [\"default/app/*\"]\n\n\
          [sealed_secrets]\nsigners = [\"\"\"\n{sealing_pub}\"\"\"]\n",
-        signer = tenant.verifying_key().to_public_key_pem().unwrap(),
+        signer = tenant.signer_pem(),
         log = input_log.display(),
-        url = kbs.url(),
+        url = tenant.kbs.url(),
         run = run_root.display(),
     );
-    let initdata = format!(
-        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"vigil.toml\" = '''\n{config}'''\n"
-    );
-    let digest = hex::encode(InitData::parse(&initdata).unwrap().digest);
-    let rule = Rule {
-        tees: vec![Tee::Sample],
-        init_data_digests: vec![digest.clone()],
-    };
-    let issued_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let jws = envelope::sign(
-        &tenant,
-        &PolicyPayload {
-            version: 1,
-            policy: TENANT_POLICY.into(),
-            issued_at,
-            id: None,
-        },
-    )
-    .unwrap();
-    kbs.put_resource(POLICY_RESOURCE, jws.into_bytes(), rule.clone());
-    kbs.put_resource(
-        "default/secrets/db",
-        DB_PASSWORD.as_bytes().to_vec(),
-        rule.clone(),
-    );
-    kbs.put_resource(
-        "default/secrets/tls",
-        FILE_SECRET.as_bytes().to_vec(),
-        rule.clone(),
-    );
-    kbs.put_resource(
-        "default/app/api",
-        API_SECRET.as_bytes().to_vec(),
-        rule.clone(),
-    );
-    kbs.put_resource(
-        "default/other/key",
-        b"never-for-the-workload".to_vec(),
-        rule,
-    );
+    let (initdata, digest) = Tenant::initdata(&config);
+    tenant.publish_policy(POLICY_RESOURCE, TENANT_POLICY, &digest);
+    for (path, secret) in [
+        ("default/secrets/db", DB_PASSWORD),
+        ("default/secrets/tls", FILE_SECRET),
+        ("default/app/api", API_SECRET),
+        ("default/other/key", "never-for-the-workload"),
+    ] {
+        tenant
+            .kbs
+            .put_resource(path, secret.as_bytes().to_vec(), Tenant::rule(&digest));
+    }
     let initdata_file = tmp.path().join("initdata.toml");
     std::fs::write(&initdata_file, &initdata).unwrap();
-    let cmdline = format!("agent.mock_launch_binding={digest}");
-    let agent = Agent::start(AgentSetup {
-        cmdline: &cmdline,
-        extra_args: vec!["--initdata".into(), initdata_file.display().to_string()],
-        ..Default::default()
-    })
-    .unwrap_or_else(|f| panic!("agent did not start: {}", f.stderr));
+    let agent = tenant
+        .start_agent(&initdata_file, &digest)
+        .unwrap_or_else(|f| panic!("agent did not start: {}", f.stderr));
     let api = agent.workload_addr().expect("workload API address");
 
     let pid = std::process::id();
@@ -227,6 +130,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     let bad = format!("wl-bad-{pid}");
     let sandbox_dir = run_root.join(&sid);
     let _cleanup = Cleanup {
+        cgroup_parent: CGROUP_PARENT.into(),
         containers: vec![cid.clone(), bad.clone()],
         sandbox_dir: sandbox_dir.clone(),
     };
@@ -237,7 +141,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
          echo \"allowed:$(wget -q -O- http://{api}/cdh/resource/default/app/api)\"; \
          wget -q -O- http://{api}/cdh/resource/default/other/key 2>&1 || echo refused"
     );
-    let out = rt.block_on(async {
+    let out = tenant.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         call(&c, "CreateSandbox", json!({"sandbox_id": sid})).await.unwrap();
         let secrets = sandbox_dir.join("shared").join(format!("{cid}-creds"));
