@@ -64,86 +64,14 @@ impl From<vigil_kbc::Error> for ResourceError {
     }
 }
 
-/// How this boot reaches its KBS: the measured `[attestation.kbs]`, the TEE, and the initdata
-/// it attests with.
-#[derive(Clone)]
-pub struct KbsAccess {
-    config: vigil_kbc::KbcConfig,
-    attester: Arc<dyn vigil_attester::Attester>,
-    initdata: String,
-}
-
-impl KbsAccess {
-    pub fn new(
-        config: vigil_kbc::KbcConfig,
-        attester: Arc<dyn vigil_attester::Attester>,
-        initdata: String,
-    ) -> KbsAccess {
-        KbsAccess {
-            config,
-            attester,
-            initdata,
-        }
-    }
-
-    /// A client that has not attested yet.
-    pub fn client(&self) -> Result<vigil_kbc::KbsClient, ResourceError> {
-        let attester = self.attester.clone();
-        let evidence: vigil_kbc::EvidenceFn = Arc::new(move |report_data: &[u8]| {
-            attester
-                .evidence(report_data)
-                .map_err(|e| Box::new(e) as vigil_kbc::EvidenceError)
-        });
-        Ok(
-            vigil_kbc::KbsClient::new(self.config.clone(), self.attester.tee(), evidence)?
-                .with_init_data(self.initdata.clone()),
-        )
-    }
-
-    /// A new attestation token and the private TEE key it was issued for, as CoCo's
-    /// attestation agent returns them: `{"token": ..., "tee_keypair": <PKCS#8 PEM>}`. Each
-    /// call is a fresh handshake with a fresh key, so the key handed out is never the one
-    /// the boot's own session decrypts with.
-    pub async fn fresh_token(&self) -> Result<Secret, ResourceError> {
-        let mut client = self.client()?;
-        client.handshake().await?;
-        let failed = |message: &str| ResourceError {
-            kind: ResourceErrorKind::Failed,
-            message: message.into(),
-        };
-        let token = client
-            .token()
-            .ok_or_else(|| failed("KBS: the attestation answer carried no token"))?;
-        let key = client
-            .tee_key_pem()
-            .ok_or_else(|| failed("KBS: no TEE key after the handshake"))?;
-        let json = serde_json::json!({"token": token, "tee_keypair": key.as_str()});
-        Ok(Zeroizing::new(json.to_string().into_bytes()))
-    }
-}
-
-/// A [`ResourceSource`] on one [`vigil_kbc::KbsClient`]: it attests on first use and again on
-/// a 401, within the `[attestation.kbs]` bounds the client enforces.
-///
-/// A stand-in for the boot's shared session (one attested session per boot, also used for
-/// the policy at start-up), which replaces it once start-up hands its session over.
-pub struct ClientSession {
-    client: tokio::sync::Mutex<vigil_kbc::KbsClient>,
-}
-
-impl ClientSession {
-    pub fn new(client: vigil_kbc::KbsClient) -> ClientSession {
-        ClientSession {
-            client: tokio::sync::Mutex::new(client),
-        }
-    }
-}
-
+/// The boot's one attested session (attests on first use and again on a 401, within the
+/// `[attestation.kbs]` bounds).
 #[async_trait]
-impl ResourceSource for ClientSession {
+impl ResourceSource for vigil_kbc::KbsSession {
     async fn get_resource(&self, path: &str) -> Result<Secret, ResourceError> {
-        let mut client = self.client.lock().await;
-        Ok(Zeroizing::new(client.get_resource(path).await?))
+        Ok(Zeroizing::new(
+            vigil_kbc::KbsSession::get_resource(self, path).await?,
+        ))
     }
 }
 

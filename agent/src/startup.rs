@@ -204,13 +204,7 @@ pub async fn start(
     // 4. The gate, compiled before anything can reach it.
     let t = Instant::now();
     let gate = Arc::new(compile_gate(config, opts, initial)?);
-    let workload_access = match &attested {
-        Some((attester, initdata)) => {
-            workload::access(config, attester.clone(), initdata, &gate)
-                .map_err(fail("compile gate"))?
-        }
-        None => None,
-    };
+    let workload_access = workload::access(kbs.as_ref(), &gate);
     let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
     let mut sandbox = vigil_runtime::Sandbox::new(config.sandbox.clone());
     if let Some(claims) = child_claims {

@@ -1,51 +1,32 @@
 //! Start-up's hand-over to the workload features (the workload API, sealed secrets): the
-//! boot's attested KBS access, made once and shared by both.
+//! boot's one attested KBS session, behind single-flight, shared by both.
 
 use std::sync::Arc;
 
-use vigil_attester::initdata::InitData;
-use vigil_attester::Attester;
+use vigil_kbc::KbsSession;
 
 use crate::config::Config;
 use crate::gate::Gate;
-use crate::resources::{ClientSession, KbsAccess, ResourceSource, SingleFlight};
+use crate::resources::{ResourceSource, SingleFlight};
 use crate::workload_api::WorkloadApi;
 
 /// What the workload features use of the attested boot.
 #[derive(Clone)]
 pub struct WorkloadAccess {
-    pub kbs: KbsAccess,
-    /// The KBS session, behind single-flight.
+    /// The boot's session (evidence, tokens, the TEE's name).
+    pub session: KbsSession,
+    /// The same session's resources, concurrent requests for one sharing a fetch.
     pub resources: Arc<dyn ResourceSource>,
-    pub attester: Arc<dyn Attester>,
 }
 
-/// The workload features' KBS access, in attested modes when a feature needs it.
-pub fn access(
-    config: &Config,
-    attester: Arc<dyn Attester>,
-    initdata: &InitData,
-    gate: &Gate,
-) -> Result<Option<WorkloadAccess>, String> {
-    if config.workload_api.is_none() && config.sealed_secrets.is_none() {
-        return Ok(None);
-    }
-    let kbs_config = config
-        .attestation
-        .kbs
-        .clone()
-        .ok_or("[attestation.kbs] is missing")?;
-    let kbs = KbsAccess::new(kbs_config, attester.clone(), initdata.toml.clone());
-    let session = ClientSession::new(kbs.client().map_err(|e| e.to_string())?);
+/// The workload features' access to the boot's session (`None` in unattested modes).
+pub fn access(session: Option<&KbsSession>, gate: &Gate) -> Option<WorkloadAccess> {
+    let session = session?.clone();
     let resources = Arc::new(SingleFlight::new(
-        Arc::new(session),
+        Arc::new(session.clone()),
         gate.decision_log().workload_counters(),
     ));
-    Ok(Some(WorkloadAccess {
-        kbs,
-        resources,
-        attester,
-    }))
+    Some(WorkloadAccess { session, resources })
 }
 
 /// Opens the workload API when the measured config turns it on.
@@ -54,14 +35,14 @@ pub fn open(
     access: Option<&WorkloadAccess>,
     gate: Arc<Gate>,
 ) -> Result<Option<WorkloadApi>, String> {
-    let (Some(api_config), Some(access)) = (&config.workload_api, access) else {
+    let Some(api_config) = &config.workload_api else {
         return Ok(None);
     };
+    let access = access.ok_or("[workload_api] needs the attested KBS session")?;
     let api = WorkloadApi::start(
         api_config.clone(),
         access.resources.clone(),
-        access.attester.clone(),
-        access.kbs.clone(),
+        access.session.clone(),
         gate,
     )?;
     tracing::info!(

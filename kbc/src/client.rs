@@ -195,12 +195,6 @@ impl KbsClient {
         self.tee
     }
 
-    /// The current session's TEE private key as PKCS#8 PEM (what the KBS encrypts resources
-    /// to, and what CoCo's attestation agent returns as `tee_keypair` with a token).
-    pub fn tee_key_pem(&self) -> Option<zeroize::Zeroizing<String>> {
-        self.session.get().map(|s| s.key.to_pkcs8_pem())
-    }
-
     /// Forget the session so the next fetch attests again.
     pub fn reset_session(&mut self) {
         self.session.set(None);
@@ -305,6 +299,17 @@ impl KbsClient {
         t.attest = start.elapsed();
         tracing::info!(tee = %self.tee, "KBS attestation succeeded");
         Ok((Session { cookie, token, key }, t))
+    }
+
+    /// A token from a new handshake that leaves the session in force alone, with the PKCS#8
+    /// PEM of that handshake's own TEE key.
+    pub(crate) async fn detached_token(&self) -> Result<(String, zeroize::Zeroizing<String>)> {
+        let (session, _) = self.attest().await?;
+        let token = session.token.ok_or_else(|| Error::BadResponse {
+            step: Step::Attest,
+            detail: "the attestation answer carried no token".into(),
+        })?;
+        Ok((token, session.key.to_pkcs8_pem()))
     }
 
     /// Evidence from the TEE for `report_data` (already in the TEE's final form), produced

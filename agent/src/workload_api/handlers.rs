@@ -6,14 +6,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::{Method, StatusCode, Uri};
 use tokio::sync::{Mutex, Semaphore};
-use vigil_attester::Attester;
+use vigil_kbc::KbsSession;
 use vigil_policy::Outcome;
+use zeroize::Zeroizing;
 
 use super::config::WorkloadApiConfig;
 use super::route::{self, body, Refusal, RequestLine, Route};
 use crate::audit::{WorkloadCall, WorkloadEndpoint};
 use crate::gate::Gate;
-use crate::resources::{KbsAccess, ResourceSource};
+use crate::resources::ResourceSource;
 
 /// Evidence calls served at once (each may be a device ioctl on a blocking thread).
 const EVIDENCE_AT_ONCE: usize = 2;
@@ -21,11 +22,11 @@ const EVIDENCE_AT_ONCE: usize = 2;
 /// What the handlers share.
 pub struct Ctx {
     pub config: WorkloadApiConfig,
-    /// The boot's KBS session, behind single-flight.
+    /// The boot's KBS session's resources, behind single-flight.
     pub resources: Arc<dyn ResourceSource>,
-    pub attester: Arc<dyn Attester>,
-    /// For tokens: each is a fresh handshake with its own TEE key.
-    pub kbs: KbsAccess,
+    /// The boot's KBS session: evidence, tokens (each a fresh handshake with its own TEE
+    /// key), the TEE's name.
+    pub session: KbsSession,
     /// Where calls are counted and audited.
     pub gate: Arc<Gate>,
     evidence_permits: Semaphore,
@@ -36,15 +37,13 @@ impl Ctx {
     pub fn new(
         config: WorkloadApiConfig,
         resources: Arc<dyn ResourceSource>,
-        attester: Arc<dyn Attester>,
-        kbs: KbsAccess,
+        session: KbsSession,
         gate: Arc<Gate>,
     ) -> Ctx {
         Ctx {
             config,
             resources,
-            attester,
-            kbs,
+            session,
             gate,
             evidence_permits: Semaphore::new(EVIDENCE_AT_ONCE),
             token_lock: Mutex::new(()),
@@ -173,7 +172,7 @@ async fn serve(ctx: &Ctx, route: Route) -> Result<Reply, String> {
             }
             let info = Info {
                 version: format!("vigil-agent {}", crate::service::AGENT_VERSION),
-                tee: ctx.attester.tee().to_string(),
+                tee: ctx.session.tee().to_string(),
                 additional_tees: Vec::new(),
                 feature: ctx.config.feature(),
             };
@@ -194,22 +193,30 @@ async fn serve(ctx: &Ctx, route: Route) -> Result<Reply, String> {
                 .acquire()
                 .await
                 .map_err(|e| e.to_string())?;
-            let attester = ctx.attester.clone();
-            let evidence = tokio::task::spawn_blocking(move || attester.evidence(&report_data))
+            // As CoCo's attestation agent: the runtime data is the report data (zero-padded to
+            // 64 bytes for SNP and TDX).
+            let evidence = ctx
+                .session
+                .evidence(&report_data)
                 .await
-                .map_err(|e| format!("evidence: the attester thread failed: {e}"))?
                 .map_err(|e| format!("evidence: {e}"))?;
             Ok(Reply::ok(evidence.into_bytes(), "application/octet-stream"))
         }
         Route::Token => {
             // One handshake at a time: each is a full attestation at the KBS.
             let _one = ctx.token_lock.lock().await;
-            let token = ctx
-                .kbs
+            let (token, key) = ctx
+                .session
                 .fresh_token()
                 .await
-                .map_err(|e| format!("token: {e}"))?;
-            Ok(Reply::ok(token.to_vec(), "application/octet-stream"))
+                .map_err(|e| format!("token: KBS: {e}"))?;
+            let json = Zeroizing::new(
+                serde_json::json!({"token": token, "tee_keypair": key.as_str()}).to_string(),
+            );
+            Ok(Reply::ok(
+                json.as_bytes().to_vec(),
+                "application/octet-stream",
+            ))
         }
     }
 }

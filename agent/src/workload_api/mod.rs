@@ -22,12 +22,12 @@ mod server;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use vigil_attester::Attester;
+use vigil_kbc::KbsSession;
 
 pub use config::{WorkloadApiConfig, WorkloadApiSection};
 
 use crate::gate::Gate;
-use crate::resources::{KbsAccess, ResourceSource};
+use crate::resources::ResourceSource;
 
 /// A running workload API.
 pub struct WorkloadApi {
@@ -35,17 +35,17 @@ pub struct WorkloadApi {
 }
 
 impl WorkloadApi {
-    /// Binds `config.listen` and serves on the API's own thread. `resources` is the boot's
-    /// KBS session (behind single-flight); calls are audited through `gate`'s log.
+    /// Binds `config.listen` and serves on the API's own thread. `session` is the boot's KBS
+    /// session, `resources` the same behind single-flight; calls are audited through `gate`'s
+    /// log.
     pub fn start(
         config: WorkloadApiConfig,
         resources: Arc<dyn ResourceSource>,
-        attester: Arc<dyn Attester>,
-        kbs: KbsAccess,
+        session: KbsSession,
         gate: Arc<Gate>,
     ) -> Result<WorkloadApi, String> {
         let listen = config.listen;
-        let ctx = handlers::Ctx::new(config, resources, attester, kbs, gate);
+        let ctx = handlers::Ctx::new(config, resources, session, gate);
         Ok(WorkloadApi {
             listener: server::Listener::start(listen, ctx)?,
         })
