@@ -119,20 +119,26 @@ impl WorkloadCounters {
                 );
             }
         }
-        out.push_str("# HELP vigil_workload_api_kbs_fetches_total Resource fetches the workload API and sealed secrets sent to the KBS.\n");
-        out.push_str("# TYPE vigil_workload_api_kbs_fetches_total counter\n");
-        let _ = writeln!(
-            out,
-            "vigil_workload_api_kbs_fetches_total {}",
-            self.kbs_fetches.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP vigil_workload_api_fetch_waiters Requests waiting on a resource fetch another request started.\n");
-        out.push_str("# TYPE vigil_workload_api_fetch_waiters gauge\n");
-        let _ = writeln!(
-            out,
-            "vigil_workload_api_fetch_waiters {}",
-            self.fetch_waiters.load(Ordering::Relaxed)
-        );
+        for (name, kind, help, value) in [
+            (
+                "vigil_workload_api_kbs_fetches_total",
+                "counter",
+                "Resource fetches the workload API and sealed secrets sent to the KBS.",
+                &self.kbs_fetches,
+            ),
+            (
+                "vigil_workload_api_fetch_waiters",
+                "gauge",
+                "Requests waiting on a resource fetch another request started.",
+                &self.fetch_waiters,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -64,6 +64,18 @@ impl World {
             .unwrap_or_else(|f| panic!("{}", f.stderr))
     }
 
+    /// A world whose agent serves every endpoint, with `default/app/db` on the KBS.
+    fn serving_db() -> (World, Agent, String) {
+        let mut w = World::new();
+        let agent = w.start(ALL);
+        let addr = agent
+            .workload_addr()
+            .expect("workload API address on stdout");
+        w.kbs()
+            .put_resource("default/app/db", SECRET.to_vec(), w.rule());
+        (w, agent, addr)
+    }
+
     fn metrics(&self, agent: &Agent) -> String {
         self.tenant.rt.block_on(async {
             let c = vigilctl::connect(&agent.addr, T).await.unwrap();
@@ -148,13 +160,7 @@ const ALL: &str = "listen = \"127.0.0.1:0\"\nallowed_resources = [\"default/app/
 
 #[test]
 fn resources_allowed_refused_and_audited_without_contents() {
-    let mut w = World::new();
-    let mut agent = w.start(ALL);
-    let addr = agent
-        .workload_addr()
-        .expect("workload API address on stdout");
-    w.kbs()
-        .put_resource("default/app/db", SECRET.to_vec(), w.rule());
+    let (w, mut agent, addr) = World::serving_db();
     w.kbs().put_resource(
         "default/denied/one",
         b"x".to_vec(),
@@ -238,9 +244,7 @@ fn resources_allowed_refused_and_audited_without_contents() {
 
 #[test]
 fn info_evidence_and_token_as_coco_returns_them() {
-    let mut w = World::new();
-    let _agent = w.start(ALL);
-    let addr = _agent.workload_addr().unwrap();
+    let (w, _agent, addr) = World::serving_db();
 
     let info = get(&addr, "/info");
     assert_eq!(info.status, 200);
@@ -293,8 +297,6 @@ fn info_evidence_and_token_as_coco_returns_them() {
     assert_eq!(jwt.split('.').count(), 3);
     let pem = token["tee_keypair"].as_str().unwrap();
     assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
-    w.kbs()
-        .put_resource("default/app/db", SECRET.to_vec(), w.rule());
     let kbs = w.kbs().addr().to_string();
     let jwe = raw(
         &kbs,
@@ -326,11 +328,7 @@ fn endpoints_off_unless_listed() {
 
 #[test]
 fn kbs_down_and_re_attestation() {
-    let mut w = World::new();
-    let agent = w.start(ALL);
-    let addr = agent.workload_addr().unwrap();
-    w.kbs()
-        .put_resource("default/app/db", SECRET.to_vec(), w.rule());
+    let (w, agent, addr) = World::serving_db();
     assert_eq!(get(&addr, "/cdh/resource/default/app/db").status, 200);
     let auths = w.kbs().stats().auth;
     // The session (cookie and token) expires at the KBS: a 401, one new handshake, served.
@@ -358,11 +356,7 @@ fn kbs_down_and_re_attestation() {
 
 #[test]
 fn concurrent_requests_share_one_kbs_fetch() {
-    let mut w = World::new();
-    let agent = w.start(ALL);
-    let addr = agent.workload_addr().unwrap();
-    w.kbs()
-        .put_resource("default/app/db", SECRET.to_vec(), w.rule());
+    let (w, agent, addr) = World::serving_db();
     // Attest first, so the overlapping requests are all resource fetches.
     assert_eq!(get(&addr, "/cdh/resource/default/app/db").status, 200);
     let served = w.kbs().stats().resources_served;
