@@ -79,7 +79,6 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     assert!(up.success());
 
     let tmp = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(tmp.path(), &["sh", "cat", "echo", "wget"]);
     let run_root = tmp.path().join("run");
     let input_log = tmp.path().join("input.jsonl");
     let tenant = Tenant::new();
@@ -144,6 +143,8 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     let out = tenant.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         call(&c, "CreateSandbox", json!({"sandbox_id": sid})).await.unwrap();
+        // The image arrives in the sandbox's shared directory (Kata's shared file system).
+        let rootfs = busybox_rootfs(&sandbox_dir.join("shared"), &["sh", "cat", "echo", "wget"]);
         let secrets = sandbox_dir.join("shared").join(format!("{cid}-creds"));
         for req in copy_secret_volume(&secrets, &[("tls.key", &sealed_file), ("user", "admin")]) {
             call(&c, "CopyFile", req).await.unwrap();
