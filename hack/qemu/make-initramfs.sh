@@ -12,7 +12,6 @@
 #   --initdata FILE     initdata TOML, installed as /etc/vigil/initdata.toml
 #                       (boot with agent.initdata=/etc/vigil/initdata.toml)
 #   --add SRC:DEST      any other file (executables keep mode 0755, others get 0644)
-#   --dir DEST          an (empty) directory, e.g. for a container rootfs; repeatable
 #   --busybox           add a static busybox as /bin/busybox and /bin/sh (debugging only:
 #                       boot with rdinit=/bin/sh)
 #   --gzip              gzip the archive (smaller file, but inflating it costs the TCG guest
@@ -25,7 +24,7 @@ source "$(dirname "$0")/common.sh"
 agent=$TARGET_DIR/$AGENT_TARGET/release/vigil-agent
 kernel_dir=$OUT_DIR/kernel/current
 config="" initdata="" busybox=0 compress=0 output=""
-extra=() dirs=()
+extra=()
 while [ $# -gt 0 ]; do
     case $1 in
         --agent) agent=$2; shift 2 ;;
@@ -33,7 +32,6 @@ while [ $# -gt 0 ]; do
         --config) config=$2; shift 2 ;;
         --initdata) initdata=$2; shift 2 ;;
         --add) extra+=("$2"); shift 2 ;;
-        --dir) dirs+=("$2"); shift 2 ;;
         --busybox) busybox=1; shift ;;
         --no-compress) compress=0; shift ;;
         --gzip) compress=1; shift ;;
@@ -75,9 +73,6 @@ fi
     echo "file /etc/vigil/modules $kernel_dir/modules/list 0644 0 0"
     [ -z "$config" ] || echo "file /etc/vigil/agent.toml $config 0644 0 0"
     [ -z "$initdata" ] || echo "file /etc/vigil/initdata.toml $initdata 0644 0 0"
-    for d in "${dirs[@]+"${dirs[@]}"}"; do
-        echo "dir $d 0755 0 0"
-    done
     for spec in "${extra[@]+"${extra[@]}"}"; do
         src=${spec%%:*} dst=${spec#*:}
         [ -f "$src" ] && [ "$src" != "$spec" ] || die "--add wants SRC:DEST with an existing SRC: '$spec'"

@@ -1,6 +1,7 @@
 # Sourced by hack/qemu/e2e.sh: the workload-secrets boot (issue 15). A guest whose measured
 # config turns on the workload API ([workload_api] on 127.0.0.1:8006) and sealed secrets runs a
-# busybox container (rootfs in the initramfs). Inside it, the container checks, by SHA-256, that
+# busybox container (its image copied into the sandbox's shared directory with CopyFile, in
+# chunks, as Kata's runtime copies files into a confidential guest). Inside it, the container checks, by SHA-256, that
 # its sealed environment value and its sealed secret-volume file were unsealed, that `wget` from
 # the workload API gets the secret the measured config allows, and that it is refused (403) one
 # it does not; its exit status tells the host which check failed, and nothing else leaves the
@@ -18,7 +19,6 @@ workload_e2e() {
     local bb
     bb=$(command -v busybox) || fail "workload e2e: no busybox (apt-get install busybox-static)"
     file -b "$bb" | grep -q "statically linked" || fail "workload e2e: $bb is not static"
-    local rootfs=/opt/vigil/rootfs
 
     "$bin/kbs-tenant" keygen --alg es256 --out "$w/sealing" >/dev/null
     cat >"$w/vigil.toml" <<TOML
@@ -92,17 +92,15 @@ REGO
     forged=$("$vigilctl" secret seal --resource default/secrets/db --key "$work/keys/tenant.key")
 
     "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
-        --initdata "$w/initdata.toml" \
-        --dir /opt --dir /opt/vigil --dir $rootfs --dir $rootfs/bin --dir $rootfs/proc \
-        --dir $rootfs/dev --dir $rootfs/tmp --dir $rootfs/etc --dir $rootfs/sys \
-        --add "$bb:$rootfs/bin/busybox" -o "$w/initramfs.cpio" >/dev/null
+        --initdata "$w/initdata.toml" -o "$w/initramfs.cpio" >/dev/null
 
     # The requests, as Kata's runtime would send them (Kata JSON shape).
-    python3 - "$w" "$rootfs" "$sealed_env" "$sealed_file" "$forged" <<'PY'
+    python3 - "$w" "$bb" "$sealed_env" "$sealed_file" "$forged" <<'PY'
 import hashlib, json, os, stat, sys
-w, rootfs, sealed_env, sealed_file, forged = sys.argv[1:]
+w, busybox, sealed_env, sealed_file, forged = sys.argv[1:]
 sid, cid, bad = "wl", "wl-c1", "wl-bad"
 shared = f"/run/vigil/sandbox/{sid}/shared"
+rootfs = f"{shared}/{cid}-rootfs"
 vol = f"{shared}/{cid}-creds"
 stamp = "..2025_01_01_00_00_00.1"
 h = lambda name: hashlib.sha256(open(os.path.join(w, name), "rb").read()).hexdigest()
@@ -118,8 +116,19 @@ copies = [
     {"path": f"{vol}/..data", "file_mode": stat.S_IFLNK | 0o777, "data": list(stamp.encode())},
     {"path": f"{vol}/tls.key", "file_mode": stat.S_IFLNK | 0o777, "data": list(b"..data/tls.key")},
 ]
+# The image: a static busybox, in chunks that fit a ttrpc frame.
+copies += [{"path": f"{rootfs}{d}", "file_mode": stat.S_IFDIR | 0o755, "dir_mode": 0o755}
+           for d in ["", "/bin", "/proc", "/dev", "/tmp", "/etc", "/sys"]]
+image = open(busybox, "rb").read()
+chunk = 512 * 1024
+for off in range(0, len(image), chunk):
+    copies.append({"path": f"{rootfs}/bin/busybox", "file_mode": stat.S_IFREG | 0o755,
+                   "dir_mode": 0o755, "file_size": len(image), "offset": off,
+                   "data": list(image[off:off + chunk])})
 for i, c in enumerate(copies):
     dump(f"copy{i}.json", c)
+with open(os.path.join(w, "copies"), "w") as f:
+    f.write(str(len(copies)))
 # Each failed check exits with its own status: the host learns which, and nothing more.
 script = f"""
 h() {{ busybox printf %s "$1" | busybox sha256sum | busybox cut -d' ' -f1; }}
@@ -164,8 +173,8 @@ PY
     local addr="hvsock://$run_dir/vsock.sock:$AGENT_VSOCK_PORT" out i
     wcall() { "$vigilctl" --timeout 120 --addr "$addr" call "$@"; }
     wcall CreateSandbox "@$w/sandbox.json" >/dev/null || fail "CreateSandbox failed"
-    for i in 0 1 2 3 4; do
-        out=$(wcall CopyFile "@$w/copy$i.json" 2>&1) || fail "CopyFile $i: $out"
+    for i in $(seq 0 $(($(cat "$w/copies") - 1))); do
+        out=$(wcall CopyFile "@$w/copy$i.json" 2>&1) || fail "CopyFile $i: $(head -c 300 <<<"$out")"
     done
     # Signed by a key the measured config does not pin: refused before anything runs.
     if out=$(wcall CreateContainer "@$w/create-forged.json" 2>&1); then
