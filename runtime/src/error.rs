@@ -21,6 +21,10 @@ pub enum RuntimeError {
     /// The operation did not finish in the time the request allowed (`DEADLINE_EXCEEDED`).
     #[error("{0}")]
     Timeout(String),
+    /// Refused by the tenant's policy (an image the image policy does not allow)
+    /// (`PERMISSION_DENIED`).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The output stream is closed and everything in it has been read. Kata's agent answers
     /// this with an error whose text contains "eof"; the Kata shim treats it as end of stream.
     #[error("read meet eof")]

@@ -13,6 +13,7 @@ mod confine;
 mod copy_file;
 mod devices;
 mod error;
+mod guest_pull;
 mod layout;
 mod mount;
 mod runtime;
@@ -24,6 +25,7 @@ mod storage;
 mod youki;
 
 pub use error::RuntimeError;
+pub use guest_pull::GuestPull;
 pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
 pub use sandbox::{Sandbox, SandboxConfig};
 pub use spec::{capability_name, check_device_path, DEFAULT_CAPABILITIES, FORBIDDEN_DEVICES};

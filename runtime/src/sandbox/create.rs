@@ -18,6 +18,7 @@ use super::{
 };
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
+use crate::guest_pull::{self, PulledRootfs};
 use crate::mount::{unmount_all, Mounted};
 use crate::spec::{self, SpecContext};
 use crate::staging::Staging;
@@ -81,6 +82,8 @@ impl Sandbox {
 
     /// Everything on the host's side of the spec, checked and in place: storages mounted, the
     /// rootfs and bind sources staged, the converted spec. On failure nothing is left.
+    /// `pulled`: the guest-pulled root file systems, set up already (see
+    /// [`Sandbox::guest_pull_storages`]); the other storages go through the drivers here.
     fn prepare(
         &self,
         sandbox: &SandboxState,
@@ -88,19 +91,25 @@ impl Sandbox {
         spec_in: &oci::Spec,
         bundle: &Owned,
         mounts: &mut Vec<Mounted>,
+        pulled: &[Owned],
     ) -> Result<oci_spec::runtime::Spec> {
         let id = req.container_id.as_str();
         let shared = sandbox.layout.shared()?;
         let sources: Vec<&Owned> = std::iter::once(&shared)
             .chain(sandbox.storage_roots.iter())
             .collect();
-        let (storage_mounts, roots) = self.drivers.add_all(
-            &req.storages,
-            &sandbox.layout,
-            Some(id),
-            &sources,
-            "storages",
-        )?;
+        // The driver table sees the other storages; refusals keep the request's indices.
+        let (others, index): (Vec<Storage>, Vec<usize>) = req
+            .storages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.driver != guest_pull::DRIVER)
+            .map(|(i, s)| (s.clone(), i))
+            .unzip();
+        let (storage_mounts, roots) = self
+            .drivers
+            .add_all(&others, &sandbox.layout, Some(id), &sources, "storages")
+            .map_err(|e| renumber(e, &index))?;
         mounts.extend(storage_mounts);
         let mut namespaces = std::collections::BTreeMap::new();
         match (req.sandbox_pidns, sandbox.shared_pidns) {
@@ -150,7 +159,12 @@ impl Sandbox {
             namespaces,
             limits: &limits,
         };
-        let storages: Vec<&Owned> = sandbox.storage_roots.iter().chain(roots.iter()).collect();
+        let storages: Vec<&Owned> = sandbox
+            .storage_roots
+            .iter()
+            .chain(roots.iter())
+            .chain(pulled.iter())
+            .collect();
         let agent_files: Vec<&Owned> = resolv.iter().collect();
         let mut staging = Staging::new(bundle, &shared, &storages, &agent_files);
         let spec = spec::container_spec(&spec_in, &ctx, &mut staging);
@@ -170,13 +184,25 @@ impl Sandbox {
             clean_dir(&bundle_path)?;
         }
         let bundle = sandbox.layout.create_bundle(&id)?;
+        let mut spec_in = spec_in.clone();
+        let (pulled, pulled_roots) =
+            match self.guest_pull_storages(sandbox, req, &mut spec_in).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = clean_dir(&bundle_path);
+                    return Err(e);
+                }
+            };
+        let pulled = Mutex::new(pulled);
+        let spec_in = &spec_in;
         let mut mounts = Vec::new();
         let fail = |mounts: &mut Vec<Mounted>, e: RuntimeError| {
             unmount_all(mounts);
+            guest_pull::remove_all(&mut lock(&pulled));
             let _ = clean_dir(&bundle_path);
             e
         };
-        let spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {
+        let spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts, &pulled_roots) {
             Ok(s) => s,
             Err(e) => return Err(fail(&mut mounts, e)),
         };
@@ -229,12 +255,14 @@ impl Sandbox {
                 return Err(fail(&mut mounts, e));
             }
         };
+        let pulled = std::mem::take(&mut *lock(&pulled));
         Ok(Arc::new(Container {
             id,
             bundle: bundle_path,
             ops: tokio::sync::Mutex::new(ContainerOps {
                 status: Status::Created,
                 mounts,
+                pulled,
                 removed: false,
             }),
             processes: Mutex::new(HashMap::new()),
@@ -245,9 +273,63 @@ impl Sandbox {
         }))
     }
 
+    /// Sets up the `image_guest_pull` storages of `req` (pulling, mounting, and merging the
+    /// image's process defaults into `spec`). The pull is asynchronous (network, minutes), so
+    /// it runs here, ahead of the synchronous driver table. On failure the ones already set
+    /// up are removed.
+    async fn guest_pull_storages(
+        &self,
+        sandbox: &SandboxState,
+        req: &CreateContainerRequest,
+        spec: &mut oci::Spec,
+    ) -> Result<(Vec<PulledRootfs>, Vec<Owned>)> {
+        let (mut pulled, mut roots) = (Vec::new(), Vec::new());
+        for (i, s) in req.storages.iter().enumerate() {
+            if s.driver != guest_pull::DRIVER {
+                continue;
+            }
+            let process = spec.Process.mut_or_insert_default();
+            let field = format!("storages[{i}]");
+            let gp = self.guest_pull.as_ref();
+            let id = req.container_id.as_str();
+            match guest_pull::prepare(gp, s, &sandbox.layout, id, &field, process).await {
+                Ok((p, root)) => {
+                    pulled.push(p);
+                    roots.push(root);
+                }
+                Err(e) => {
+                    guest_pull::remove_all(&mut pulled);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((pulled, roots))
+    }
+
     async fn delete_quietly(&self, id: &str) {
         let runtime = self.runtime.clone();
         let cid = id.to_string();
         let _ = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await;
+    }
+}
+
+/// A refusal of `storages[j]` among the filtered storages, named by the request's index.
+fn renumber(e: RuntimeError, index: &[usize]) -> RuntimeError {
+    match e {
+        RuntimeError::InvalidArgument { field, reason } => {
+            let renamed = field
+                .strip_prefix("storages[")
+                .and_then(|rest| rest.split_once(']'))
+                .and_then(|(j, tail)| {
+                    let i = index.get(j.parse::<usize>().ok()?)?;
+                    Some(format!("storages[{i}]{tail}"))
+                })
+                .unwrap_or(field);
+            RuntimeError::InvalidArgument {
+                field: renamed,
+                reason,
+            }
+        }
+        other => other,
     }
 }

@@ -22,6 +22,7 @@ use vigil_protos::oci;
 
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
+use crate::guest_pull::{self, GuestPull, PulledRootfs};
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
@@ -87,6 +88,7 @@ pub struct Sandbox {
     current: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    guest_pull: Option<GuestPull>,
 }
 
 struct SandboxState {
@@ -130,6 +132,8 @@ struct Container {
 struct ContainerOps {
     status: Status,
     mounts: Vec<Mounted>,
+    /// Root file systems from `image_guest_pull` storages.
+    pulled: Vec<PulledRootfs>,
     removed: bool,
 }
 
@@ -282,7 +286,15 @@ impl Sandbox {
             current: tokio::sync::Mutex::new(None),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
+            guest_pull: None,
         }
+    }
+
+    /// Serves `image_guest_pull` storages (CoCo's guest pull) with `gp`; without it they are
+    /// refused.
+    pub fn with_guest_pull(mut self, gp: GuestPull) -> Sandbox {
+        self.guest_pull = Some(gp);
+        self
     }
 
     /// Makes container processes (and the runtime's helper children) off-limits to the
@@ -665,6 +677,7 @@ impl Sandbox {
             errors.push(e.to_string());
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
+        errors.extend(guest_pull::remove_all(&mut ops.pulled));
         if let Err(e) = clean_dir(&c.bundle) {
             errors.push(e.to_string());
         }
