@@ -281,6 +281,17 @@ impl DecisionLog {
         }
     }
 
+    /// Records a guest image pull decision: one line `{"time", "event": "image_pull", "image",
+    /// "digest", "rule", "decision", "reason"}`.
+    pub fn record_image_pull(&self, d: &vigil_image::PullDecision) {
+        let Some(tx) = &self.audit else {
+            return;
+        };
+        if tx.try_send(AuditMessage::Line(image_pull_line(d))).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records that `policy` came into force (start-up, SetPolicy): one line
     /// `{"time", "event": "policy", "policy_source", "policy_version", "policy_digest",
     /// "detail"}`, so the log says which policy decided the lines after it (and, for a
@@ -381,6 +392,19 @@ fn workload_line(call: &WorkloadCall) -> String {
         "decision": call.outcome.as_str(),
         "status": call.status,
         "reason": call.reason,
+    })
+    .to_string()
+}
+
+fn image_pull_line(d: &vigil_image::PullDecision) -> String {
+    serde_json::json!({
+        "time": vigil_policy::rfc3339_now(),
+        "event": "image_pull",
+        "image": d.image,
+        "digest": d.digest,
+        "rule": d.rule,
+        "decision": if d.allowed { "allowed" } else { "denied" },
+        "reason": d.reason,
     })
     .to_string()
 }

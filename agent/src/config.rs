@@ -11,6 +11,7 @@ use vigil_protos::ENDPOINTS;
 
 use crate::attestation::AttestationSection;
 use crate::cmdline::KernelCmdline;
+use crate::image::{ImageConfig, ImageSection};
 use crate::policy::PolicySection;
 
 /// Kernel parameter naming the config file, as Kata's agent reads it.
@@ -84,6 +85,7 @@ pub struct ConfigFile {
     pub sandbox: SandboxSection,
     pub workload_api: Option<crate::workload_api::WorkloadApiSection>,
     pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsSection>,
+    pub image: Option<ImageSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,6 +237,10 @@ pub struct Config {
     pub workload_api: Option<crate::workload_api::WorkloadApiConfig>,
     /// `[sealed_secrets]`; absent: a sealed value in a container fails CreateContainer.
     pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsConfig>,
+    /// `[image]`, validated: guest image pull (no policy: every pull refused).
+    pub image: ImageConfig,
+    /// No `[image]` section: guest pull is refused, naming the section.
+    pub image_section_absent: bool,
 }
 
 impl Config {
@@ -250,6 +256,10 @@ impl Config {
             sandbox: vigil_runtime::SandboxConfig::default(),
             workload_api: None,
             sealed_secrets: None,
+            image: ImageSection::default()
+                .validate(false)
+                .expect("the default [image] section is valid"),
+            image_section_absent: true,
         }
     }
 
@@ -317,6 +327,15 @@ impl Config {
             crate::sealed_secrets::SealedSecretsSection::validate,
         )
         .map_err(parse_err)?;
+        let image_section_absent = file.image.is_none();
+        let image = file
+            .image
+            .unwrap_or_default()
+            .validate(attestation.tee.is_attested())
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -327,6 +346,8 @@ impl Config {
             sandbox,
             workload_api,
             sealed_secrets,
+            image,
+            image_section_absent,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod cmdline;
 pub mod config;
 pub mod gate;
 pub mod guest;
+pub mod image;
 pub mod log_sink;
 pub mod metrics;
 pub mod mode;

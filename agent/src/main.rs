@@ -18,9 +18,10 @@ use vigil_agent::startup::{self, Options};
 /// [attestation] (TEE mode, KBS), [sandbox] (run_root, allow_hooks, output_limit_bytes,
 /// cgroup_parent, and what containers may ask of the guest: capabilities (bounding set,
 /// default containerd's), allow_privileged, devices (guest device paths), allow_setuid_copy),
-/// and in attested configs [workload_api] (CoCo's guest REST API for the pod's containers:
-/// listen, allowed_resources, endpoints) and [sealed_secrets] (signers for sealed.<JWS> values
-/// unsealed at CreateContainer).
+/// [image] (guest image pull: policy, signature_keys, insecure_registries, registry_ca_roots;
+/// without it every image_guest_pull is refused), and in attested configs [workload_api]
+/// (CoCo's guest REST API for the pod's containers: listen, allowed_resources, endpoints) and
+/// [sealed_secrets] (signers for sealed.<JWS> values unsealed at CreateContainer).
 ///
 /// The mode follows the hardware: with a TEE guest interface present (/dev/sev-guest,
 /// /dev/tdx_guest, configfs-tsm), initdata is mandatory, its digest must be in the launch

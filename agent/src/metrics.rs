@@ -7,9 +7,12 @@ use std::time::Instant;
 use crate::gate::Gate;
 
 /// Renders every metric the agent exposes.
-pub fn render(gate: &Gate, started: Instant) -> String {
+pub fn render(gate: &Gate, started: Instant, images: Option<&vigil_image::ImageService>) -> String {
     let mut out = String::with_capacity(16 * 1024);
     gate.decision_log().render_prometheus(&mut out);
+    if let Some(images) = images {
+        images.render_prometheus(&mut out);
+    }
     let policy = gate.policy();
     gauge(
         &mut out,

@@ -49,6 +49,7 @@ impl From<RuntimeError> for AgentError {
             RuntimeError::AlreadyExists { .. } => AgentError::AlreadyExists(text),
             RuntimeError::InvalidArgument { .. } => AgentError::InvalidArgument(text),
             RuntimeError::FailedPrecondition(_) => AgentError::FailedPrecondition(text),
+            RuntimeError::PermissionDenied(_) => AgentError::PermissionDenied(text),
             RuntimeError::Timeout(_) => AgentError::DeadlineExceeded(text),
             // Kata's agent ends a stream with an error reading "read meet eof"; shims expect it.
             RuntimeError::EndOfStream | RuntimeError::Internal(_) => AgentError::Internal(text),
@@ -117,6 +118,7 @@ pub struct AgentApi {
     sandbox: Sandbox,
     network: crate::network::Network,
     sealed: crate::sealed_secrets::SealedSecrets,
+    images: Option<Arc<vigil_image::ImageService>>,
 }
 
 impl AgentApi {
@@ -129,6 +131,7 @@ impl AgentApi {
             sandbox: Sandbox::new(SandboxConfig::default()),
             network: crate::network::Network::new(),
             sealed: crate::sealed_secrets::SealedSecrets::new(None, None),
+            images: None,
         }
     }
 
@@ -136,6 +139,12 @@ impl AgentApi {
     /// configured, so a sealed value fails the request).
     pub fn with_sealed_secrets(mut self, sealed: crate::sealed_secrets::SealedSecrets) -> AgentApi {
         self.sealed = sealed;
+        self
+    }
+
+    /// The image service whose pull metrics GetMetrics reports.
+    pub fn with_images(mut self, images: Option<Arc<vigil_image::ImageService>>) -> AgentApi {
+        self.images = images;
         self
     }
 
@@ -215,7 +224,7 @@ agent_service! {
 
     async fn get_metrics(&self, _ctx: &TtrpcContext, _req: GetMetricsRequest) -> RpcResult<Metrics> {
         Ok(Metrics {
-            metrics: crate::metrics::render(&self.gate, self.started),
+            metrics: crate::metrics::render(&self.gate, self.started, self.images.as_deref()),
             ..Default::default()
         })
     }

@@ -210,9 +210,17 @@ pub async fn start(
     if let Some(claims) = child_claims {
         sandbox = sandbox.with_child_claims(claims);
     }
+    let images = image_service(&loaded, kbs.as_ref(), &gate)?;
+    if let Some(images) = &images {
+        sandbox = sandbox.with_guest_pull(vigil_runtime::GuestPull {
+            images: images.clone(),
+            pause_bundle: config.image.pause_bundle.clone(),
+        });
+    }
     let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin)
         .with_sandbox(sandbox)
-        .with_sealed_secrets(workload::sealed_secrets(config, workload_access.as_ref()));
+        .with_sealed_secrets(workload::sealed_secrets(config, workload_access.as_ref()))
+        .with_images(images);
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
     tracing::info!(ms = ms(t), "step 4/5: gate compiled");
@@ -315,6 +323,41 @@ fn configure(opts: &Options) -> Result<(Loaded, Mode), StartupError> {
     )
     .map_err(fail("mode"))?;
     Ok((loaded, mode))
+}
+
+/// Guest image pull, when `[image]` is configured: the service, its `kbs:///` resources through
+/// the boot's KBS session, and (attested) the image policy loaded in the background now, so
+/// the first pull need not wait for it; a pull retries a failed load.
+fn image_service(
+    loaded: &Loaded,
+    kbs: Option<&KbsSession>,
+    gate: &Arc<Gate>,
+) -> Result<Option<Arc<vigil_image::ImageService>>, StartupError> {
+    let config = &loaded.config;
+    if config.image_section_absent {
+        return Ok(None);
+    }
+    let image = &config.image;
+    let resources: Option<Arc<dyn vigil_image::ResourceSource>> = kbs
+        .filter(|_| image.uses_kbs)
+        .map(|s| Arc::new(crate::image::KbsResources(s.clone())) as _);
+    let images = crate::image::service(image, resources.clone(), gate.clone())
+        .map_err(|e| fail("image service")(format!("[image]: {e}")))?;
+    let images = Arc::new(images);
+    if matches!(image.settings.policy, vigil_image::PolicySource::Unset) {
+        tracing::warn!("[image] has no policy: every image pull is refused");
+    } else if resources.is_some() {
+        let early = images.clone();
+        tokio::spawn(async move {
+            match early.load_trust().await {
+                Ok(()) => tracing::info!("image policy fetched from the KBS and verified"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "image policy not loaded yet (the first pull retries)")
+                }
+            }
+        });
+    }
+    Ok(Some(images))
 }
 
 /// The allow-list bitmap, the policy with its precompiled decisions, and the decision log.
