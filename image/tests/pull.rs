@@ -10,24 +10,12 @@ use serde_json::json;
 use vigil_image::{Error, RootfsMode};
 use vigil_test_registry::{Compression, Image, Layer};
 
-fn busybox_layer() -> Layer {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
-    Layer::builder()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755)
-        .symlink("bin/sh", "/bin/busybox")
-        .symlink("bin/cat", "busybox")
-        .dir("etc", 0o755)
-        .file("etc/message", b"hello from the image\n", 0o644)
-        .build(Compression::Gzip)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_pull_mount_and_run() {
     require_env!();
     let env = support::Env::new();
-    let image = Image::new(
-        vec![busybox_layer()],
+    let image = vigil_test_registry::busybox_image(
+        "hello from the image\n",
         json!({"Cmd": ["/bin/sh", "-c", "cat /etc/message"]}),
     );
     let digest = env.registry.push_image("apps/hello", "v1", &image);

@@ -329,6 +329,27 @@ impl Image {
     }
 }
 
+/// A busybox image (Debian's static `/bin/busybox`, with `sh`, `cat`, `echo`, `sleep`
+/// applets) whose `/etc/message` holds `message`, gzip-compressed, with config `config`.
+pub fn busybox_image(message: &str, config: serde_json::Value) -> Image {
+    let busybox =
+        std::fs::read("/bin/busybox").expect("/bin/busybox (Debian package busybox-static)");
+    let mut b = Layer::builder()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755);
+    for applet in ["sh", "cat", "echo", "sleep"] {
+        b = b.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let layer = b
+        .dir("etc", 0o755)
+        .file("etc/message", message.as_bytes(), 0o644)
+        .dir("proc", 0o555)
+        .dir("dev", 0o755)
+        .dir("tmp", 0o1777)
+        .build(Compression::Gzip);
+    Image::new(vec![layer], config)
+}
+
 /// A cosign key pair (ECDSA P-256).
 pub struct SigningKey(p256::ecdsa::SigningKey);
 
