@@ -7,6 +7,7 @@ mod http;
 mod layer;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -54,34 +55,75 @@ impl Registry {
     /// port is picked and the start retried if another process takes it first).
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
+        let (child, addr) = Self::spawn(dir.path(), &dir.path().join("data"), None);
+        Registry { child, addr, dir }
+    }
+
+    /// A second registry process over the same storage, serving HTTPS with `cert_pem` and
+    /// `key_pem` (pushes go to the plain one; pulls can then be tested over TLS).
+    pub fn tls_frontend(&self, cert_pem: &str, key_pem: &str) -> Registry {
+        let dir = tempfile::tempdir().expect("registry temp dir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        let (child, addr) = Self::spawn(
+            dir.path(),
+            &self.dir.path().join("data"),
+            Some((&cert, &key)),
+        );
+        Registry { child, addr, dir }
+    }
+
+    fn spawn(dir: &Path, data: &Path, tls: Option<(&Path, &Path)>) -> (Child, String) {
         for _ in 0..10 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            if let Some(r) = Self::start_on(&dir, port) {
-                return Registry {
-                    child: r.0,
-                    addr: r.1,
-                    dir,
-                };
+            if let Some(r) = Self::start_on(dir, data, port, tls) {
+                return r;
             }
         }
         panic!("docker-registry did not start on any of 10 ports");
     }
 
-    fn start_on(dir: &tempfile::TempDir, port: u16) -> Option<(Child, String)> {
+    fn start_on(
+        dir: &Path,
+        data: &Path,
+        port: u16,
+        tls: Option<(&Path, &Path)>,
+    ) -> Option<(Child, String)> {
         let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
+        let config = dir.join("config.yml");
+        let tls_config = tls
+            .map(|(c, k)| {
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                )
+            })
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}",
+                data.display()
             ),
         )
         .expect("registry config");
-        let mut child = Command::new("docker-registry")
+        let mut cmd = Command::new("docker-registry");
+        // The registry dies with whoever started it, even if that one is killed.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
