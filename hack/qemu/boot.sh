@@ -15,6 +15,8 @@
 #   --run-dir DIR        sockets and pid files [default: hack/out/run]
 #   --kbs-port PORT      forward guest 10.0.2.100:8080 to host 127.0.0.1:PORT (no network
 #                        device without it)
+#   --registry-port PORT also forward guest 10.0.2.101:5000 to host 127.0.0.1:PORT (a
+#                        registry for guest image pull; needs --kbs-port)
 #   --append PARAMS      more kernel parameters, e.g. "agent.config_file=/etc/vigil/agent.toml"
 #   --console-log FILE   serial console to FILE instead of stdout
 #   --memory MB          [default: 512]
@@ -34,7 +36,7 @@ kernel=$OUT_DIR/kernel/current/vmlinux
 [ -f "$kernel" ] || kernel=$OUT_DIR/kernel/current/vmlinuz
 initrd=$OUT_DIR/initramfs.cpio
 run_dir=$OUT_DIR/run
-kbs_port="" append="" console_log="" memory=512 quiet=quiet machine=q35 initdata_disk="" firmware=""
+kbs_port="" registry_port="" append="" console_log="" memory=512 quiet=quiet machine=q35 initdata_disk="" firmware=""
 qemu_extra=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
         --initrd) initrd=$2; shift 2 ;;
         --run-dir) run_dir=$2; shift 2 ;;
         --kbs-port) kbs_port=$2; shift 2 ;;
+        --registry-port) registry_port=$2; shift 2 ;;
         --append) append="$append $2"; shift 2 ;;
         --console-log) console_log=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
@@ -56,6 +59,8 @@ while [ $# -gt 0 ]; do
 done
 for f in "$kernel" "$initrd"; do [ -f "$f" ] || die "no such file: $f"; done
 [[ -z $kbs_port || $kbs_port =~ ^[0-9]+$ ]] || die "--kbs-port wants a port number, not '$kbs_port'"
+[[ -z $registry_port || ( $registry_port =~ ^[0-9]+$ && -n $kbs_port ) ]] ||
+    die "--registry-port wants a port number, and --kbs-port with it"
 [[ $memory =~ ^[0-9]+$ ]] || die "--memory wants megabytes, not '$memory'"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (hack/qemu/setup.sh)"
 vhost=$(command -v vhost-device-vsock || echo "$HOME/.cargo/bin/vhost-device-vsock")
@@ -105,7 +110,11 @@ if [ -n "$kbs_port" ]; then
     cmdline="$cmdline agent.ip=eth0:$GUEST_IP"
     # restrict=on: the guest reaches nothing but the forwards listed here. guestfwd's cmd runs
     # once per guest connection, with the connection on its stdin/stdout.
-    net=(-netdev "user,id=net0,restrict=on,ipv6=off,guestfwd=tcp:$GUEST_KBS_ADDR:$GUEST_KBS_PORT-cmd:socat STDIO TCP:127.0.0.1:$kbs_port"
+    fwd="guestfwd=tcp:$GUEST_KBS_ADDR:$GUEST_KBS_PORT-cmd:socat STDIO TCP:127.0.0.1:$kbs_port"
+    if [ -n "$registry_port" ]; then
+        fwd="$fwd,guestfwd=tcp:$GUEST_REGISTRY_ADDR:$GUEST_REGISTRY_PORT-cmd:socat STDIO TCP:127.0.0.1:$registry_port"
+    fi
+    net=(-netdev "user,id=net0,restrict=on,ipv6=off,$fwd"
         -device virtio-net-pci,netdev=net0,romfile=)
     command -v socat >/dev/null || die "socat missing (hack/qemu/setup.sh)"
 fi

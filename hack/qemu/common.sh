@@ -12,6 +12,9 @@ AGENT_TARGET=x86_64-unknown-linux-gnu
 GUEST_KBS_ADDR=10.0.2.100
 GUEST_KBS_PORT=8080
 GUEST_IP=10.0.2.15/24
+# Where the guest reaches a registry for guest image pull (forwarded the same way).
+GUEST_REGISTRY_ADDR=10.0.2.101
+GUEST_REGISTRY_PORT=5000
 # The agent's vsock port inside the guest (Kata's default).
 AGENT_VSOCK_PORT=1024
 

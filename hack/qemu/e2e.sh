@@ -6,6 +6,10 @@
 # vsock (vhost-device-vsock, hybrid vsock socket): Check, an allowed call, a call blocked by
 # the allow-list and one blocked by the policy, each with its exact status; then Ctrl-Alt-Del
 # through QMP (SIGINT to init): the agent shuts down and powers the VM off, and QEMU must exit.
+# Before that, guest image pull: the guest pulls a cosign-signed busybox image from a registry
+# on the host (docker-registry on 127.0.0.1, reached as 10.0.2.101:5000) under the tenant's
+# image policy and key from the KBS, runs it as a pod (pause container from the guest image's
+# pause bundle), and the image's output is read back over vsock.
 # Prints boot -> first answered request.
 #
 # Then a second boot with initdata edited after launch (the binding still names the original)
@@ -45,10 +49,11 @@ if [ -z "$vigilctl" ]; then
     vigilctl=$TARGET_DIR/debug/vigilctl
 fi
 kernel_dir=$("$QEMU_HACK_DIR/get-kernel.sh")
-(cd "$REPO_ROOT" && cargo build --locked -p kbs-test-server --bins >&2)
+(cd "$REPO_ROOT" && cargo build --locked -p kbs-test-server -p vigil-test-registry --bins >&2)
 bin=$TARGET_DIR/debug
-boot_pid="" kbs_pid=""
+boot_pid="" kbs_pid="" registry_pid=""
 cleanup() {
+    if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; fi
     if [ -n "$boot_pid" ] && kill -0 "$boot_pid" 2>/dev/null; then
         kill "$boot_pid" 2>/dev/null || true
         wait "$boot_pid" 2>/dev/null || true
@@ -68,11 +73,52 @@ if [ -z "$kbs_port" ]; then
     wait_for_line "$work/kbs.out" 30 "listening on" || die "the KBS test server did not start"
     kbs_port=$(grep -m1 "listening on" "$work/kbs.out" | sed 's/.*://')
 fi
+# A registry on the host's loopback with a busybox image signed for the name the guest uses;
+# the guest reaches it only through QEMU's forward (10.0.2.101:5000 -> 127.0.0.1:PORT). It
+# serves while its stdin (a FIFO held open here) stays open.
+guest_registry=$GUEST_REGISTRY_ADDR:$GUEST_REGISTRY_PORT
+image_ref=$guest_registry/apps/hello:v1
+mkfifo "$work/registry.stdin"
+"$bin/vigil-test-registry" --repo apps/hello --tag v1 --cmd "cat /etc/message" \
+    --sign-as "$guest_registry/apps/hello" --key-out "$work/cosign.pub" \
+    <"$work/registry.stdin" >"$work/registry.out" 2>"$work/registry.log" &
+registry_pid=$!
+exec {registry_hold}>"$work/registry.stdin"
+wait_for_line "$work/registry.out" 60 "^ready" || die "the registry did not start: $(cat "$work/registry.log")"
+registry_port=$(grep -m1 "listening on" "$work/registry.out" | sed 's/.*://')
+image_digest=$(grep -m1 "^digest " "$work/registry.out" | cut -d' ' -f2)
+
 # The tenant: keys, a signed policy released to this initdata only, and initdata carrying
 # the agent's config. Plain HTTP to a non-loopback address needs insecure_http (logged).
+# For guest pull: the [image] section (image policy and cosign key from the KBS), the RPCs a
+# pod needs, and a tenant rule allowing guest-pulled containers (the image policy decides
+# which images).
+export TENANT_EXTRA_ENDPOINTS='"ReadStreamRequest", "WaitProcessRequest", "RemoveContainerRequest", "GetMetricsRequest"'
+export TENANT_EXTRA_REGO='default StartContainerRequest := true
+default ReadStreamRequest := true
+default WaitProcessRequest := true
+default RemoveContainerRequest := true
+default GetMetricsRequest := true
+CreateContainerRequest if {
+    input.storages[_].driver == "image_guest_pull"
+}'
+image_config="[image]
+policy = \"kbs:///default/image-policy/prod\"
+signature_keys = [\"kbs:///default/cosign-key/prod\"]
+insecure_registries = [\"$guest_registry\"]"
 source "$REPO_ROOT/hack/tenant.sh"
 digest=$(make_tenant "$work" "http://$GUEST_KBS_ADDR:$GUEST_KBS_PORT" "vsock://-1:$AGENT_VSOCK_PORT" \
-    "insecure_http = true")
+    "insecure_http = true" "$image_config")
+unset TENANT_EXTRA_ENDPOINTS TENANT_EXTRA_REGO # the workload boot below makes its own tenant
+cat >"$work/image-policy.json" <<JSON
+{"default": [{"type": "reject"}],
+ "transports": {"docker": {"$guest_registry/apps": [
+   {"type": "sigstoreSigned", "keyPath": "kbs:///default/cosign-key/prod"}]}}}
+JSON
+for r in "image-policy/prod:$work/image-policy.json" "cosign-key/prod:$work/cosign.pub"; do
+    "$bin/kbs-tenant" publish --resources "$work/resources" --path "default/${r%%:*}" \
+        --file "${r#*:}" --tee sample --init-data "$work/initdata.toml" >/dev/null
+done
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
     --initdata "$work/initdata.toml" -o "$work/initramfs.cpio" >/dev/null
 # The VMM binds the launch value; for the mock TEE through the kernel command line.
@@ -93,7 +139,7 @@ kernel=$kernel_dir/vmlinux
 t_start=$(now)
 "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" \
     --initrd "$work/initramfs.cpio" --run-dir "$run_dir" --console-log "$console" \
-    --kbs-port "$kbs_port" \
+    --kbs-port "$kbs_port" --registry-port "$registry_port" \
     --append "$boot_params" >"$work/boot.log" 2>&1 &
 boot_pid=$!
 
@@ -140,6 +186,51 @@ expect_status ExecProcess '{"container_id": "c1", "exec_id": "e1"}' UNIMPLEMENTE
 expect_status CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args": ["/bin/sh"]}}}' \
     PERMISSION_DENIED "CreateContainerRequest is blocked by policy"
 grep -aq "step 3/5: tenant policy verified" "$console" || fail "no verified KBS policy on the console"
+
+# Guest image pull, with the requests Kata's runtime sends for a pod (as JSON in Kata's shape).
+# kata_container CID KIND IMAGE: a CreateContainer request whose rootfs is an image_guest_pull
+# storage (KIND "sandbox": the pause container, from the pause bundle).
+sandbox_dir=/run/vigil/sandbox/e2e-pod
+kata_container() {
+    python3 - "$1" "$2" "$3" "$sandbox_dir/$1/rootfs" <<'PY'
+import json, sys
+cid, kind, image, rootfs = sys.argv[1:]
+meta = {"io.kubernetes.cri.container-type": kind, "io.kubernetes.cri.sandbox-id": "e2e-pause"}
+if kind == "container":
+    meta["io.kubernetes.cri.image-name"] = image
+storage = {"driver": "image_guest_pull", "source": image, "fstype": "overlay", "mount_point": rootfs,
+           "driver_options": ["image_guest_pull=" + json.dumps({"metadata": meta})]}
+process = {"Args": ["/pause"] if kind == "sandbox" else [], "Cwd": "/"}
+mounts = [{"destination": "/proc", "source": "proc", "type_": "proc"},
+          {"destination": "/dev", "source": "tmpfs", "type_": "tmpfs", "options": ["nosuid", "mode=755"]}]
+print(json.dumps({"container_id": cid, "exec_id": cid, "storages": [storage], "OCI": {
+    "Version": "1.0.2", "Process": process, "Root": {"Path": rootfs}, "Mounts": mounts,
+    "Annotations": meta, "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"},
+                                                  {"Type": "ipc"}, {"Type": "uts"}]}}}))
+PY
+}
+long() { "$vigilctl" --addr "$addr" --timeout 300 call "$@"; }
+t_pull=$(now)
+expect_ok CreateSandbox '{"sandbox_id": "e2e-pod", "hostname": "e2e-pod"}' '{}'
+out=$(long CreateContainer "$(kata_container e2e-pause sandbox pause)" 2>&1) || fail "pause container: $out"
+expect_ok StartContainer '{"container_id": "e2e-pause"}' '{}'
+out=$(long CreateContainer "$(kata_container e2e-app container "$image_ref")" 2>&1) ||
+    fail "guest pull of $image_ref: $out"
+t_pulled=$(now)
+log "ok: CreateContainer pulled $image_ref ($image_digest) in $(elapsed_ms "$t_pull" "$t_pulled") ms"
+expect_ok StartContainer '{"container_id": "e2e-app"}' '{}'
+stdout=""
+while chunk=$(call ReadStdout '{"container_id": "e2e-app", "len": 4096}' 2>&1); do
+    stdout+=$(python3 -c 'import json,sys; sys.stdout.write(bytes(json.load(sys.stdin)["data"]).decode())' <<<"$chunk")
+done
+grep -q "eof" <<<"$chunk" || fail "ReadStdout: $chunk"
+[ "$stdout" = "hello from a guest-pulled image" ] || fail "the image's output read back was '$stdout'"
+log "ok: ReadStdout -> '$stdout' (the image's own program)"
+expect_ok WaitProcess '{"container_id": "e2e-app"}' '"status": 0'
+expect_ok GetMetrics '{}' 'vigil_image_pulls_total{outcome=\\"allowed\\"} 1'
+expect_ok RemoveContainer '{"container_id": "e2e-app", "timeout": 10}' '{}'
+expect_ok RemoveContainer '{"container_id": "e2e-pause", "timeout": 10}' '{}'
+expect_ok DestroySandbox '{}' '{}'
 
 # Clean shutdown: Ctrl-Alt-Del -> SIGINT to init -> the agent closes the API and powers off.
 "$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" ctrl-alt-delete >/dev/null ||

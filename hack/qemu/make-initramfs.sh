@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Writes the guest initramfs: the static agent as /init, the kernel modules from
-# get-kernel.sh (loaded by the agent in the order of /etc/vigil/modules), and optionally the
-# agent config and an initdata file.
+# get-kernel.sh (loaded by the agent in the order of /etc/vigil/modules), the pause bundle
+# (/pause_bundle: config.json and rootfs/pause, built from pause.c: the sandbox container of
+# guest-pull pods, never pulled), and optionally the agent config and an initdata file.
 #
 # Usage: make-initramfs.sh [options]
 #   --agent PATH        static agent binary, installed as /init [default: the release
@@ -51,6 +52,14 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$(dirname "$output")"
 
+# The pause bundle, as Kata's guest images carry it.
+command -v cc >/dev/null || die "cc is needed to build the pause program (apt-get install gcc)"
+cc -static -Os -s -o "$work/pause" "$QEMU_HACK_DIR/pause.c" || die "building pause.c failed"
+cat >"$work/pause-config.json" <<'JSON'
+{"ociVersion": "1.0.2", "process": {"args": ["/pause"], "env": ["PATH=/"], "cwd": "/",
+ "user": {"uid": 65535, "gid": 65535}, "noNewPrivileges": true}, "root": {"path": "rootfs"}}
+JSON
+
 # Symbols are of no use in the guest and cost boot time (the kernel copies every byte).
 # (--agent may also be a script, e.g. a busybox shell init for network checks.)
 if file -b "$agent" | grep -q '^ELF'; then
@@ -66,6 +75,9 @@ fi
     done
     echo "nod /dev/console 0600 0 0 c 5 1"
     echo "file /init $work/init 0755 0 0"
+    for d in /pause_bundle /pause_bundle/rootfs; do echo "dir $d 0755 0 0"; done
+    echo "file /pause_bundle/config.json $work/pause-config.json 0644 0 0"
+    echo "file /pause_bundle/rootfs/pause $work/pause 0755 0 0"
     while read -r ko; do
         [ -n "$ko" ] || continue
         echo "file /lib/modules/vigil/$ko $kernel_dir/modules/$ko 0644 0 0"
