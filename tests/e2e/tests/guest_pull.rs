@@ -8,15 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use vigil_test_registry::{Registry, SigningKey};
+use vigil_tests::container::{bytes, Cleanup};
 use vigil_tests::{call, Agent, AgentSetup};
 
 const CGROUP_PARENT: &str = "vigil-e2e-pull";
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.as_array()
-        .map(|a| a.iter().map(|b| b.as_u64().unwrap() as u8).collect())
-        .unwrap_or_default()
-}
 
 /// The pause bundle a guest image carries (Kata's /pause_bundle layout): busybox stands in for
 /// the pause program.
@@ -66,33 +61,6 @@ fn mounted_under(dir: &Path) -> Vec<String> {
         .filter(|m| Path::new(m).starts_with(dir))
         .map(str::to_string)
         .collect()
-}
-
-/// If the test fails half-way: kill the containers' processes and detach their mounts.
-struct Cleanup(PathBuf, Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for cid in &self.1 {
-            let procs = Path::new("/sys/fs/cgroup/pids")
-                .join(CGROUP_PARENT)
-                .join(cid)
-                .join("cgroup.procs");
-            for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill of a process of the test's own container.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let mut mounts = mounted_under(&self.0);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: plain syscall.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
 }
 
 #[test]
@@ -153,10 +121,11 @@ fn pause_then_pulled_container_through_the_agent() {
         format!("app-{pid}"),
     );
     let sandbox_dir = run_root.join(&sid);
-    let _cleanup = Cleanup(
-        tmp.path().to_path_buf(),
-        vec![pause_id.clone(), app_id.clone()],
-    );
+    let _cleanup = Cleanup {
+        cgroup_parent: CGROUP_PARENT.into(),
+        containers: vec![pause_id.clone(), app_id.clone()],
+        sandbox_dir: tmp.path().to_path_buf(),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let outcome = rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, vigil_tests::CALL_TIMEOUT).await.unwrap();
