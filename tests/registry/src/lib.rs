@@ -55,7 +55,7 @@ impl Registry {
     /// port is picked and the start retried if another process takes it first).
     pub fn start() -> Registry {
         let dir = tempfile::tempdir().expect("registry temp dir");
-        let (child, addr) = Self::spawn(dir.path(), &dir.path().join("data"), None);
+        let (child, addr) = Self::spawn(dir.path(), &dir.path().join("data"), "");
         Registry { child, addr, dir }
     }
 
@@ -66,48 +66,65 @@ impl Registry {
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&cert, cert_pem).unwrap();
         std::fs::write(&key, key_pem).unwrap();
-        let (child, addr) = Self::spawn(
-            dir.path(),
-            &self.dir.path().join("data"),
-            Some((&cert, &key)),
+        let extra = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
         );
+        let (child, addr) = Self::spawn(dir.path(), &self.dir.path().join("data"), &extra);
         Registry { child, addr, dir }
     }
 
-    fn spawn(dir: &Path, data: &Path, tls: Option<(&Path, &Path)>) -> (Child, String) {
+    /// A second registry process over the same storage that asks for basic authentication
+    /// (an htpasswd file with `user`'s bcrypt hash, made with Python's crypt module).
+    pub fn basic_auth_frontend(&self, user: &str, password: &str) -> Registry {
+        let dir = tempfile::tempdir().expect("registry temp dir");
+        let out = Command::new("python3")
+            .args(["-W", "ignore", "-c"])
+            .arg("import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))")
+            .arg(password)
+            .output()
+            .expect("python3 for a bcrypt hash");
+        assert!(
+            out.status.success(),
+            "bcrypt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            format!("{user}:{}", String::from_utf8_lossy(&out.stdout).trim()),
+        )
+        .unwrap();
+        let extra = format!(
+            "auth:\n  htpasswd:\n    realm: vigil-test\n    path: {}\n",
+            htpasswd.display()
+        );
+        let (child, addr) = Self::spawn(dir.path(), &self.dir.path().join("data"), &extra);
+        Registry { child, addr, dir }
+    }
+
+    /// `extra`: more YAML at the end of the config (indented under `http:` or top level).
+    fn spawn(dir: &Path, data: &Path, extra: &str) -> (Child, String) {
         for _ in 0..10 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
-            if let Some(r) = Self::start_on(dir, data, port, tls) {
+            if let Some(r) = Self::start_on(dir, data, port, extra) {
                 return r;
             }
         }
         panic!("docker-registry did not start on any of 10 ports");
     }
 
-    fn start_on(
-        dir: &Path,
-        data: &Path,
-        port: u16,
-        tls: Option<(&Path, &Path)>,
-    ) -> Option<(Child, String)> {
+    fn start_on(dir: &Path, data: &Path, port: u16, extra: &str) -> Option<(Child, String)> {
         let addr = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
-        let tls_config = tls
-            .map(|(c, k)| {
-                format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n",
-                    c.display(),
-                    k.display()
-                )
-            })
-            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}",
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra}",
                 data.display()
             ),
         )
