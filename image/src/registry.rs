@@ -349,22 +349,35 @@ impl RegistryClient {
         accept: Option<&str>,
         authorization: Option<&str>,
     ) -> Result<Response> {
-        let mut req = self.http.get(url);
-        if let Some(a) = accept {
-            req = req.header(ACCEPT, a);
+        // A GET is idempotent: one retry covers a pooled connection that the registry closed
+        // since its last answer (a restart), which would otherwise fail a pull at once.
+        let mut retried = false;
+        loop {
+            let mut req = self.http.get(url);
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some(a) = authorization {
+                let value = if a.starts_with("Bearer ") || a.starts_with("Basic ") {
+                    a.to_string()
+                } else {
+                    format!("Bearer {a}")
+                };
+                req = req.header(AUTHORIZATION, value);
+            }
+            match req.send().await {
+                Ok(resp) => return Ok(resp),
+                Err(e) if !retried && !e.is_timeout() && (e.is_request() || e.is_connect()) => {
+                    retried = true;
+                }
+                Err(e) => {
+                    return Err(Error::Registry {
+                        registry: image.registry().into(),
+                        reason: transport_reason(&e),
+                    })
+                }
+            }
         }
-        if let Some(a) = authorization {
-            let value = if a.starts_with("Bearer ") || a.starts_with("Basic ") {
-                a.to_string()
-            } else {
-                format!("Bearer {a}")
-            };
-            req = req.header(AUTHORIZATION, value);
-        }
-        req.send().await.map_err(|e| Error::Registry {
-            registry: image.registry().into(),
-            reason: transport_reason(&e),
-        })
     }
 
     /// A bearer token from the challenge's realm (Docker token protocol).
