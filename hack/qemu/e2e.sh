@@ -205,7 +205,7 @@ mounts = [{"destination": "/proc", "source": "proc", "type_": "proc"},
           {"destination": "/dev", "source": "tmpfs", "type_": "tmpfs", "options": ["nosuid", "mode=755"]}]
 print(json.dumps({"container_id": cid, "exec_id": cid, "storages": [storage], "OCI": {
     "Version": "1.0.2", "Process": process, "Root": {"Path": rootfs}, "Mounts": mounts,
-    "Annotations": meta, "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"},
+    "Annotations": meta, "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mnt"},
                                                   {"Type": "ipc"}, {"Type": "uts"}]}}}))
 PY
 }

@@ -49,7 +49,7 @@ fn spec(rootfs: &Path, process: Value, annotations: &Value) -> Value {
             {"destination": "/dev", "source": "tmpfs", "type_": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         ],
         "Annotations": annotations,
-        "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
+        "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mnt"}, {"Type": "ipc"}, {"Type": "uts"}]},
     })
 }
 
