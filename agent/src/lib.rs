@@ -11,7 +11,6 @@ pub mod guest;
 pub mod log_sink;
 pub mod metrics;
 pub mod mode;
-pub mod network;
 pub mod pid1;
 pub mod policy;
 pub mod server;

@@ -14,6 +14,8 @@ use vigil_protos::{agent::*, csi, health, health_ttrpc, types};
 use crate::gate::Gate;
 use crate::guest::GuestInfo;
 use crate::policy::{PolicyAdmin, SetPolicyError};
+use vigil_guest::network::Network;
+use vigil_guest::GuestError;
 use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
@@ -52,6 +54,18 @@ impl From<RuntimeError> for AgentError {
             RuntimeError::Timeout(_) => AgentError::DeadlineExceeded(text),
             // Kata's agent ends a stream with an error reading "read meet eof"; shims expect it.
             RuntimeError::EndOfStream | RuntimeError::Internal(_) => AgentError::Internal(text),
+        }
+    }
+}
+
+impl From<GuestError> for AgentError {
+    fn from(e: GuestError) -> AgentError {
+        match e {
+            GuestError::InvalidArgument(m) => AgentError::InvalidArgument(m),
+            GuestError::NotFound(m) => AgentError::NotFound(m),
+            GuestError::FailedPrecondition(m) => AgentError::FailedPrecondition(m),
+            GuestError::DeadlineExceeded(m) => AgentError::DeadlineExceeded(m),
+            GuestError::Internal(m) => AgentError::Internal(m),
         }
     }
 }
@@ -104,7 +118,7 @@ pub struct AgentApi {
     policy: PolicyAdmin,
     started: std::time::Instant,
     sandbox: Sandbox,
-    network: crate::network::Network,
+    network: Network,
 }
 
 impl AgentApi {
@@ -115,7 +129,7 @@ impl AgentApi {
             policy,
             started: std::time::Instant::now(),
             sandbox: Sandbox::new(SandboxConfig::default()),
-            network: crate::network::Network::new(),
+            network: Network::new(),
         }
     }
 
