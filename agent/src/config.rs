@@ -170,14 +170,7 @@ impl SandboxSection {
     }
 }
 
-/// Which request types the host may send at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowList {
-    /// No config file, or `allowed = ["*"]`.
-    All,
-    /// Request message names; empty when the file has no `[endpoints]` section.
-    Only(Vec<String>),
-}
+pub use crate::gate::AllowList;
 
 /// The effective configuration: the file (if any) after validation.
 #[derive(Debug)]

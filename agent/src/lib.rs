@@ -3,7 +3,6 @@
 //! Start-up is [`startup::start`]; the gate every request passes is [`gate`].
 
 pub mod attestation;
-pub mod audit;
 pub mod cmdline;
 pub mod config;
 pub mod gate;

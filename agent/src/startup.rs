@@ -10,10 +10,9 @@ use vigil_attester::TeePaths;
 use vigil_kbc::KbsSession;
 
 use crate::attestation::{self, PolicyFetchError};
-use crate::audit::DecisionLog;
 use crate::cmdline::KernelCmdline;
 use crate::config::{Config, LogFormat, LogLevel, CMDLINE_CONFIG_KEY};
-use crate::gate::{self, EndpointSet, Gate, Rules};
+use crate::gate::{self, DecisionLog, EndpointSet, Gate, Rules};
 use crate::guest::GuestInfo;
 use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
 use crate::pid1;
