@@ -82,6 +82,8 @@ pub struct ConfigFile {
     pub attestation: Option<AttestationSection>,
     #[serde(default)]
     pub sandbox: SandboxSection,
+    #[serde(default)]
+    pub guest: GuestSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +118,18 @@ pub struct SandboxSection {
     /// Cgroup path (relative) under which each container gets `<cgroup_parent>/<container id>`.
     pub cgroup_parent: Option<String>,
 }
+
+/// `[guest]`: guest operations the host may ask for only with the measured config's consent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSection {
+    /// AddSwap / AddSwapPath: swapped-out pages go to a host-readable disk, outside the TEE's
+    /// protection, so swap is refused unless this is true.
+    pub allow_swap: Option<bool>,
+}
+
+/// Where Kata's runtime puts the pod's files in the guest (shared dirs, sandbox, volumes).
+pub const KATA_POD_DIR: &str = "/run/kata-containers";
 
 /// Bounds for `output_limit_bytes`: below 4 KiB a single read chunk overflows it; above
 /// 256 MiB one chatty process could take the guest's memory.
@@ -187,6 +201,8 @@ pub struct Config {
     pub signer: Option<vigil_kbc::envelope::VerifyingKey>,
     /// `[sandbox]`, validated into the container runtime's settings.
     pub sandbox: vigil_runtime::SandboxConfig,
+    /// `[guest]`, with the pod's directories.
+    pub guest: vigil_guest::GuestConfig,
 }
 
 impl Config {
@@ -199,6 +215,10 @@ impl Config {
             policy: PolicySection::default(),
             attestation: AttestationSection::default(),
             signer: None,
+            guest: guest_config(
+                &GuestSection::default(),
+                &vigil_runtime::SandboxConfig::default(),
+            ),
             sandbox: vigil_runtime::SandboxConfig::default(),
         }
     }
@@ -253,6 +273,7 @@ impl Config {
             policy,
             attestation,
             signer,
+            guest: guest_config(&file.guest, &sandbox),
             sandbox,
         })
     }
@@ -287,6 +308,16 @@ impl Config {
             .server_addr
             .as_deref()
             .unwrap_or(DEFAULT_SERVER_ADDR)
+    }
+}
+
+fn guest_config(
+    g: &GuestSection,
+    sandbox: &vigil_runtime::SandboxConfig,
+) -> vigil_guest::GuestConfig {
+    vigil_guest::GuestConfig {
+        allow_swap: g.allow_swap.unwrap_or(false),
+        pod_dirs: vec![sandbox.run_root.clone(), PathBuf::from(KATA_POD_DIR)],
     }
 }
 

@@ -6,7 +6,6 @@ pub mod attestation;
 pub mod cmdline;
 pub mod config;
 pub mod gate;
-pub mod guest;
 pub mod log_sink;
 pub mod metrics;
 pub mod mode;

@@ -12,15 +12,15 @@ use ttrpc::r#async::TtrpcContext;
 use vigil_protos::{agent::*, csi, health, health_ttrpc, types};
 
 use crate::gate::Gate;
-use crate::guest::GuestInfo;
 use crate::policy::{PolicyAdmin, SetPolicyError};
-use vigil_guest::network::Network;
-use vigil_guest::GuestError;
+use vigil_guest::{Guest, GuestConfig, GuestError};
 use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
 pub const API_VERSION: &str = "0.0.1";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The storage drivers the container runtime mounts (`AgentDetails.storage_handlers`).
+pub const STORAGE_DRIVERS: &[&str] = &["ephemeral", "local", "bind"];
 
 /// Every error a handler can return, and the ttrpc status it becomes.
 #[derive(Debug, thiserror::Error)]
@@ -111,25 +111,26 @@ impl From<AgentError> for ttrpc::Error {
 
 type RpcResult<T> = ttrpc::Result<T>;
 
+/// Optional capabilities this build of the agent has, reported in `AgentDetails`.
+pub const FEATURES: &[&str] = &["endpoint-allow-list", "agent-policy"];
+
 /// The state the handlers share.
 pub struct AgentApi {
-    guest: GuestInfo,
+    guest: Guest,
     gate: Arc<Gate>,
     policy: PolicyAdmin,
     started: std::time::Instant,
     sandbox: Sandbox,
-    network: Network,
 }
 
 impl AgentApi {
-    pub fn new(guest: GuestInfo, gate: Arc<Gate>, policy: PolicyAdmin) -> AgentApi {
+    pub fn new(guest: Guest, gate: Arc<Gate>, policy: PolicyAdmin) -> AgentApi {
         AgentApi {
             guest,
             gate,
             policy,
             started: std::time::Instant::now(),
             sandbox: Sandbox::new(SandboxConfig::default()),
-            network: Network::new(),
         }
     }
 
@@ -142,7 +143,31 @@ impl AgentApi {
     /// An API with default guest facts and no SetPolicy rights, serving behind `gate`.
     pub fn with_gate(gate: Arc<Gate>) -> AgentApi {
         let admin = PolicyAdmin::new(Default::default(), None, gate.clone());
-        AgentApi::new(GuestInfo::default(), gate, admin)
+        AgentApi::new(Guest::new(&GuestConfig::default()), gate, admin)
+    }
+
+    /// GetGuestDetails: the guest's memory hot-plug facts and what this agent supports.
+    fn guest_details(&self, req: &GuestDetailsRequest) -> Result<GuestDetailsResponse, AgentError> {
+        let memory = self
+            .guest
+            .hotplug
+            .memory_facts(req.mem_block_size, req.mem_hotplug_probe)?;
+        Ok(GuestDetailsResponse {
+            mem_block_size_bytes: memory.block_size,
+            support_mem_hotplug_probe: memory.probe,
+            agent_details: Some(AgentDetails {
+                version: AGENT_VERSION.into(),
+                init_daemon: std::process::id() == 1,
+                storage_handlers: STORAGE_DRIVERS.iter().map(|d| d.to_string()).collect(),
+                device_handlers: Vec::new(),
+                // The runtime applies the spec's seccomp filter (libcontainer with libseccomp).
+                supports_seccomp: true,
+                extra_features: FEATURES.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
     }
 
     /// The generated service maps for `grpc.AgentService` and `grpc.Health`, not yet gated.
@@ -189,7 +214,7 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: GuestDetailsRequest,
     ) -> RpcResult<GuestDetailsResponse> {
-        Ok(self.guest.details(&req)?)
+        Ok(self.guest_details(&req)?)
     }
 
     async fn set_policy(&self, _ctx: &TtrpcContext, req: SetPolicyRequest) -> RpcResult<Empty> {
@@ -208,11 +233,11 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: UpdateInterfaceRequest,
     ) -> RpcResult<types::Interface> {
-        Ok(self.network.update_interface(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.update_interface(req).await.map_err(AgentError::from)?)
     }
 
     async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> RpcResult<Routes> {
-        Ok(self.network.update_routes(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.update_routes(req).await.map_err(AgentError::from)?)
     }
 
     async fn list_interfaces(
@@ -220,11 +245,11 @@ agent_service! {
         _ctx: &TtrpcContext,
         _req: ListInterfacesRequest,
     ) -> RpcResult<Interfaces> {
-        Ok(self.network.list_interfaces().await.map_err(AgentError::from)?)
+        Ok(self.guest.network.list_interfaces().await.map_err(AgentError::from)?)
     }
 
     async fn list_routes(&self, _ctx: &TtrpcContext, _req: ListRoutesRequest) -> RpcResult<Routes> {
-        Ok(self.network.list_routes().await.map_err(AgentError::from)?)
+        Ok(self.guest.network.list_routes().await.map_err(AgentError::from)?)
     }
 
     async fn add_arp_neighbors(
@@ -232,7 +257,7 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: AddARPNeighborsRequest,
     ) -> RpcResult<Empty> {
-        Ok(self.network.add_arp_neighbors(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.add_arp_neighbors(req).await.map_err(AgentError::from)?)
     }
 
     async fn get_ip_tables(
@@ -240,7 +265,7 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: GetIPTablesRequest,
     ) -> RpcResult<GetIPTablesResponse> {
-        Ok(self.network.get_ip_tables(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.get_ip_tables(req).await.map_err(AgentError::from)?)
     }
 
     async fn set_ip_tables(
@@ -248,7 +273,47 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: SetIPTablesRequest,
     ) -> RpcResult<SetIPTablesResponse> {
-        Ok(self.network.set_ip_tables(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.set_ip_tables(req).await.map_err(AgentError::from)?)
+    }
+
+    async fn online_cpu_mem(&self, _ctx: &TtrpcContext, req: OnlineCPUMemRequest) -> RpcResult<Empty> {
+        Ok(self.guest.hotplug.online_cpu_mem(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn mem_hotplug_by_probe(&self, _ctx: &TtrpcContext, req: MemHotplugByProbeRequest) -> RpcResult<Empty> {
+        Ok(self.guest.hotplug.probe_memory(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn set_guest_date_time(&self, _ctx: &TtrpcContext, req: SetGuestDateTimeRequest) -> RpcResult<Empty> {
+        Ok(vigil_guest::clock::set_guest_date_time(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn reseed_random_dev(&self, _ctx: &TtrpcContext, req: ReseedRandomDevRequest) -> RpcResult<Empty> {
+        Ok(vigil_guest::entropy::reseed(&self.guest.random, &req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn add_swap(&self, _ctx: &TtrpcContext, req: AddSwapRequest) -> RpcResult<Empty> {
+        Ok(self.guest.swap.add_swap(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn add_swap_path(&self, _ctx: &TtrpcContext, req: AddSwapPathRequest) -> RpcResult<Empty> {
+        Ok(self.guest.swap.add_swap_path(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn get_volume_stats(&self, _ctx: &TtrpcContext, req: VolumeStatsRequest) -> RpcResult<csi::VolumeStatsResponse> {
+        Ok(self.guest.volumes.stats(&req).map_err(AgentError::from)?)
+    }
+
+    async fn resize_volume(&self, _ctx: &TtrpcContext, req: ResizeVolumeRequest) -> RpcResult<Empty> {
+        Ok(self.guest.volumes.resize(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn mem_agent_memcg_set(&self, _ctx: &TtrpcContext, req: MemAgentMemcgConfig) -> RpcResult<Empty> {
+        Ok(self.guest.memagent.memcg_set(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn mem_agent_compact_set(&self, _ctx: &TtrpcContext, req: MemAgentCompactConfig) -> RpcResult<Empty> {
+        Ok(self.guest.memagent.compact_set(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
     }
     }
 
@@ -278,16 +343,6 @@ agent_service! {
         update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
         remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
         get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
-        mem_agent_memcg_set(MemAgentMemcgConfig) -> Empty;
-        mem_agent_compact_set(MemAgentCompactConfig) -> Empty;
-        online_cpu_mem(OnlineCPUMemRequest) -> Empty;
-        reseed_random_dev(ReseedRandomDevRequest) -> Empty;
-        mem_hotplug_by_probe(MemHotplugByProbeRequest) -> Empty;
-        set_guest_date_time(SetGuestDateTimeRequest) -> Empty;
-        add_swap(AddSwapRequest) -> Empty;
-        add_swap_path(AddSwapPathRequest) -> Empty;
-        get_volume_stats(VolumeStatsRequest) -> csi::VolumeStatsResponse;
-        resize_volume(ResizeVolumeRequest) -> Empty;
     }
 }
 

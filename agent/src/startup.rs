@@ -13,7 +13,6 @@ use crate::attestation::{self, PolicyFetchError};
 use crate::cmdline::KernelCmdline;
 use crate::config::{Config, LogFormat, LogLevel, CMDLINE_CONFIG_KEY};
 use crate::gate::{self, DecisionLog, EndpointSet, Gate, Rules};
-use crate::guest::GuestInfo;
 use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
 use crate::pid1;
 use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
@@ -203,7 +202,8 @@ pub async fn start(
         sandbox = sandbox.with_child_claims(claims);
     }
     // Services that need the KBS (none yet) take a clone of `kbs`, the boot's one session.
-    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin).with_sandbox(sandbox);
+    let guest = vigil_guest::Guest::new(&config.guest);
+    let api = AgentApi::new(guest, gate.clone(), admin).with_sandbox(sandbox);
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
     tracing::info!(ms = ms(t), "step 4/5: gate compiled");

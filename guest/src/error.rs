@@ -36,6 +36,12 @@ impl GuestError {
     }
 }
 
+impl GuestError {
+    pub(crate) fn internal(doing: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+        GuestError::Internal(format!("{doing}: {e}"))
+    }
+}
+
 pub type Result<T, E = GuestError> = std::result::Result<T, E>;
 
 /// A refused request field: `field: what`.
