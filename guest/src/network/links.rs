@@ -100,11 +100,30 @@ pub(super) fn link_mac(link: &LinkMessage) -> Option<&[u8]> {
     })
 }
 
-pub(super) fn link_index_by_name(links: &[LinkMessage], name: &str) -> Option<u32> {
-    links
+/// The index of the pod link named `name` (`field` is the request field that named it). The
+/// loopback link is refused: see [`refuse_loopback`].
+pub(super) fn pod_link_index(links: &[LinkMessage], name: &str, field: &str) -> Result<u32> {
+    let link = links
         .iter()
         .find(|l| link_name(l) == name)
-        .map(|l| l.header.index)
+        .ok_or_else(|| GuestError::NotFound(format!("{field}: no link is named {name:?}")))?;
+    refuse_loopback(link, field)?;
+    Ok(link.header.index)
+}
+
+/// The loopback link is the guest's own: the agent's workload API and every local service
+/// listen on it, so the host may not change its addresses, routes, neighbours, name or state.
+pub(super) fn refuse_loopback(link: &LinkMessage, field: &str) -> Result<()> {
+    if link.header.flags.contains(LinkFlags::Loopback) {
+        return Err(invalid(
+            field,
+            format!(
+                "{} is the loopback link, which the host may not change",
+                link_name(link)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn address_ip(a: &AddressMessage) -> Option<IpAddr> {
@@ -258,8 +277,18 @@ pub(super) fn update_interface(nl: &mut Netlink, wanted: &WantedInterface) -> Re
                 ))
             })?,
     };
+    refuse_loopback(link, "interface")?;
     let index = link.header.index;
     let old_name = link_name(link).to_string();
+    // Taking the loopback's name would rename it (the names are swapped below).
+    if !wanted.name.is_empty() && wanted.name != old_name {
+        if let Some(holder) = links
+            .iter()
+            .find(|l| l.header.index != index && link_name(l) == wanted.name)
+        {
+            refuse_loopback(holder, "interface.name")?;
+        }
+    }
     let shown = if wanted.name.is_empty() {
         old_name.clone()
     } else {

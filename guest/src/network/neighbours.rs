@@ -9,10 +9,10 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::RouteNetlinkMessage;
 use vigil_protos::types::ARPNeighbor;
 
-use super::links::link_index_by_name;
+use super::links::pod_link_index;
 use super::netlink::{kernel, Netlink};
 use super::parse::{address_family, check_link_name, parse_ip, parse_mac};
-use crate::error::{invalid, GuestError, Result};
+use crate::error::{invalid, Result};
 
 /// One checked entry of an `AddARPNeighbors` request.
 #[derive(Debug, Clone)]
@@ -73,12 +73,7 @@ pub(super) fn add_neighbours(nl: &mut Netlink, neighbours: &[ParsedNeighbour]) -
     let links = nl.links()?;
     let mut resolved = Vec::with_capacity(neighbours.len());
     for n in neighbours {
-        let index = link_index_by_name(&links, &n.device).ok_or_else(|| {
-            GuestError::NotFound(format!(
-                "neighbors[{}].device: no link is named {:?}",
-                n.index, n.device
-            ))
-        })?;
+        let index = pod_link_index(&links, &n.device, &format!("neighbors[{}].device", n.index))?;
         resolved.push((n, index));
     }
     for (n, index) in resolved {

@@ -13,7 +13,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use vigil_protos::types::{IPFamily, Route};
 
-use super::links::{link_index_by_name, link_name};
+use super::links::{link_name, pod_link_index};
 use super::netlink::{errno, kernel, Netlink};
 use super::parse::{
     address_family, check_link_name, family_of, parse_ip, parse_network, parse_prefix, Cidr,
@@ -283,12 +283,7 @@ pub(super) fn update_routes(nl: &mut Netlink, routes: &[ParsedRoute]) -> Result<
     let links = nl.links()?;
     let mut planned = Vec::with_capacity(routes.len());
     for r in routes {
-        let index = link_index_by_name(&links, &r.device).ok_or_else(|| {
-            GuestError::NotFound(format!(
-                "routes[{}].device: no link is named {:?}",
-                r.index, r.device
-            ))
-        })?;
+        let index = pod_link_index(&links, &r.device, &format!("routes[{}].device", r.index))?;
         planned.push((r, r.message(index)));
     }
     // Link routes first, so that the gateways of the others are reachable when they are added.
