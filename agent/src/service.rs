@@ -1,8 +1,8 @@
 //! The agent API handlers.
 //!
 //! Handlers stay one-liners: each returns `Result<_, AgentError>` and [`AgentError`] maps to a
-//! ttrpc status in one place. RPCs whose capability has not landed answer `UNIMPLEMENTED`
-//! honestly (`<Name> is not implemented`), never a fake success.
+//! ttrpc status in one place. Container RPCs go to the runtime (`vigil-runtime`), guest
+//! operations to the guest crate (`vigil-guest`).
 
 use std::sync::Arc;
 
@@ -25,8 +25,6 @@ pub const STORAGE_DRIVERS: &[&str] = &["ephemeral", "local", "bind"];
 /// Every error a handler can return, and the ttrpc status it becomes.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{0} is not implemented")]
-    NotImplemented(&'static str),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -96,7 +94,6 @@ impl vigil_runtime::ChildClaims for crate::pid1::Reaper {
 impl From<AgentError> for ttrpc::Error {
     fn from(e: AgentError) -> ttrpc::Error {
         let code = match e {
-            AgentError::NotImplemented(_) => ttrpc::Code::UNIMPLEMENTED,
             AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
             AgentError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             AgentError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
@@ -181,14 +178,14 @@ impl AgentApi {
 }
 
 /// Implements the agent service: the handlers given in full, the container, process and stdio
-/// RPCs as calls to the [`Sandbox`] method of the same name, plus an `UNIMPLEMENTED` handler
-/// for each RPC whose capability is not built yet (each moves out of that list when its issue
-/// lands). A macro around the whole impl, because `#[async_trait]` must see every method.
+/// RPCs as calls to the [`Sandbox`] method of the same name. A macro around the whole impl,
+/// because `#[async_trait]` must see every method. (The generated trait has a default body
+/// for every RPC, so a forgotten handler would still compile: `tests/service_map.rs` calls
+/// every RPC to prove each has one of ours.)
 macro_rules! agent_service {
     (
         impl for $ty:ty { $($implemented:item)* }
         sandbox { $($sb_name:ident($sb_req:ty) -> $sb_resp:ty;)* }
-        not_implemented { $($fn_name:ident($req:ty) -> $resp:ty;)* }
     ) => {
         #[async_trait]
         impl vigil_protos::agent_ttrpc::AgentService for $ty {
@@ -196,11 +193,6 @@ macro_rules! agent_service {
             $(
                 async fn $sb_name(&self, _ctx: &TtrpcContext, req: $sb_req) -> RpcResult<$sb_resp> {
                     Ok(self.sandbox.$sb_name(req).await.map_err(AgentError::from)?)
-                }
-            )*
-            $(
-                async fn $fn_name(&self, _ctx: &TtrpcContext, _req: $req) -> RpcResult<$resp> {
-                    Err(AgentError::NotImplemented(stringify!($req)).into())
                 }
             )*
         }
@@ -308,6 +300,20 @@ agent_service! {
         Ok(self.guest.volumes.resize(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
     }
 
+    async fn update_ephemeral_mounts(&self, _ctx: &TtrpcContext, req: UpdateEphemeralMountsRequest) -> RpcResult<Empty> {
+        Ok(self.guest.ephemeral.update(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn remove_stale_virtiofs_share_mounts(&self, _ctx: &TtrpcContext, _req: RemoveStaleVirtiofsShareMountsRequest) -> RpcResult<Empty> {
+        let shared = std::path::Path::new(vigil_guest::ephemeral::KATA_SHARED_DIR);
+        Ok(vigil_guest::ephemeral::refresh_shared_mounts(shared).map(|_| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn get_diagnostic_data(&self, _ctx: &TtrpcContext, req: GetDiagnosticDataRequest) -> RpcResult<GetDiagnosticDataResponse> {
+        let log = self.sandbox.termination_log(&req.container_id).await.map_err(AgentError::from)?;
+        Ok(GetDiagnosticDataResponse { data: log.into(), ..Default::default() })
+    }
+
     async fn mem_agent_memcg_set(&self, _ctx: &TtrpcContext, req: MemAgentMemcgConfig) -> RpcResult<Empty> {
         Ok(self.guest.memagent.memcg_set(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
     }
@@ -339,11 +345,6 @@ agent_service! {
         get_oom_event(GetOOMEventRequest) -> OOMEvent;
     }
 
-    not_implemented {
-        update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
-        remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
-        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
-    }
 }
 
 #[async_trait]

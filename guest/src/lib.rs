@@ -10,6 +10,7 @@
 //! | [`swap`] | AddSwap, AddSwapPath |
 //! | [`volumes`] | GetVolumeStats, ResizeVolume |
 //! | [`memagent`] | MemAgentMemcgSet, MemAgentCompactSet |
+//! | [`ephemeral`] | UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts |
 //!
 //! Below them: [`uevent`] (the kernel's device announcements), [`pci`] (Kata's PCI paths) and
 //! [`blockdev`] (hot-plugged disks by PCI path). Every failure is a [`GuestError`], one variant
@@ -18,6 +19,7 @@
 pub mod blockdev;
 pub mod clock;
 pub mod entropy;
+pub mod ephemeral;
 pub mod error;
 pub mod hotplug;
 pub mod memagent;
@@ -48,6 +50,7 @@ pub struct Guest {
     pub swap: swap::Swap,
     pub volumes: volumes::Volumes,
     pub memagent: memagent::MemAgent,
+    pub ephemeral: ephemeral::Ephemeral,
     /// The entropy pool's device (/dev/random).
     pub random: PathBuf,
 }
@@ -63,6 +66,7 @@ impl Guest {
             },
             volumes: volumes::Volumes::new(config.pod_dirs.clone()),
             memagent: memagent::MemAgent::default(),
+            ephemeral: ephemeral::Ephemeral::new(config.pod_dirs.clone()),
             random: PathBuf::from("/dev/random"),
         }
     }

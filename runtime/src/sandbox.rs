@@ -1047,6 +1047,16 @@ impl Sandbox {
         Ok(Empty::new())
     }
 
+    /// GetDiagnosticData's `termination_log`: the container's termination message.
+    pub async fn termination_log(&self, container_id: &str) -> Result<String> {
+        let c = self.container(container_id).await?;
+        let shared = self.sandbox().await?.shared_dir.clone();
+        let bundle = c.bundle.clone();
+        tokio::task::spawn_blocking(move || crate::diagnostic::termination_log(&bundle, &shared))
+            .await
+            .map_err(|e| RuntimeError::internal("diagnostic task", e))?
+    }
+
     /// Runs a blocking runtime call off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
