@@ -105,15 +105,17 @@ impl Hotplug {
             };
             if let Some(listener) = &listener {
                 let deadline = Instant::now() + ONLINE_TIMEOUT;
-                me.online_cpus(req.nb_cpus, |_| {
+                let online = me.online_cpus(req.nb_cpus, |_| {
                     Ok(listener
                         .next(deadline)
                         .map_err(|e| GuestError::Internal(format!("reading uevents: {e}")))?
                         .is_some())
                 })?;
+                tracing::info!(online, wanted = req.nb_cpus, "OnlineCPUMem: CPUs online");
             }
             if !req.cpu_only {
-                me.online_memory()?;
+                let onlined = me.online_memory()?;
+                tracing::info!(onlined, "OnlineCPUMem: memory blocks onlined");
             }
             Ok(())
         })

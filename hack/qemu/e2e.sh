@@ -174,6 +174,11 @@ boot_pid=""
 [ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc after the fatal start-up"
 log "ok: edited initdata -> $(grep -a "vigil-agent: error" "$bad_console" | tr -d '\r' | cut -c1-120), powered off"
 
+# --- Guest operations (vigil-guest): one more boot with hot-plug room; see guest-ops.sh. ---
+"$QEMU_HACK_DIR/guest-ops.sh" --agent "$agent" --vigilctl "$vigilctl" \
+    --kernel-dir "$kernel_dir" --timeout "$timeout" || die "guest operations failed (hack/out/guest-ops/)"
+# --- end of guest operations ---
+
 log "PASS"
 printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; boot -> QEMU exit after shutdown %s ms\n' \
     "$(elapsed_ms "$t_start" "$t_listening")" "$(elapsed_ms "$t_start" "$t_first_answer")" \

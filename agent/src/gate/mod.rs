@@ -8,6 +8,11 @@
 //!
 //! `grpc.Health` is not gated: the runtime polls it to see whether the agent is alive, and it
 //! reveals nothing but the agent's version.
+//!
+//! The gate is the bottom of the agent: it and its parts (`endpoints`, `compiled` policy,
+//! `verdict`, `audit` log) use nothing of the agent outside this module, so the config, the
+//! policy administration and the handlers build on it and never the other way round
+//! (`tests/layers.rs` checks it).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -60,6 +60,12 @@ impl WantedInterface {
         for (i, a) in iface.IPAddresses.iter().enumerate() {
             let field = format!("interface.IPAddresses[{i}]");
             let ip = parse_ip(&format!("{field}.address"), &a.address)?;
+            if ip.is_loopback() {
+                return Err(invalid(
+                    &format!("{field}.address"),
+                    format!("{ip} is a loopback address, which belongs to the guest's lo"),
+                ));
+            }
             let prefix = parse_prefix(&format!("{field}.mask"), &a.mask, &ip)?;
             if a.family.value() != family_of(&ip) as i32 {
                 return Err(invalid(
@@ -565,6 +571,14 @@ mod tests {
         let mut wrong_family = iface("02:00:00:00:00:01", &[("10.0.0.2", "24")]);
         wrong_family.IPAddresses[0].family = IPFamily::v6.into();
         bad(wrong_family, "interface.IPAddresses[0].family");
+        bad(
+            iface("02:00:00:00:00:01", &[("127.0.0.2", "8")]),
+            "interface.IPAddresses[0].address",
+        );
+        bad(
+            iface("02:00:00:00:00:01", &[("::1", "128")]),
+            "interface.IPAddresses[0].address",
+        );
         let mut long_name = iface("02:00:00:00:00:01", &[]);
         long_name.name = "a-very-long-interface-name".into();
         bad(long_name, "interface.name");

@@ -35,6 +35,7 @@ use neighbours::{add_neighbours, ParsedNeighbour};
 use netlink::Netlink;
 use routes::{list_routes, update_routes, ParsedRoute};
 
+/// The network RPC backend: one route-netlink socket, opened on first use.
 #[derive(Default)]
 pub struct Network {
     netlink: Arc<Mutex<Option<Netlink>>>,

@@ -70,6 +70,19 @@ impl ParsedRoute {
             Cidr { ip: any, prefix: 0 }
         } else {
             let dest = parse_network(&field("dest"), &r.dest)?;
+            let loopback = match dest.ip {
+                IpAddr::V4(v4) => v4.octets()[0] == 127 && dest.prefix >= 8,
+                IpAddr::V6(v6) => v6.is_loopback(),
+            };
+            if loopback {
+                return Err(invalid(
+                    &field("dest"),
+                    format!(
+                        "{} is in the loopback range, which stays the guest's",
+                        r.dest
+                    ),
+                ));
+            }
             check_family("dest", &dest.ip)?;
             dest
         };
@@ -77,6 +90,12 @@ impl ParsedRoute {
             None
         } else {
             let gw = parse_ip(&field("gateway"), &r.gateway)?;
+            if gw.is_loopback() {
+                return Err(invalid(
+                    &field("gateway"),
+                    format!("{gw} is a loopback address"),
+                ));
+            }
             check_family("gateway", &gw)?;
             Some(gw)
         };
@@ -489,6 +508,21 @@ mod tests {
             6,
             route("", "fd00::1", "eth0", IPFamily::v4),
             "routes[6].gateway",
+        );
+        bad(
+            8,
+            route("127.0.0.0/8", "", "eth0", IPFamily::v4),
+            "routes[8].dest",
+        );
+        bad(
+            9,
+            route("127.1.0.0/16", "", "eth0", IPFamily::v4),
+            "routes[9].dest",
+        );
+        bad(
+            10,
+            route("10.0.0.0/8", "127.0.0.1", "eth0", IPFamily::v4),
+            "routes[10].gateway",
         );
         bad(
             7,
