@@ -12,6 +12,9 @@
 //! | [`memagent`] | MemAgentMemcgSet, MemAgentCompactSet |
 //! | [`ephemeral`] | UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts |
 //!
+//! [`storage`] resolves the device-backed storage drivers (blk, mmioblk, scsi, nvdimm,
+//! virtio-fs, 9p) for the container runtime to mount.
+//!
 //! Below them: [`uevent`] (the kernel's device announcements), [`pci`] (Kata's PCI paths) and
 //! [`blockdev`] (hot-plugged disks by PCI path). Every failure is a [`GuestError`], one variant
 //! per ttrpc status.
@@ -25,6 +28,7 @@ pub mod hotplug;
 pub mod memagent;
 pub mod network;
 pub mod pci;
+pub mod storage;
 pub mod swap;
 pub mod uevent;
 pub mod volumes;
