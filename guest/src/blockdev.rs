@@ -143,6 +143,23 @@ impl DeviceTree {
         })
     }
 
+    /// `/dev/pmemN`, present once the kernel has probed the NVDIMM (cold-plugged at boot).
+    pub fn pmem(&self, field: &str, dev: &str) -> Result<PathBuf> {
+        let name = dev
+            .strip_prefix("/dev/")
+            .filter(|n| {
+                n.strip_prefix("pmem")
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .ok_or_else(|| invalid(field, format!("{dev:?} is not an NVDIMM node (/dev/pmemN)")))?;
+        if !self.sys.join("block").join(name).exists() {
+            return Err(GuestError::NotFound(format!(
+                "{field}: {dev} is not a block device of this guest"
+            )));
+        }
+        Ok(self.dev.join(name))
+    }
+
     /// Subscribes to uevents, then runs `probe` (a device name, or not yet) after each
     /// announcement until it finds the device or `timeout` passes.
     fn wait_for(

@@ -13,7 +13,8 @@
 //! | [`ephemeral`] | UpdateEphemeralMounts, RemoveStaleVirtiofsShareMounts |
 //!
 //! [`storage`] resolves the device-backed storage drivers (blk, mmioblk, scsi, nvdimm,
-//! virtio-fs, 9p) for the container runtime to mount.
+//! virtio-fs, 9p) for the container runtime to mount, and [`devices`] the container devices
+//! (blk, mmioblk, scsi, nvdimm, vfio-pci) to guest nodes with the guest's major/minor.
 //!
 //! Below them: [`uevent`] (the kernel's device announcements), [`pci`] (Kata's PCI paths) and
 //! [`blockdev`] (hot-plugged disks by PCI path). Every failure is a [`GuestError`], one variant
@@ -21,6 +22,7 @@
 
 pub mod blockdev;
 pub mod clock;
+pub mod devices;
 pub mod entropy;
 pub mod ephemeral;
 pub mod error;

@@ -74,7 +74,7 @@ pub fn resolve(
             path_text(tree.scsi_by_address(&source_field, &s.source, timeout)?),
             &block_fs,
         ),
-        "nvdimm" => (path_text(pmem(tree, &source_field, &s.source)?), &block_fs),
+        "nvdimm" => (path_text(tree.pmem(&source_field, &s.source)?), &block_fs),
         "virtio-fs" => (tag(&source_field, &s.source)?, &["virtiofs"]),
         "9p" => (tag(&source_field, &s.source)?, &["9p"]),
         other => {
@@ -132,23 +132,6 @@ fn tag(field: &str, t: &str) -> Result<String> {
         ));
     }
     Ok(t.to_string())
-}
-
-/// `/dev/pmemN`, present once the kernel has probed the NVDIMM (cold-plugged at boot).
-fn pmem(tree: &DeviceTree, field: &str, dev: &str) -> Result<PathBuf> {
-    let name = dev
-        .strip_prefix("/dev/")
-        .filter(|n| {
-            n.strip_prefix("pmem")
-                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .ok_or_else(|| invalid(field, format!("{dev:?} is not an NVDIMM node (/dev/pmemN)")))?;
-    if !tree.sys.join("block").join(name).exists() {
-        return Err(GuestError::NotFound(format!(
-            "{field}: {dev} is not a block device of this guest"
-        )));
-    }
-    Ok(tree.dev.join(name))
 }
 
 /// Mount flags and data from Kata's option list, checked against what the file system type
