@@ -113,8 +113,14 @@ console_has() {
 expect_ok GetGuestDetails '{"mem_block_size": true, "mem_hotplug_probe": true}' '"mem_block_size_bytes": [1-9]'
 
 # CPU: hot-plugged, then onlined; the agent waits for the kernel to announce it.
-qmp device_add '{"driver": "max-x86_64-cpu", "id": "cpu1", "socket-id": 1, "core-id": 0, "thread-id": 0}' ||
-    fail "QMP could not hot-plug a vCPU"
+# The free slot's topology (socket or core, by QEMU's version) from QEMU itself.
+cpu_slot=$("$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" query-hotpluggable-cpus | python3 -c '
+import json, sys
+free = [c for c in json.load(sys.stdin)["return"] if "qom-path" not in c]
+args = {"driver": free[0]["type"], "id": "cpu1"}
+args.update(free[0]["props"])
+print(json.dumps(args))') || fail "no hot-pluggable vCPU slot"
+qmp device_add "$cpu_slot" || fail "QMP could not hot-plug a vCPU ($cpu_slot)"
 expect_ok OnlineCPUMem '{"nb_cpus": 2, "cpu_only": true}' '{}'
 console_has 'CPUs online online=2 wanted=2'
 expect_err OnlineCPUMem '{"nb_cpus": 3, "cpu_only": true}' DEADLINE_EXCEEDED '3 CPUs wanted online, 2 are'
