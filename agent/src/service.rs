@@ -309,11 +309,6 @@ agent_service! {
         Ok(vigil_guest::ephemeral::refresh_shared_mounts(shared).map(|_| Empty::new()).map_err(AgentError::from)?)
     }
 
-    async fn get_diagnostic_data(&self, _ctx: &TtrpcContext, req: GetDiagnosticDataRequest) -> RpcResult<GetDiagnosticDataResponse> {
-        let log = self.sandbox.termination_log(&req.container_id).await.map_err(AgentError::from)?;
-        Ok(GetDiagnosticDataResponse { data: log.into(), ..Default::default() })
-    }
-
     async fn mem_agent_memcg_set(&self, _ctx: &TtrpcContext, req: MemAgentMemcgConfig) -> RpcResult<Empty> {
         Ok(self.guest.memagent.memcg_set(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
     }
@@ -343,6 +338,7 @@ agent_service! {
         destroy_sandbox(DestroySandboxRequest) -> Empty;
         copy_file(CopyFileRequest) -> Empty;
         get_oom_event(GetOOMEventRequest) -> OOMEvent;
+        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
     }
 
 }

@@ -1047,14 +1047,33 @@ impl Sandbox {
         Ok(Empty::new())
     }
 
-    /// GetDiagnosticData's `termination_log`: the container's termination message.
-    pub async fn termination_log(&self, container_id: &str) -> Result<String> {
-        let c = self.container(container_id).await?;
+    /// GetDiagnosticData. Kata's one `log_type`, `termination_log`: the container's
+    /// termination message.
+    pub async fn get_diagnostic_data(
+        &self,
+        req: GetDiagnosticDataRequest,
+    ) -> Result<GetDiagnosticDataResponse> {
+        if req.log_type != "termination_log" {
+            return Err(RuntimeError::invalid(
+                "log_type",
+                format!(
+                    "{:?} is not a diagnostic this agent collects (termination_log)",
+                    req.log_type
+                ),
+            ));
+        }
+        let c = self.container(&req.container_id).await?;
         let shared = self.sandbox().await?.shared_dir.clone();
         let bundle = c.bundle.clone();
-        tokio::task::spawn_blocking(move || crate::diagnostic::termination_log(&bundle, &shared))
-            .await
-            .map_err(|e| RuntimeError::internal("diagnostic task", e))?
+        let data = tokio::task::spawn_blocking(move || {
+            crate::diagnostic::termination_log(&bundle, &shared)
+        })
+        .await
+        .map_err(|e| RuntimeError::internal("diagnostic task", e))??;
+        Ok(GetDiagnosticDataResponse {
+            data,
+            ..Default::default()
+        })
     }
 
     /// Runs a blocking runtime call off the async threads.
