@@ -104,10 +104,12 @@ expect_err() {
     grep -Eq -- "^vigilctl: $1: $3: .*$4" <<<"$out" || fail "$1: expected $3 with '$4', got: $out"
     log "ok: $1 -> $out"
 }
-# console_has REGEX: the agent logged it (its stderr is the console).
+# console_has REGEX: the agent logged it (its stderr is the console; colours stripped).
 console_has() {
-    grep -Eaq -- "$1" "$console" || fail "no console line matching '$1'"
-    log "ok: console: $(grep -Ea -- "$1" "$console" | tail -n 1 | tr -d '\r' | cut -c1-120)"
+    local line
+    line=$(sed 's/\x1b\[[0-9;]*m//g' "$console" | tr -d '\r' | grep -Ea -- "$1" | tail -n 1) ||
+        fail "no console line matching '$1'"
+    log "ok: console: $(cut -c1-120 <<<"$line")"
 }
 
 expect_ok GetGuestDetails '{"mem_block_size": true, "mem_hotplug_probe": true}' '"mem_block_size_bytes": [1-9]'
@@ -126,7 +128,8 @@ console_has 'CPUs online online=2 wanted=2'
 expect_err OnlineCPUMem '{"nb_cpus": 3, "cpu_only": true}' DEADLINE_EXCEEDED '3 CPUs wanted online, 2 are'
 
 # Memory: a 128 MiB DIMM; QEMU reports the guest's ACPI _OST once the kernel has added it.
-qmp object-add '{"qom-type": "memory-backend-ram", "id": "mem1", "size": 134217728}' ||
+# Shared memfd like the boot memory: the vhost-user vsock backend must map all guest RAM.
+qmp object-add '{"qom-type": "memory-backend-memfd", "id": "mem1", "size": 134217728, "share": true}' ||
     fail "QMP object-add failed"
 qmp device_add '{"driver": "pc-dimm", "id": "dimm1", "memdev": "mem1"}' --event ACPI_DEVICE_OST ||
     fail "the DIMM was not hot-plugged (or the guest never acknowledged it)"
@@ -152,8 +155,8 @@ expect_err SetGuestDateTime "{\"Sec\": $((now_s + 3600)), \"Usec\": 0}" INVALID_
     'Sec: [0-9]+ is 8[23][0-9]{3}s behind the guest'"'"'s clock'
 
 # Entropy: mixed in (never credited); an empty seed is refused.
-expect_ok ReseedRandomDev '{"data": "aG9zdC1jaG9zZW4gYnl0ZXM="}' '{}'
-expect_err ReseedRandomDev '{"data": ""}' INVALID_ARGUMENT 'data: empty'
+expect_ok ReseedRandomDev '{"data": [104, 111, 115, 116, 45, 99, 104, 111, 115, 101, 110]}' '{}'
+expect_err ReseedRandomDev '{"data": []}' INVALID_ARGUMENT 'data: empty'
 
 # Volumes: an 8 MiB ephemeral volume of the sandbox, read, then grown to 16 MiB.
 volume=/run/vigil/sandbox/s1/vol
