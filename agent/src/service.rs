@@ -19,8 +19,19 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
 pub const API_VERSION: &str = "0.0.1";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The storage drivers the container runtime mounts (`AgentDetails.storage_handlers`).
-pub const STORAGE_DRIVERS: &[&str] = &["ephemeral", "local", "bind"];
+/// The storage drivers the container runtime mounts (`AgentDetails.storage_handlers`): its own
+/// and the guest crate's device-backed ones.
+pub const STORAGE_DRIVERS: &[&str] = &[
+    "ephemeral",
+    "local",
+    "bind",
+    "blk",
+    "mmioblk",
+    "scsi",
+    "nvdimm",
+    "virtio-fs",
+    "9p",
+];
 
 /// Every error a handler can return, and the ttrpc status it becomes.
 #[derive(Debug, thiserror::Error)]

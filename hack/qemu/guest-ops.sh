@@ -11,6 +11,8 @@
 #   - SetGuestDateTime moves the clock a day ahead; a later step back is refused with the
 #     distance, which proves the clock moved
 #   - ReseedRandomDev mixes bytes in; an empty one is refused
+#   - a disk hot-plugged through QMP is a blk storage of CreateSandbox (by PCI path, awaited);
+#     GetVolumeStats reads it, and after QMP block_resize, ResizeVolume grows its ext4
 #   - GetVolumeStats reads an ephemeral volume of the sandbox; UpdateEphemeralMounts grows it
 #   - every RPC of grpc.AgentService, called with {}, has a handler (none "not implemented")
 #
@@ -49,6 +51,9 @@ EOF
 "$QEMU_HACK_DIR/make-initramfs.sh" --agent "$agent" --kernel-dir "$kernel_dir" \
     --config "$work/agent.toml" -o "$work/initramfs.cpio" >/dev/null
 truncate -s 64M "$work/swap.img"
+# The block volume: ext4 made on the host, grown later by QMP block_resize.
+truncate -s 32M "$work/vol.img"
+mkfs.ext4 -q -F -b 4096 "$work/vol.img" || die "mkfs.ext4 failed (e2fsprogs)"
 
 kernel=$kernel_dir/vmlinux
 [ -f "$kernel" ] || kernel=$kernel_dir/vmlinuz
@@ -62,6 +67,7 @@ fail() {
     exit 1
 }
 boot_pid=""
+t_start=$(now)
 cleanup() {
     if [ -n "$boot_pid" ] && kill -0 "$boot_pid" 2>/dev/null; then
         kill "$boot_pid" 2>/dev/null || true
@@ -70,12 +76,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Hot-plug room: a second vCPU, two DIMM slots, and a PCIe root port at 00:10.0 whose
-# secondary bus takes the disk (PCI path 10/00). Hot-plugged memory stays offline until the
+# Hot-plug room: a second vCPU, two DIMM slots, and PCIe root ports at 00:10.0 and 00:11.0
+# whose secondary buses take the disks (PCI paths 10/00 and 11/00). Hot-plugged memory stays offline until the
 # agent onlines it.
 "$QEMU_HACK_DIR/boot.sh" --kernel "$kernel" --initrd "$work/initramfs.cpio" \
     --run-dir "$run_dir" --console-log "$console" --maxcpus 2 --maxmem 1024 \
     --qemu-arg -device --qemu-arg pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x10 \
+    --qemu-arg -device --qemu-arg pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x11 \
     --append "agent.config_file=/etc/vigil/agent.toml memhp_default_state=offline" \
     >"$work/boot.log" 2>&1 &
 boot_pid=$!
@@ -158,9 +165,26 @@ expect_err SetGuestDateTime "{\"Sec\": $((now_s + 3600)), \"Usec\": 0}" INVALID_
 expect_ok ReseedRandomDev '{"data": [104, 111, 115, 116, 45, 99, 104, 111, 115, 101, 110]}' '{}'
 expect_err ReseedRandomDev '{"data": []}' INVALID_ARGUMENT 'data: empty'
 
-# Volumes: an 8 MiB ephemeral volume of the sandbox, read, then grown to 16 MiB.
+# Volumes: the sandbox gets an 8 MiB ephemeral volume and a block volume on a disk
+# hot-plugged now (blk storage by PCI path: CreateSandbox waits for the disk to appear).
+qmp blockdev-add "{\"driver\": \"raw\", \"node-name\": \"vol\", \"file\": {\"driver\": \"file\", \"filename\": \"$work/vol.img\"}}" ||
+    fail "QMP blockdev-add failed"
+qmp device_add '{"driver": "virtio-blk-pci", "id": "vol0", "drive": "vol", "bus": "rp2", "addr": "0x0"}' ||
+    fail "QMP could not hot-plug the volume disk"
 volume=/run/vigil/sandbox/s1/vol
-expect_ok CreateSandbox '{"sandbox_id": "s1", "storages": [{"driver": "ephemeral", "source": "tmpfs", "fstype": "tmpfs", "options": ["size=8m"], "mount_point": "vol"}]}' '{}'
+blkvol=/run/vigil/sandbox/s1/blkvol
+expect_ok CreateSandbox '{"sandbox_id": "s1", "storages": [{"driver": "ephemeral", "source": "tmpfs", "fstype": "tmpfs", "options": ["size=8m"], "mount_point": "vol"}, {"driver": "blk", "source": "11/00", "fstype": "ext4", "options": ["noatime"], "mount_point": "blkvol"}]}' '{}'
+before=$(call GetVolumeStats "{\"volume_guest_path\": \"$blkvol\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage"][0]["total"])') ||
+    fail "GetVolumeStats of the block volume failed"
+[ "$before" -gt $((24 << 20)) ] && [ "$before" -le $((32 << 20)) ] || fail "the 32 MiB block volume reports $before bytes"
+log "ok: GetVolumeStats -> block volume of $before bytes"
+# The host grows the disk; ResizeVolume grows the file system on it (online, ext4).
+qmp block_resize '{"node-name": "vol", "size": 67108864}' || fail "QMP block_resize failed"
+expect_ok ResizeVolume "{\"volume_guest_path\": \"$blkvol\", \"size\": 67108864}" '{}'
+after=$(call GetVolumeStats "{\"volume_guest_path\": \"$blkvol\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage"][0]["total"])')
+[ "$after" -gt $((before + (24 << 20))) ] || fail "ResizeVolume: $before -> $after bytes"
+log "ok: ResizeVolume -> block volume of $after bytes"
+expect_err ResizeVolume "{\"volume_guest_path\": \"$volume\", \"size\": 67108864}" FAILED_PRECONDITION 'tmpfs file system'
 expect_ok GetVolumeStats "{\"volume_guest_path\": \"$volume\"}" '"total": 8388608'
 expect_ok UpdateEphemeralMounts "{\"storages\": [{\"driver\": \"ephemeral\", \"source\": \"tmpfs\", \"fstype\": \"tmpfs\", \"options\": [\"remount\", \"size=16m\"], \"mount_point\": \"$volume\"}]}" '{}'
 expect_ok GetVolumeStats "{\"volume_guest_path\": \"$volume\"}" '"total": 16777216'
@@ -181,4 +205,4 @@ qemu_rc=0
 wait "$boot_pid" || qemu_rc=$?
 boot_pid=""
 [ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc"
-log "PASS"
+log "PASS ($(elapsed_ms "$t_start" "$(now)") ms from boot)"

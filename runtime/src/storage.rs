@@ -6,6 +6,7 @@
 //! | `ephemeral`, or fstype `tmpfs` | a tmpfs at `mount_point` (options such as `size=` pass through) |
 //! | `bind` | `source` (an absolute guest path) bind-mounted at `mount_point`; `ro` honoured |
 //! | `local` | a directory at `mount_point` (option `mode=0NNN`), nothing mounted |
+//! | `blk`, `mmioblk`, `scsi`, `nvdimm`, `virtio-fs`, `9p` | the device or share the host names, found and awaited by `vigil_guest::storage` (which checks the file system and options), mounted at `mount_point`; Kata's `create_filesystem` and `fs_group` honoured |
 
 use std::path::{Path, PathBuf};
 
@@ -178,10 +179,72 @@ fn mount_one(s: &Storage, sandbox_dir: &Path, field: &str) -> Result<Option<Moun
             }
             Ok(Some(m))
         }
+        driver if vigil_guest::storage::handles(driver) => mount_device_storage(s, target, field),
         other => Err(RuntimeError::invalid(
             format!("{field}.driver"),
-            format!("{other:?} is not supported (ephemeral, bind, local)"),
+            format!(
+                "{other:?} is not supported (ephemeral, bind, local, {})",
+                vigil_guest::storage::DRIVERS.join(", ")
+            ),
         )),
+    }
+}
+
+/// A storage of one of `vigil_guest::storage::DRIVERS` at `target`. Waiting for a hot-plugged
+/// device blocks the calling thread (up to `vigil_guest::blockdev::DEVICE_TIMEOUT`).
+fn mount_device_storage(s: &Storage, target: PathBuf, field: &str) -> Result<Option<Mounted>> {
+    use vigil_guest::storage as gs;
+    let spec = gs::resolve(
+        &vigil_guest::blockdev::DeviceTree::default(),
+        s,
+        field,
+        vigil_guest::blockdev::DEVICE_TIMEOUT,
+    )
+    .map_err(from_guest)?;
+    if gs::wants_new_filesystem(s) {
+        gs::create_ext4(field, &s.fstype, Path::new(&spec.source)).map_err(from_guest)?;
+    }
+    std::fs::create_dir_all(&target).map_err(|e| RuntimeError::internal(target.display(), e))?;
+    mount(
+        Some(spec.source.as_str()),
+        &target,
+        Some(spec.fstype.as_str()),
+        MsFlags::from_bits_truncate(spec.flags),
+        (!spec.data.is_empty()).then_some(spec.data.as_str()),
+    )
+    .map_err(|e| {
+        RuntimeError::internal(
+            format!(
+                "mounting {} ({}) at {}",
+                spec.source,
+                spec.fstype,
+                target.display()
+            ),
+            e,
+        )
+    })?;
+    let m = Mounted { target };
+    if let Some(group) = s.fs_group.as_ref() {
+        let read_only = spec.flags & libc::MS_RDONLY != 0;
+        if let Err(e) = gs::apply_fs_group(&m.target, group, read_only) {
+            unmount_all(&mut vec![m]);
+            return Err(from_guest(e));
+        }
+    }
+    Ok(Some(m))
+}
+
+/// A guest-operation error as the runtime's (same status).
+fn from_guest(e: vigil_guest::GuestError) -> RuntimeError {
+    use vigil_guest::GuestError as G;
+    match e {
+        G::InvalidArgument(m) => match m.split_once(": ") {
+            Some((field, reason)) => RuntimeError::invalid(field, reason),
+            None => RuntimeError::invalid("storages", m),
+        },
+        G::NotFound(m) | G::FailedPrecondition(m) => RuntimeError::FailedPrecondition(m),
+        G::DeadlineExceeded(m) => RuntimeError::Timeout(m),
+        G::Internal(m) => RuntimeError::Internal(m),
     }
 }
 
