@@ -7,6 +7,7 @@
 //! - [`RuntimeError`]: every failure, one variant per ttrpc status the agent answers with.
 
 mod copy_file;
+mod devices;
 mod diagnostic;
 mod error;
 mod runtime;

@@ -445,12 +445,6 @@ impl Sandbox {
             .OCI
             .as_ref()
             .ok_or_else(|| RuntimeError::invalid("OCI", "missing"))?;
-        if !req.devices.is_empty() {
-            return Err(RuntimeError::invalid(
-                "devices",
-                "device hot-plug is not supported",
-            ));
-        }
         if !req.shared_mounts.is_empty() {
             return Err(RuntimeError::invalid(
                 "shared_mounts",
@@ -475,6 +469,24 @@ impl Sandbox {
                 });
             }
         }
+        // The devices the host hot-plugged, as the guest sees them, in the spec.
+        let mut guest_spec;
+        let oci_spec = if req.devices.is_empty() {
+            oci_spec
+        } else {
+            let found = crate::devices::resolve(&req.devices).await;
+            match found {
+                Ok(found) => {
+                    guest_spec = oci_spec.clone();
+                    crate::devices::apply(&mut guest_spec, &found);
+                    &guest_spec
+                }
+                Err(e) => {
+                    lock(&sandbox.containers).creating.remove(&req.container_id);
+                    return Err(e);
+                }
+            }
+        };
         let result = self.build_container(&sandbox, &req, oci_spec).await;
         let container = {
             let mut map = lock(&sandbox.containers);
