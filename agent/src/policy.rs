@@ -9,8 +9,8 @@ use serde::Deserialize;
 use vigil_kbc::envelope::{self, VerifyingKey};
 use vigil_policy::Limits;
 
-pub use crate::gate::{CompiledPolicy, PolicyOrigin, PolicySource};
 use crate::gate::Gate;
+pub use crate::gate::{CompiledPolicy, PolicyOrigin, PolicySource};
 
 /// Kata's default policy location, used when `[policy] kata_default_fallback = true` and no
 /// `file` is given.

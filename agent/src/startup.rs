@@ -19,7 +19,7 @@ use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
 use crate::service::AgentApi;
 
 /// Kernel parameter naming the initdata file or block device.
-pub const CMDLINE_INITDATA: &str = "agent.initdata";
+pub use crate::mode::CMDLINE_INITDATA;
 /// The initdata `[data]` entry that holds the agent's config.
 pub const INITDATA_CONFIG_KEY: &str = "vigil.toml";
 

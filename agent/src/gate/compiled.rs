@@ -150,4 +150,3 @@ impl CompiledPolicy {
             .map_err(|e| format!("{} does not decode: {e}", endpoint.request))
     }
 }
-
