@@ -25,6 +25,7 @@ pub const STORAGE_DRIVERS: &[&str] = &[
     "ephemeral",
     "local",
     "bind",
+    "overlayfs",
     "blk",
     "mmioblk",
     "scsi",

@@ -11,6 +11,7 @@
 //! | `nvdimm` | `/dev/pmemN` | ext2/3/4, xfs (`dax` allowed) |
 //! | `virtio-fs` | the share's tag | virtiofs |
 //! | `9p` | the share's tag | 9p (virtio transport only) |
+//! | `overlayfs` | layers in `options` (`lowerdir=`, `upperdir=`, `workdir=`), all inside the sandbox directory | overlay |
 //!
 //! The mount itself (beneath the sandbox's directories, race-free) is the container runtime's.
 //! Every mount gets `nodev`: a device node on a host-supplied file system must not open a
@@ -213,6 +214,131 @@ pub fn mount_options(
     Ok((flags, data.join(",")))
 }
 
+/// Kata's option asking for a writable overlay: the agent makes `upperdir` and `workdir`.
+pub const OVERLAY_RW: &str = "io.katacontainers.fs-opt.overlay-rw";
+/// Kata's driver option naming a directory to create before an overlay is mounted.
+pub const OVERLAY_CREATE_DIR: &str = "io.katacontainers.volume.overlayfs.create_directory";
+
+/// An `overlayfs` storage, checked: what to create, then what to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayPlan {
+    /// Directories to create first (`upperdir`/`workdir` of a writable overlay, Kata's
+    /// `create_directory` driver options).
+    pub create: Vec<PathBuf>,
+    pub flags: libc::c_ulong,
+    /// `lowerdir=...,upperdir=...,workdir=...` and the allowed overlay options.
+    pub data: String,
+}
+
+/// Checks an `overlayfs` storage (Kata's driver: fstype `overlay`, layers named in the
+/// options). Every directory it names must lie in `jail` (the sandbox's directory), judged
+/// by where it really leads; a writable overlay (`io.katacontainers.fs-opt.overlay-rw`) gets
+/// `<mount point>.overlay/{upper,work}`. `nodev` always.
+pub fn overlay(s: &Storage, target: &Path, jail: &Path, field: &str) -> Result<OverlayPlan> {
+    if s.fstype != "overlay" {
+        return Err(invalid(
+            &format!("{field}.fstype"),
+            format!("{:?}: the overlayfs driver mounts overlay", s.fstype),
+        ));
+    }
+    let opt_field = format!("{field}.options");
+    let inside = |what: &str, p: &str| -> Result<PathBuf> { jailed(&opt_field, what, p, jail) };
+    let mut plan = OverlayPlan {
+        create: Vec::new(),
+        flags: libc::MS_NODEV,
+        data: String::new(),
+    };
+    let mut data = Vec::new();
+    let (mut lower, mut upper, mut work) = (false, false, false);
+    for o in &s.options {
+        let (key, value) = o.split_once('=').unwrap_or((o.as_str(), ""));
+        match key {
+            "lowerdir" => {
+                for layer in value.split(':') {
+                    inside("lowerdir", layer)?;
+                }
+                lower = true;
+                data.push(o.clone());
+            }
+            "upperdir" | "workdir" => {
+                inside(key, value)?;
+                upper |= key == "upperdir";
+                work |= key == "workdir";
+                data.push(o.clone());
+            }
+            OVERLAY_RW => {
+                let base = PathBuf::from(format!("{}.overlay", target.display()));
+                let (u, w) = (base.join("upper"), base.join("work"));
+                inside("upperdir", &u.display().to_string())?;
+                data.push(format!("upperdir={}", u.display()));
+                data.push(format!("workdir={}", w.display()));
+                plan.create.extend([u, w]);
+                upper = true;
+                work = true;
+            }
+            "ro" => plan.flags |= libc::MS_RDONLY,
+            "rw" | "nodev" => {}
+            "nosuid" => plan.flags |= libc::MS_NOSUID,
+            "noexec" => plan.flags |= libc::MS_NOEXEC,
+            "index" | "xino" | "redirect_dir" | "metacopy" | "userxattr" | "volatile" => {
+                data.push(o.clone())
+            }
+            _ => {
+                return Err(invalid(
+                    &opt_field,
+                    format!("{o:?} is not an overlay option a storage may set"),
+                ))
+            }
+        }
+    }
+    if !lower {
+        return Err(invalid(&opt_field, "no lowerdir"));
+    }
+    if upper != work {
+        return Err(invalid(&opt_field, "upperdir and workdir go together"));
+    }
+    for o in &s.driver_options {
+        match o.split_once('=') {
+            Some((OVERLAY_CREATE_DIR, dir)) => plan.create.push(jailed(
+                &format!("{field}.driver_options"),
+                OVERLAY_CREATE_DIR,
+                dir,
+                jail,
+            )?),
+            _ => {
+                return Err(invalid(
+                    &format!("{field}.driver_options"),
+                    format!("{o:?} is not supported for overlayfs"),
+                ))
+            }
+        }
+    }
+    plan.data = data.join(",");
+    Ok(plan)
+}
+
+/// `p` as a path in `jail`: absolute, without `..`, and (where it exists) really inside.
+fn jailed(field: &str, what: &str, p: &str, jail: &Path) -> Result<PathBuf> {
+    let path = Path::new(p);
+    let plain = path.is_absolute()
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+    let real_jail = std::fs::canonicalize(jail).unwrap_or_else(|_| jail.to_path_buf());
+    let within = |x: &Path| x.starts_with(jail) || x.starts_with(&real_jail);
+    let real_ok = std::fs::canonicalize(path).map_or(true, |r| r.starts_with(&real_jail));
+    if !plain || !within(path) || !real_ok {
+        return Err(invalid(
+            field,
+            format!(
+                "{what} {p:?} is not inside the sandbox directory {}",
+                jail.display()
+            ),
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
 /// Whether the storage asks for a fresh file system (`create_filesystem`, Kata's block
 /// emptyDir): made with the guest's `mkfs.ext4` before mounting.
 pub fn wants_new_filesystem(s: &Storage) -> bool {
@@ -396,6 +522,82 @@ mod tests {
         assert!(mount_options("o", "ext4", &opts(&["errors=panic"])).is_err());
         assert!(mount_options("o", "xfs", &opts(&["data=journal"])).is_err());
         assert!(mount_options("o", "ext4", &opts(&["uid=0"])).is_err());
+    }
+
+    #[test]
+    fn overlays_name_only_the_sandbox_s_directories() {
+        let jail = tempfile::tempdir().unwrap();
+        let j = jail.path();
+        let target = j.join("containers/c1/rootfs");
+        let mut s = storage("overlayfs", "overlay", "overlay", &[]);
+        s.options = vec![
+            format!(
+                "lowerdir={}:{}",
+                j.join("l1").display(),
+                j.join("l2").display()
+            ),
+            OVERLAY_RW.into(),
+            "index=off".into(),
+        ];
+        s.driver_options = vec![format!(
+            "{OVERLAY_CREATE_DIR}={}",
+            j.join("extra").display()
+        )];
+        let plan = overlay(&s, &target, j, "storages[0]").unwrap();
+        let up = format!("{}.overlay/upper", target.display());
+        assert!(
+            plan.data.contains(&format!("upperdir={up}")),
+            "{}",
+            plan.data
+        );
+        assert!(plan.data.ends_with("index=off"));
+        assert_eq!(plan.create.len(), 3);
+        assert_eq!(plan.flags, libc::MS_NODEV);
+
+        let bad = |options: Vec<String>, driver_options: Vec<String>, field: &str| {
+            let s = Storage {
+                options,
+                driver_options,
+                ..storage("overlayfs", "overlay", "overlay", &[])
+            };
+            let e = overlay(&s, &target, j, "storages[0]").unwrap_err();
+            assert!(e.to_string().starts_with(field), "{field}: {e}");
+        };
+        bad(vec!["lowerdir=/etc".into()], vec![], "storages[0].options");
+        bad(
+            vec![format!("lowerdir={}/../../etc", j.display())],
+            vec![],
+            "storages[0].options",
+        );
+        bad(
+            vec![
+                format!("lowerdir={}", j.join("l1").display()),
+                format!("upperdir={}", j.join("u").display()),
+            ],
+            vec![],
+            "storages[0].options",
+        );
+        bad(
+            vec![
+                format!("lowerdir={}", j.join("l1").display()),
+                "uid=0".into(),
+            ],
+            vec![],
+            "storages[0].options",
+        );
+        bad(
+            vec![format!("lowerdir={}", j.join("l1").display())],
+            vec![format!("{OVERLAY_CREATE_DIR}=/etc/x")],
+            "storages[0].driver_options",
+        );
+        bad(vec![], vec![], "storages[0].options");
+        // A symlink inside the jail that leads out is judged by where it leads.
+        std::os::unix::fs::symlink("/etc", j.join("sneaky")).unwrap();
+        bad(
+            vec![format!("lowerdir={}", j.join("sneaky").display())],
+            vec![],
+            "storages[0].options",
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! | `ephemeral`, or fstype `tmpfs` | a tmpfs at `mount_point` (options such as `size=` pass through) |
 //! | `bind` | `source` (an absolute guest path) bind-mounted at `mount_point`; `ro` honoured |
 //! | `local` | a directory at `mount_point` (option `mode=0NNN`), nothing mounted |
+//! | `overlayfs` | an overlay of layers in the sandbox directory (`lowerdir=`, ...; Kata's `io.katacontainers.fs-opt.overlay-rw` makes upper/work dirs beside the mount point) |
 //! | `blk`, `mmioblk`, `scsi`, `nvdimm`, `virtio-fs`, `9p` | the device or share the host names, found and awaited by `vigil_guest::storage` (which checks the file system and options), mounted at `mount_point`; Kata's `create_filesystem` and `fs_group` honoured |
 
 use std::path::{Path, PathBuf};
@@ -180,10 +181,11 @@ fn mount_one(s: &Storage, sandbox_dir: &Path, field: &str) -> Result<Option<Moun
             Ok(Some(m))
         }
         driver if vigil_guest::storage::handles(driver) => mount_device_storage(s, target, field),
+        "overlayfs" => mount_overlay(s, target, sandbox_dir, field),
         other => Err(RuntimeError::invalid(
             format!("{field}.driver"),
             format!(
-                "{other:?} is not supported (ephemeral, bind, local, {})",
+                "{other:?} is not supported (ephemeral, bind, local, overlayfs, {})",
                 vigil_guest::storage::DRIVERS.join(", ")
             ),
         )),
@@ -234,6 +236,30 @@ fn mount_device_storage(s: &Storage, target: PathBuf, field: &str) -> Result<Opt
     Ok(Some(m))
 }
 
+/// Kata's `overlayfs` storage: layers from the sandbox's directory only (checked by
+/// `vigil_guest::storage::overlay`), a writable overlay's upper and work dirs beside the
+/// mount point.
+fn mount_overlay(
+    s: &Storage,
+    target: PathBuf,
+    sandbox_dir: &Path,
+    field: &str,
+) -> Result<Option<Mounted>> {
+    let plan = vigil_guest::storage::overlay(s, &target, sandbox_dir, field).map_err(from_guest)?;
+    for dir in plan.create.iter().chain(std::iter::once(&target)) {
+        std::fs::create_dir_all(dir).map_err(|e| RuntimeError::internal(dir.display(), e))?;
+    }
+    mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        MsFlags::from_bits_truncate(plan.flags),
+        Some(plan.data.as_str()),
+    )
+    .map_err(|e| RuntimeError::internal(format!("mounting overlay at {}", target.display()), e))?;
+    Ok(Some(Mounted { target }))
+}
+
 /// A guest-operation error as the runtime's (same status).
 fn from_guest(e: vigil_guest::GuestError) -> RuntimeError {
     use vigil_guest::GuestError as G;
@@ -274,4 +300,79 @@ pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a mount namespace of the test thread: a writable overlay of a layer in the sandbox
+    /// directory; a file written through it lands in the upper dir, the layer is untouched.
+    #[test]
+    fn a_writable_overlay_of_sandbox_layers_mounts_and_unmounts() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().to_path_buf();
+        std::fs::create_dir_all(sandbox.join("layer")).unwrap();
+        std::fs::write(sandbox.join("layer/base"), "base").unwrap();
+        let r = std::thread::spawn(move || -> std::result::Result<(), String> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| e.to_string())?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| e.to_string())?;
+            let storage = Storage {
+                driver: "overlayfs".into(),
+                fstype: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    format!("lowerdir={}", sandbox.join("layer").display()),
+                    "io.katacontainers.fs-opt.overlay-rw".into(),
+                ],
+                mount_point: "rootfs".into(),
+                ..Default::default()
+            };
+            let mut mounted =
+                mount_all(&[storage], &sandbox, "storages").map_err(|e| e.to_string())?;
+            let root = sandbox.join("rootfs");
+            let base = std::fs::read_to_string(root.join("base")).map_err(|e| e.to_string())?;
+            std::fs::write(root.join("new"), "new").map_err(|e| e.to_string())?;
+            let upper = sandbox.join("rootfs.overlay/upper/new");
+            let errors = unmount_all(&mut mounted);
+            if base != "base" || !upper.exists() || !errors.is_empty() {
+                return Err(format!(
+                    "base {base:?}, upper {}, unmount {errors:?}",
+                    upper.exists()
+                ));
+            }
+            if sandbox.join("layer/new").exists() {
+                return Err("the lower layer was written".into());
+            }
+            let bad = Storage {
+                driver: "overlayfs".into(),
+                fstype: "overlay".into(),
+                options: vec!["lowerdir=/etc".into()],
+                mount_point: "x".into(),
+                ..Default::default()
+            };
+            match mount_all(&[bad], &sandbox, "storages") {
+                Err(RuntimeError::InvalidArgument { field, .. })
+                    if field == "storages[0].options" =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("lowerdir=/etc: {other:?}")),
+            }
+        })
+        .join()
+        .unwrap();
+        r.unwrap();
+    }
 }
