@@ -117,6 +117,17 @@ pub struct SandboxSection {
     pub output_limit_bytes: Option<usize>,
     /// Cgroup path (relative) under which each container gets `<cgroup_parent>/<container id>`.
     pub cgroup_parent: Option<String>,
+    /// The capability bounding set of every container process (`CAP_NET_ADMIN` or
+    /// `NET_ADMIN`); a spec asking for more is refused. Default: containerd's default set.
+    pub capabilities: Option<Vec<String>>,
+    /// Whether privileged-style specs are accepted (device-cgroup wildcards, writable sysfs and
+    /// cgroup mounts, no default masked paths, shared propagation). Default false.
+    pub allow_privileged: Option<bool>,
+    /// Guest device paths (under /dev) containers may be given besides the standard set.
+    /// The guest's memory, its I/O ports and TEE devices are refused here.
+    pub devices: Option<Vec<PathBuf>>,
+    /// Whether CopyFile keeps setuid, setgid and sticky bits. Default false (cleared).
+    pub allow_setuid_copy: Option<bool>,
 }
 
 /// `[guest]`: guest operations the host may ask for only with the measured config's consent.
@@ -179,6 +190,30 @@ impl SandboxSection {
                 ));
             }
             c.cgroup_parent = parent.clone();
+        }
+        if let Some(caps) = &self.capabilities {
+            let mut set = Vec::with_capacity(caps.len());
+            for name in caps {
+                let cap = vigil_runtime::capability_name(name)
+                    .map_err(|e| format!("[sandbox] capabilities: {e}"))?;
+                if !set.contains(&cap) {
+                    set.push(cap);
+                }
+            }
+            c.capabilities = set;
+        }
+        if let Some(allow) = self.allow_privileged {
+            c.allow_privileged = allow;
+        }
+        if let Some(devices) = &self.devices {
+            for d in devices {
+                vigil_runtime::check_device_path(d)
+                    .map_err(|e| format!("[sandbox] devices: {e}"))?;
+            }
+            c.devices = devices.clone();
+        }
+        if let Some(allow) = self.allow_setuid_copy {
+            c.allow_setuid_copy = allow;
         }
         Ok(c)
     }
@@ -460,11 +495,23 @@ mod tests {
         assert_eq!(c.sandbox.run_root, d.run_root);
         assert!(!c.sandbox.allow_hooks, "hooks must be refused by default");
 
+        assert_eq!(
+            c.sandbox.capabilities.len(),
+            vigil_runtime::DEFAULT_CAPABILITIES.len()
+        );
+        assert!(!c.sandbox.allow_privileged && !c.sandbox.allow_setuid_copy);
+        assert!(c.sandbox.devices.is_empty());
+
         let c = parse(
             "[sandbox]\nrun_root = \"/run/pods\"\nallow_hooks = true\n\
-             output_limit_bytes = 65536\ncgroup_parent = \"kubepods/vigil\"\n",
+             output_limit_bytes = 65536\ncgroup_parent = \"kubepods/vigil\"\n\
+             capabilities = [\"CAP_KILL\", \"NET_ADMIN\", \"CAP_KILL\"]\n\
+             allow_privileged = true\ndevices = [\"/dev/fuse\"]\nallow_setuid_copy = true\n",
         )
         .unwrap();
+        assert_eq!(c.sandbox.capabilities, ["CAP_KILL", "CAP_NET_ADMIN"]);
+        assert!(c.sandbox.allow_privileged && c.sandbox.allow_setuid_copy);
+        assert_eq!(c.sandbox.devices, [PathBuf::from("/dev/fuse")]);
         assert_eq!(c.sandbox.run_root, Path::new("/run/pods"));
         assert!(c.sandbox.allow_hooks);
         assert_eq!(c.sandbox.output_limit, 65536);
@@ -480,6 +527,25 @@ mod tests {
             ("cgroup_parent = \"a/../b\"", "cgroup_parent"),
             ("cgroup_parent = \"\"", "cgroup_parent"),
             ("allow_hook = true", "allow_hook"),
+            (
+                "capabilities = [\"CAP_FLY\"]",
+                "[sandbox] capabilities: \"CAP_FLY\"",
+            ),
+            ("capabilities = \"CAP_KILL\"", "capabilities"),
+            (
+                "devices = [\"/dev/sev-guest\"]",
+                "[sandbox] devices: /dev/sev-guest",
+            ),
+            ("devices = [\"/dev/mem\"]", "[sandbox] devices: /dev/mem"),
+            (
+                "devices = [\"/dev/tdx_guest\"]",
+                "[sandbox] devices: /dev/tdx_guest",
+            ),
+            (
+                "devices = [\"/etc/shadow\"]",
+                "[sandbox] devices: /etc/shadow",
+            ),
+            ("allow_privileged = \"yes\"", "allow_privileged"),
         ] {
             let msg = parse(&format!("[sandbox]\n{text}\n"))
                 .unwrap_err()

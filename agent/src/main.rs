@@ -16,7 +16,8 @@ use vigil_agent::startup::{self, Options};
 /// ["CreateContainerRequest", ...] (request message names; a file without [endpoints] allows
 /// nothing; ["*"] allows everything), plus optional [policy] (Rego agent policy, signer, logs),
 /// [attestation] (TEE mode, KBS) and [sandbox] (run_root, allow_hooks, output_limit_bytes,
-/// cgroup_parent).
+/// cgroup_parent, and what containers may ask of the guest: capabilities (bounding set,
+/// default containerd's), allow_privileged, devices (guest device paths), allow_setuid_copy).
 ///
 /// The mode follows the hardware: with a TEE guest interface present (/dev/sev-guest,
 /// /dev/tdx_guest, configfs-tsm), initdata is mandatory, its digest must be in the launch

@@ -1,6 +1,8 @@
 //! CopyFile's policy input. Kata does not show the policy the raw request (its `data` may
 //! be megabytes of file content); it shows a summary whose `file_type` is decoded from the
-//! mode bits and, for symlinks, the link target decoded from `data`.
+//! mode bits and, for symlinks, the link target decoded from `data`. Its `path` is the
+//! request's, normalised ([`normalize_path`]) the way the agent reads it, so a policy matching
+//! paths cannot be sidestepped by spelling one path differently (`/a//./b`).
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -31,6 +33,23 @@ pub fn file_type(mode: u32) -> &'static str {
         S_IFDIR => "Directory",
         S_IFLNK => "Symlink",
         _ => "Unknown",
+    }
+}
+
+/// A path as the file system reads it: empty and `.` components dropped (`//`, `/./`, a
+/// trailing `/`), everything else kept, `..` included (the agent refuses those; the policy
+/// sees them to refuse too). `"/a//b/./c/"` is `"/a/b/c"`; `"/"` stays `"/"`.
+pub fn normalize_path(path: &str) -> String {
+    let absolute = path.starts_with('/');
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let joined = parts.join("/");
+    match (absolute, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) if !path.is_empty() => ".".to_string(),
+        (false, _) => joined,
     }
 }
 
@@ -100,7 +119,7 @@ pub fn copy_file_input(req: &Value) -> Result<Value, CopyFileInputError> {
         Value::Null
     };
     Ok(json!({
-        "path": path,
+        "path": normalize_path(path),
         "file_type": kind,
         "symlink_target": symlink_target,
         "file_size": file_size,
@@ -110,4 +129,32 @@ pub fn copy_file_input(req: &Value) -> Result<Value, CopyFileInputError> {
         "gid": gid,
         "offset": offset,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_as_the_file_system_reads_them() {
+        for (given, want) in [
+            ("/run/s/shared/a", "/run/s/shared/a"),
+            ("/run//s/./shared/a/", "/run/s/shared/a"),
+            ("//run/s/shared/./././a", "/run/s/shared/a"),
+            ("/run/s/shared/../x", "/run/s/shared/../x"),
+            ("/", "/"),
+            ("/./", "/"),
+            ("a//b", "a/b"),
+            ("./", "."),
+            ("", ""),
+        ] {
+            assert_eq!(normalize_path(given), want, "{given:?}");
+        }
+        let input = copy_file_input(&json!({
+            "path": "/run//s/./f", "file_mode": 0o100644, "dir_mode": 0, "file_size": 0,
+            "uid": 0, "gid": 0, "offset": 0,
+        }))
+        .unwrap();
+        assert_eq!(input["path"], "/run/s/f");
+    }
 }

@@ -23,7 +23,7 @@ mod copy_file;
 mod engine;
 mod literal_rules;
 
-pub use copy_file::{copy_file_input, file_type, CopyFileInputError};
+pub use copy_file::{copy_file_input, file_type, normalize_path, CopyFileInputError};
 pub use engine::{
     Decision, DecisionClass, EndpointInfo, Limits, LoadError, Outcome, PolicyEngine,
     ALLOW_FAILING_RULE,

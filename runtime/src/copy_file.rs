@@ -7,12 +7,14 @@
 //! is written to a temporary sibling and renamed into place when its last chunk arrives.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
 use vigil_protos::agent::CopyFileRequest;
 
+use crate::beneath;
+use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 
 const TMP_SUFFIX: &str = ".vigil-copy";
@@ -25,24 +27,7 @@ fn errno(what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::internal(what, std::io::Error::last_os_error())
 }
 
-fn open_dir_at(dir: &OwnedFd, name: &CString) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall on a descriptor we own and a NUL-terminated name.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
-fn chown_at(dir: &OwnedFd, name: &CString, uid: i32, gid: i32) -> Result<()> {
+fn chown_at(dir: BorrowedFd, name: &CString, uid: i32, gid: i32) -> Result<()> {
     // SAFETY: plain syscall; -1 leaves an id unchanged.
     let rc = unsafe {
         libc::fchownat(
@@ -59,8 +44,10 @@ fn chown_at(dir: &OwnedFd, name: &CString, uid: i32, gid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Writes what `req` carries under `shared_dir`; `req.path` must be an absolute path inside it.
-pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<()> {
+/// Writes what `req` carries under the shared directory; `req.path` must be an absolute path
+/// inside it. Unless `keep_setuid`, the setuid, setgid and sticky bits of `file_mode` and
+/// `dir_mode` are cleared.
+pub fn copy_file(shared: &Owned, req: &CopyFileRequest, keep_setuid: bool) -> Result<()> {
     let path = Path::new(&req.path);
     if !path.is_absolute() {
         return Err(RuntimeError::invalid(
@@ -68,13 +55,14 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<()> {
             format!("{:?} is not absolute", req.path),
         ));
     }
-    let rel = path.strip_prefix(shared_dir).map_err(|_| {
+    // Path components: "//" and "." are nothing, as in the path the policy was shown.
+    let rel = path.strip_prefix(shared.path()).map_err(|_| {
         RuntimeError::invalid(
             "path",
             format!(
                 "{:?} is outside the shared directory {}",
                 req.path,
-                shared_dir.display()
+                shared.path().display()
             ),
         )
     })?;
@@ -116,57 +104,33 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<()> {
         ));
     }
     let file_type = req.file_mode & libc::S_IFMT;
-    let perm = req.file_mode & 0o7777;
+    let special = if keep_setuid { 0o7777 } else { 0o777 };
+    let perm = req.file_mode & special;
+    let dir_mode = req.dir_mode & special;
 
-    std::fs::create_dir_all(shared_dir)
-        .map_err(|e| RuntimeError::internal(shared_dir.display(), e))?;
-    let root = cstr(shared_dir.as_os_str().as_bytes(), "path")?;
-    // SAFETY: plain open of our own directory.
-    let fd = unsafe {
-        libc::open(
-            root.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(errno(shared_dir.display()));
-    }
-    // SAFETY: fresh descriptor.
-    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
-
-    for p in parents {
-        let c = cstr(p.as_bytes(), "path")?;
-        dir = match open_dir_at(&dir, &c) {
-            Ok(d) => d,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // SAFETY: plain syscall.
-                if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), req.dir_mode & 0o7777) } != 0
-                {
-                    return Err(errno(format!("creating {p:?}")));
-                }
-                // mkdir's mode is filtered by the umask; the request's mode is exact.
-                // SAFETY: plain syscall.
-                unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), req.dir_mode & 0o7777, 0) };
-                chown_at(&dir, &c, req.uid, req.gid)?;
-                open_dir_at(&dir, &c).map_err(|e| RuntimeError::internal(format!("{p:?}"), e))?
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
-                return Err(RuntimeError::invalid(
-                    "path",
-                    format!(
-                        "{p:?} on the way to {:?} is not a directory (symlinks are not followed)",
-                        req.path
-                    ),
-                ))
-            }
-            Err(e) => return Err(RuntimeError::internal(format!("{p:?}"), e)),
-        };
-    }
+    // Parents are made through descriptors, never following a symlink (see `beneath`).
+    let parent_rel: std::path::PathBuf = parents.iter().collect();
+    let dir = beneath::mkdir_all(shared.fd(), &parent_rel, dir_mode, &mut |made| {
+        beneath::chown(made, req.uid, req.gid)
+    })
+    .map_err(|e| {
+        if beneath::is_refusal(&e) {
+            RuntimeError::invalid(
+                "path",
+                format!(
+                    "{:?}: a component on the way is not a directory (symlinks are not followed)",
+                    req.path
+                ),
+            )
+        } else {
+            RuntimeError::internal(format!("creating the parents of {:?}", req.path), e)
+        }
+    })?;
     let cname = cstr(name.as_bytes(), "path")?;
 
     match file_type {
         libc::S_IFDIR => {
-            // SAFETY: plain syscalls.
+            // SAFETY: plain syscall on our descriptor.
             if unsafe { libc::mkdirat(dir.as_raw_fd(), cname.as_ptr(), perm) } != 0 {
                 let e = std::io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EEXIST) {
@@ -175,15 +139,25 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<()> {
                         e,
                     ));
                 }
-                open_dir_at(&dir, &cname).map_err(|_| {
-                    RuntimeError::invalid(
-                        "path",
-                        format!("{:?} exists and is not a directory", req.path),
-                    )
-                })?;
             }
-            unsafe { libc::fchmodat(dir.as_raw_fd(), cname.as_ptr(), perm, 0) };
-            chown_at(&dir, &cname, req.uid, req.gid)
+            let not_dir = || {
+                RuntimeError::invalid(
+                    "path",
+                    format!("{:?} exists and is not a directory", req.path),
+                )
+            };
+            let made = beneath::open(
+                dir.as_fd(),
+                Path::new(std::ffi::OsStr::from_bytes(name.as_bytes())),
+            )
+            .map_err(|_| not_dir())?;
+            if !beneath::fstat(made.as_fd()).is_ok_and(|st| beneath::is_dir(&st)) {
+                return Err(not_dir());
+            }
+            // Mode and owner through the descriptor: a symlink swapped in is never followed.
+            beneath::chown(made.as_fd(), req.uid, req.gid)
+                .and_then(|()| beneath::chmod(made.as_fd(), perm))
+                .map_err(|e| RuntimeError::internal(format!("{:?}", req.path), e))
         }
         libc::S_IFLNK => {
             let target = Path::new(std::ffi::OsStr::from_bytes(&req.data));
@@ -206,10 +180,10 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<()> {
             if unsafe { libc::symlinkat(ctarget.as_ptr(), dir.as_raw_fd(), tmp.as_ptr()) } != 0 {
                 return Err(errno(format!("creating symlink {:?}", req.path)));
             }
-            chown_at(&dir, &tmp, req.uid, req.gid)?;
+            chown_at(dir.as_fd(), &tmp, req.uid, req.gid)?;
             rename_into_place(&dir, &tmp, &cname, &req.path)
         }
-        libc::S_IFREG | 0 => {
+        libc::S_IFREG => {
             let end = req
                 .offset
                 .checked_add(req.data.len() as i64)
@@ -245,13 +219,21 @@ pub fn copy_file(shared_dir: &Path, req: &CopyFileRequest) -> Result<()> {
             }
             file.set_len(req.file_size as u64)
                 .map_err(|e| RuntimeError::internal(format!("writing {:?}", req.path), e))?;
+            // Owner first: chown clears setuid and setgid, which the mode may keep.
+            chown_at(dir.as_fd(), &tmp, req.uid, req.gid)?;
             // SAFETY: plain syscall on our descriptor.
             if unsafe { libc::fchmod(file.as_raw_fd(), perm) } != 0 {
                 return Err(errno(format!("chmod {:?}", req.path)));
             }
-            chown_at(&dir, &tmp, req.uid, req.gid)?;
             rename_into_place(&dir, &tmp, &cname, &req.path)
         }
+        0 => Err(RuntimeError::invalid(
+            "file_mode",
+            format!(
+                "{:#o} has no file type bits (S_IFREG, S_IFDIR or S_IFLNK)",
+                req.file_mode
+            ),
+        )),
         other => Err(RuntimeError::invalid(
             "file_mode",
             format!("file type {other:#o} is not a regular file, directory or symlink"),
@@ -272,6 +254,23 @@ fn rename_into_place(dir: &OwnedFd, from: &CString, to: &CString, path: &str) ->
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn copy(shared: &Path, r: &CopyFileRequest) -> Result<()> {
+        copy_with(shared, r, false)
+    }
+
+    fn copy_with(shared: &Path, r: &CopyFileRequest, keep_setuid: bool) -> Result<()> {
+        std::fs::create_dir_all(shared).unwrap();
+        copy_file(
+            &Owned::open_dir(shared.to_path_buf()).unwrap(),
+            r,
+            keep_setuid,
+        )
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
 
     fn req(path: &Path, mode: u32, data: &[u8]) -> CopyFileRequest {
         CopyFileRequest {
@@ -294,11 +293,11 @@ mod tests {
         let target = shared.join("a/b/file");
         let mut r = req(&target, libc::S_IFREG | 0o640, b"hello ");
         r.file_size = 11;
-        copy_file(&shared, &r).unwrap();
+        copy(&shared, &r).unwrap();
         assert!(!target.exists(), "incomplete file must not be visible");
         r.offset = 6;
         r.data = b"world".to_vec();
-        copy_file(&shared, &r).unwrap();
+        copy(&shared, &r).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"hello world");
         assert_eq!(
             std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
@@ -320,7 +319,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let shared = t.path().join("shared");
         std::fs::create_dir_all(&shared).unwrap();
-        let field = |r: &CopyFileRequest| match copy_file(&shared, r) {
+        let field = |r: &CopyFileRequest| match copy(&shared, r) {
             Err(RuntimeError::InvalidArgument { field, .. }) => field,
             other => panic!("expected a refusal, got {other:?}"),
         };
@@ -356,6 +355,11 @@ mod tests {
             field(&req(&shared.join("fifo"), libc::S_IFIFO | 0o644, b"")),
             "file_mode"
         );
+        // No file type bits: the policy sees "Unknown"; nothing is written as if regular.
+        assert_eq!(
+            field(&req(&shared.join("untyped"), 0o644, b"x")),
+            "file_mode"
+        );
         let mut r = req(&shared.join("f"), libc::S_IFREG | 0o644, b"abc");
         r.file_size = 2;
         assert_eq!(field(&r), "offset");
@@ -371,7 +375,7 @@ mod tests {
         let outside = t.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::create_dir_all(shared.join("real")).unwrap();
-        copy_file(
+        copy(
             &shared,
             &req(&shared.join("link"), libc::S_IFLNK | 0o777, b"real"),
         )
@@ -381,7 +385,7 @@ mod tests {
             Path::new("real")
         );
         // Even an allowed, inside-pointing link is not a path component to write through.
-        match copy_file(
+        match copy(
             &shared,
             &req(&shared.join("link/f"), libc::S_IFREG | 0o644, b"x"),
         ) {
@@ -390,7 +394,7 @@ mod tests {
         }
         // A symlink planted by someone else that points outside is not followed either.
         std::os::unix::fs::symlink(&outside, shared.join("evil")).unwrap();
-        assert!(copy_file(
+        assert!(copy(
             &shared,
             &req(&shared.join("evil/f"), libc::S_IFREG | 0o644, b"x")
         )
@@ -399,7 +403,7 @@ mod tests {
         // Writing a file over a symlink replaces the link, not its target.
         std::fs::write(outside.join("victim"), b"keep").unwrap();
         std::os::unix::fs::symlink(outside.join("victim"), shared.join("over")).unwrap();
-        copy_file(
+        copy(
             &shared,
             &req(&shared.join("over"), libc::S_IFREG | 0o644, b"new"),
         )
@@ -412,7 +416,7 @@ mod tests {
     fn directories() {
         let t = tempfile::tempdir().unwrap();
         let shared = t.path().join("shared");
-        copy_file(
+        copy(
             &shared,
             &req(&shared.join("d/e"), libc::S_IFDIR | 0o711, b""),
         )
@@ -426,7 +430,7 @@ mod tests {
             0o711
         );
         // Again: idempotent.
-        copy_file(
+        copy(
             &shared,
             &req(&shared.join("d/e"), libc::S_IFDIR | 0o700, b""),
         )
@@ -439,5 +443,40 @@ mod tests {
                 & 0o7777,
             0o700
         );
+    }
+
+    #[test]
+    fn setuid_setgid_and_sticky_are_cleared_unless_allowed() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared");
+        let mut r = req(&shared.join("d/suid"), libc::S_IFREG | 0o4755, b"#!");
+        r.dir_mode = 0o3775;
+        copy(&shared, &r).unwrap();
+        assert_eq!(mode_of(&shared.join("d/suid")), 0o755);
+        assert_eq!(mode_of(&shared.join("d")), 0o775);
+        copy(
+            &shared,
+            &req(&shared.join("sticky"), libc::S_IFDIR | 0o1777, b""),
+        )
+        .unwrap();
+        assert_eq!(mode_of(&shared.join("sticky")), 0o777);
+        // Allowed by the configuration: kept as asked.
+        let mut r = req(&shared.join("e/sgid"), libc::S_IFREG | 0o2755, b"#!");
+        r.dir_mode = 0o2775;
+        copy_with(&shared, &r, true).unwrap();
+        assert_eq!(mode_of(&shared.join("e/sgid")), 0o2755);
+        assert_eq!(mode_of(&shared.join("e")), 0o2775);
+    }
+
+    #[test]
+    fn dot_and_double_slash_name_the_same_file_as_the_normalised_path() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared");
+        let odd = format!("{}//a/./b//f", shared.display());
+        let mut r = req(Path::new(&odd), libc::S_IFREG | 0o644, b"x");
+        r.path = odd;
+        copy(&shared, &r).unwrap();
+        assert_eq!(std::fs::read(shared.join("a/b/f")).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 1);
     }
 }

@@ -5,14 +5,22 @@
 //! - [`ContainerRuntime`]: the seam to an OCI runtime library; [`LibcontainerRuntime`] is the
 //!   implementation on youki's `libcontainer` (see README.md for why).
 //! - [`RuntimeError`]: every failure, one variant per ttrpc status the agent answers with.
+//! - [`SandboxConfig`]: where sandboxes live and what containers may ask of the guest; the
+//!   checks behind it ([`capability_name`], [`check_device_path`]) for config validation.
 
+mod beneath;
+mod confine;
 mod copy_file;
 mod devices;
 mod diagnostic;
 mod error;
+mod hotplug;
+mod layout;
+mod mount;
 mod runtime;
 mod sandbox;
 mod spec;
+mod staging;
 mod stdio;
 mod storage;
 mod youki;
@@ -20,4 +28,5 @@ mod youki;
 pub use error::RuntimeError;
 pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
 pub use sandbox::{Sandbox, SandboxConfig};
+pub use spec::{capability_name, check_device_path, DEFAULT_CAPABILITIES, FORBIDDEN_DEVICES};
 pub use youki::LibcontainerRuntime;

@@ -39,6 +39,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn resume(&self, id: &str) -> Result<()>;
     /// Applies new resource limits to the container's cgroup.
     fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()>;
+    /// Makes `rules` (in order; a later rule overrides an earlier one) the container's only
+    /// device-cgroup rules, whatever the library itself added. Called after `create` and after
+    /// every `update`; an error fails the operation (the container is not left running with
+    /// rules of the library's choosing).
+    fn restrict_devices(
+        &self,
+        id: &str,
+        rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+    ) -> Result<()>;
     /// The container's cgroup statistics.
     fn stats(&self, id: &str) -> Result<CgroupStats>;
     /// How many times the kernel's OOM killer has killed a process in the container's cgroup.

@@ -323,6 +323,14 @@ impl ContainerRuntime for LibcontainerRuntime {
             .map_err(|e| RuntimeError::internal(format!("updating container {id}"), e))
     }
 
+    fn restrict_devices(
+        &self,
+        id: &str,
+        rules: &[oci_spec::runtime::LinuxDeviceCgroup],
+    ) -> Result<()> {
+        crate::devices::restrict(&self.cgroup_path(id)?, rules)
+    }
+
     fn stats(&self, id: &str) -> Result<pb::CgroupStats> {
         let s = self
             .cgroup(id)?

@@ -79,14 +79,6 @@ async fn exit_codes_survive_a_pid1_reaper() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let rootfs = tmp.path().join("rootfs");
-    for d in ["bin", "proc", "dev", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("install busybox-static");
-    for a in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
 
     let reaper = Reaper::default();
     let sweeper = {
@@ -115,6 +107,15 @@ async fn exit_codes_survive_a_pid1_reaper() {
         })
         .await
         .unwrap();
+    // The image, where the host's shared file system would put it.
+    let rootfs = tmp.path().join("run").join(&sid).join("shared/rootfs");
+    for d in ["bin", "proc", "dev", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("install busybox-static");
+    for a in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
     let cid = format!("reap-c-{}", std::process::id());
     sandbox
         .create_container(CreateContainerRequest {

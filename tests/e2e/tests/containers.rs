@@ -129,7 +129,6 @@ fn container_lifecycle_through_the_agent() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(tmp.path());
     let run_root = tmp.path().join("run");
     let agent = start_agent(&run_root, &[]);
     let sid = format!("e2e-{}", std::process::id());
@@ -156,6 +155,8 @@ fn container_lifecycle_through_the_agent() {
             .await
             .unwrap();
         assert!(sandbox_dir.join("shared").is_dir(), "sandbox not under [sandbox] run_root");
+        // The image arrives in the sandbox's shared directory (Kata's shared file system).
+        let rootfs = busybox_rootfs(&sandbox_dir.join("shared"));
         create_busybox_container(&c, &cid, &rootfs, &["sleep", "1000"]).await;
         call(&c, "StartContainer", ids.clone()).await.unwrap();
 
@@ -206,6 +207,32 @@ fn container_lifecycle_through_the_agent() {
         )
         .await;
         assert!(matches!(&bad, Err((ttrpc::Code::INVALID_ARGUMENT, m)) if m.contains("OCI.Mounts[0].source")), "{bad:?}");
+        // What would reach the guest itself, refused whatever the policy says, by field.
+        let spec_with = |extra: Value| {
+            let mut spec = json!({"Process": process(&["true"]), "Root": {"Path": "rootfs"}});
+            spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            spec
+        };
+        let escapes = [
+            (json!({"storages": [{"driver": "bind", "source": "/", "mount_point": "containers/escape/rootfs"}]}), "storages[0].source"),
+            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "disk"}]}), "storages[0].driver"),
+            (json!({"OCI": spec_with(json!({"Mounts": [{"destination": "/cfg", "source": "configfs", "type_": "configfs"}]}))}), "OCI.Mounts[0].type"),
+            (json!({"OCI": spec_with(json!({"Linux": {"Devices": [{"Path": "/dev/sev-guest", "Type": "c", "Major": 10, "Minor": 124}]}}))}), "OCI.Linux.Devices[0]"),
+            (json!({"OCI": spec_with(json!({"Linux": {"Resources": {"Devices": [{"Allow": true, "Type": "a", "Access": "rwm"}]}}}))}), "OCI.Linux.Resources.Devices[0]"),
+            (json!({"OCI": spec_with(json!({"Process": {"Args": ["true"], "Capabilities": {"Bounding": ["CAP_SYS_ADMIN"]}}}))}), "OCI.Process.Capabilities.Bounding[0]"),
+            (json!({"OCI": spec_with(json!({"Linux": {"Namespaces": [{"Type": "pid", "Path": "/proc/1/ns/pid"}]}}))}), "OCI.Linux.Namespaces[0].Path"),
+            (json!({"OCI": spec_with(json!({"Linux": {"Sysctl": {"kernel.core_pattern": "|/x"}}}))}), "OCI.Linux.Sysctl[kernel.core_pattern]"),
+        ];
+        for (extra, field) in escapes {
+            let mut req = json!({"container_id": "escape", "OCI": spec_with(json!({}))});
+            req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let r = call(&c, "CreateContainer", req).await;
+            assert!(
+                matches!(&r, Err((ttrpc::Code::INVALID_ARGUMENT, m)) if m.starts_with(&format!("invalid {field}:"))),
+                "{field}: {r:?}"
+            );
+        }
+        assert!(!sandbox_dir.join("containers/escape").exists());
 
         // CopyFile lands in the sandbox's shared directory, and nowhere else.
         let target = sandbox_dir.join("shared/dir/hello");
@@ -225,6 +252,22 @@ fn container_lifecycle_through_the_agent() {
         .await;
         assert!(matches!(&outside, Err((ttrpc::Code::INVALID_ARGUMENT, _))), "{outside:?}");
         assert!(!tmp.path().join("escaped").exists());
+        // No file type bits: refused, not written as a regular file.
+        let untyped = call(
+            &c,
+            "CopyFile",
+            json!({"path": sandbox_dir.join("shared/untyped"), "file_mode": 0o644, "file_size": 1, "data": b"x"}),
+        )
+        .await;
+        assert!(matches!(&untyped, Err((ttrpc::Code::INVALID_ARGUMENT, m)) if m.starts_with("invalid file_mode")), "{untyped:?}");
+        assert!(!sandbox_dir.join("shared/untyped").exists());
+        // setuid is cleared ([sandbox] allow_setuid_copy is false).
+        let suid = sandbox_dir.join("shared/suid");
+        call(&c, "CopyFile", json!({"path": suid, "file_mode": 0o104755, "file_size": 2, "data": b"#!"}))
+            .await
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&suid).unwrap().permissions().mode() & 0o7777, 0o755);
 
         // A signal to the whole container ends its init (PID 1 of its namespace: only SIGKILL).
         call(&c, "SignalProcess", json!({"container_id": cid, "signal": 9})).await.unwrap();
@@ -289,7 +332,6 @@ fn agent_logs_never_reach_container_stdio() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(tmp.path());
     let run_root = tmp.path().join("run");
     let mut agent = start_agent(&run_root, &["--log-level", "trace"]);
     let sid = format!("logs-{}", std::process::id());
@@ -304,6 +346,7 @@ fn agent_logs_never_reach_container_stdio() {
         call(&c, "CreateSandbox", json!({"sandbox_id": sid}))
             .await
             .unwrap();
+        let rootfs = busybox_rootfs(&run_root.join(&sid).join("shared"));
         let init = [
             "sh",
             "-c",
@@ -397,4 +440,63 @@ fn agent_logs_never_reach_container_stdio() {
             .any(|l| l.contains(" DEBUG libcontainer::workload")),
         "no line of a container's process in the agent's log:\n{log}"
     );
+}
+
+/// The policy sees CopyFile's path as the agent writes it: `//` and `.` do not get a path
+/// past a rule that names it, and the file lands at the normalised path.
+#[test]
+fn copy_file_policy_sees_the_normalised_path() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping copy_file_policy_sees_the_normalised_path: needs root (file owners)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run_root = tmp.path().join("run");
+    let sid = format!("e2e-cf-{}", std::process::id());
+    let shared = run_root.join(&sid).join("shared");
+    let policy = tmp.path().join("policy.rego");
+    std::fs::write(
+        &policy,
+        format!(
+            "package agent_policy\n\
+             default CreateSandboxRequest := true\n\
+             default DestroySandboxRequest := true\n\
+             default CopyFileRequest := false\n\
+             CopyFileRequest if {{ input.path != \"{}/secret\" }}\n",
+            shared.display()
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        "[endpoints]\nallowed = [\"*\"]\n[policy]\nfile = \"{}\"\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
+        policy.display(),
+        run_root.display()
+    );
+    let agent = Agent::start(AgentSetup {
+        config: Some(&config),
+        ..AgentSetup::default()
+    })
+    .unwrap_or_else(|f| panic!("agent did not start: {:?}\n{}", f.status, f.stderr));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = vigilctl::connect(&agent.addr, T).await.unwrap();
+        call(&c, "CreateSandbox", json!({"sandbox_id": sid})).await.unwrap();
+        let copy = |path: String| {
+            json!({"path": path, "file_mode": 0o100644, "file_size": 1, "data": b"x"})
+        };
+        let s = shared.display();
+        for spelled in [format!("{s}/secret"), format!("{s}//secret"), format!("{s}/./secret"), format!("{s}/secret/")] {
+            let r = call(&c, "CopyFile", copy(spelled.clone())).await;
+            assert_eq!(
+                r,
+                Err((ttrpc::Code::PERMISSION_DENIED, "CopyFileRequest is blocked by policy".into())),
+                "{spelled}"
+            );
+        }
+        assert!(!shared.join("secret").exists());
+        call(&c, "CopyFile", copy(format!("{s}//public/./file"))).await.unwrap();
+        assert_eq!(std::fs::read(shared.join("public/file")).unwrap(), b"x");
+        call(&c, "DestroySandbox", json!({})).await.unwrap();
+    });
 }

@@ -6,6 +6,8 @@
 //! serialised by that container's own async lock, so a slow operation on one container never
 //! blocks another. Stdio and waits take no container lock at all.
 
+mod create;
+
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -18,14 +20,18 @@ use tokio::sync::{mpsc, watch};
 use vigil_protos::agent::*;
 use vigil_protos::oci;
 
+use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
+use crate::layout::Layout;
+use crate::mount::{self, Mounted};
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
-use crate::spec::{self, SpecContext};
+use crate::spec::{self, SpecLimits};
 use crate::stdio::{self, OutputBuffer, StdinWriter};
-use crate::storage::{self, Mounted};
+use crate::storage::StorageDrivers;
 use crate::youki::LibcontainerRuntime;
 
-/// Where and how the sandbox lives.
+/// Where and how the sandbox lives, and what containers may ask of the guest. The defaults
+/// are the strict ones; the agent fills this from its measured configuration (`[sandbox]`).
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Parent of the sandbox run directories (one per sandbox id) and of the runtime's state.
@@ -36,6 +42,17 @@ pub struct SandboxConfig {
     pub output_limit: usize,
     /// Cgroup under which each container gets `<cgroup_parent>/<container id>`.
     pub cgroup_parent: String,
+    /// The capability bounding set (OCI names, `CAP_...`): a spec asking for a capability
+    /// outside it is refused. Default: [`DEFAULT_CAPABILITIES`](crate::DEFAULT_CAPABILITIES).
+    pub capabilities: Vec<String>,
+    /// Whether privileged-style specs pass: device-cgroup wildcards, writable sysfs and
+    /// cgroup mounts, no default masked and read-only paths, shared mount propagation.
+    pub allow_privileged: bool,
+    /// Guest device nodes (paths under /dev) containers may be given besides the standard
+    /// set. Never the guest's memory or a TEE device (see [`check_device_path`](crate::check_device_path)).
+    pub devices: Vec<PathBuf>,
+    /// Whether CopyFile keeps setuid, setgid and sticky bits (else they are cleared).
+    pub allow_setuid_copy: bool,
 }
 
 impl Default for SandboxConfig {
@@ -45,6 +62,13 @@ impl Default for SandboxConfig {
             allow_hooks: false,
             output_limit: 1 << 20,
             cgroup_parent: "vigil".into(),
+            capabilities: spec::DEFAULT_CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            allow_privileged: false,
+            devices: Vec::new(),
+            allow_setuid_copy: false,
         }
     }
 }
@@ -58,6 +82,7 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Sandbox {
     config: SandboxConfig,
     runtime: Arc<dyn ContainerRuntime>,
+    drivers: StorageDrivers,
     claims: Arc<dyn ChildClaims>,
     current: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
     oom_tx: mpsc::UnboundedSender<String>,
@@ -67,11 +92,11 @@ pub struct Sandbox {
 struct SandboxState {
     id: String,
     hostname: String,
-    dir: PathBuf,
-    shared_dir: PathBuf,
-    resolv_conf: Option<PathBuf>,
+    layout: Layout,
     shared_pidns: bool,
     mounts: Mutex<Vec<Mounted>>,
+    /// What the sandbox's storages provide: bind sources and rootfs paths may lie beneath.
+    storage_roots: Vec<Owned>,
     containers: Mutex<Containers>,
     destroyed: AtomicBool,
 }
@@ -98,6 +123,8 @@ struct Container {
     oom_kills_seen: AtomicU64,
     /// The runtime notifies OOMs in this container (else process deaths are checked).
     oom_watched: bool,
+    /// The agent's device-cgroup rules, put back after every resource update.
+    device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
 }
 
 struct ContainerOps {
@@ -250,6 +277,7 @@ impl Sandbox {
         Sandbox {
             config,
             runtime,
+            drivers: StorageDrivers::builtin(),
             claims: Arc::new(NoReaper),
             current: tokio::sync::Mutex::new(None),
             oom_tx,
@@ -331,12 +359,22 @@ impl Sandbox {
 
     /// The sandbox's shared directory (CopyFile's jail), if a sandbox exists.
     pub async fn shared_dir(&self) -> Result<PathBuf> {
-        Ok(self.sandbox().await?.shared_dir.clone())
+        Ok(self.sandbox().await?.layout.shared_path())
     }
 
     /// The run directory of the sandbox, if one exists.
     pub async fn sandbox_dir(&self) -> Result<PathBuf> {
-        Ok(self.sandbox().await?.dir.clone())
+        Ok(self.sandbox().await?.layout.dir().to_path_buf())
+    }
+
+    /// What the configuration lets containers have, with `[sandbox] devices` resolved to the
+    /// device numbers present now.
+    fn limits(&self) -> SpecLimits {
+        SpecLimits {
+            capabilities: self.config.capabilities.clone(),
+            allow_privileged: self.config.allow_privileged,
+            devices: spec::configured_devices(&self.config.devices),
+        }
     }
 
     pub async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<Empty> {
@@ -373,22 +411,19 @@ impl Sandbox {
             // Left over from an agent that died: start clean rather than inherit its files.
             clean_dir(&dir)?;
         }
-        let shared_dir = dir.join("shared");
-        std::fs::create_dir_all(&shared_dir)
-            .map_err(|e| RuntimeError::internal(shared_dir.display(), e))?;
-        std::fs::create_dir_all(dir.join("containers"))
-            .map_err(|e| RuntimeError::internal(dir.display(), e))?;
-        let resolv_conf = if req.dns.is_empty() {
-            None
-        } else {
-            let p = dir.join("resolv.conf");
+        let layout = Layout::create(&self.config.run_root, &req.sandbox_id)?;
+        if !req.dns.is_empty() {
+            let p = layout.resolv_conf_path();
             let mut text = req.dns.join("\n");
             text.push('\n');
             std::fs::write(&p, text).map_err(|e| RuntimeError::internal(p.display(), e))?;
-            Some(p)
-        };
-        let mounts = match storage::mount_all(&req.storages, &dir, "storages") {
-            Ok(m) => m,
+        }
+        let added = layout.shared().and_then(|shared| {
+            self.drivers
+                .add_all(&req.storages, &layout, None, &[&shared], "storages")
+        });
+        let (mounts, storage_roots) = match added {
+            Ok(a) => a,
             Err(e) => {
                 let _ = clean_dir(&dir);
                 return Err(e);
@@ -397,11 +432,10 @@ impl Sandbox {
         *slot = Some(Arc::new(SandboxState {
             id: req.sandbox_id.clone(),
             hostname: req.hostname.clone(),
-            dir,
-            shared_dir,
-            resolv_conf,
+            layout,
             shared_pidns: req.sandbox_pidns,
             mounts: Mutex::new(mounts),
+            storage_roots,
             containers: Mutex::new(Containers::default()),
             destroyed: AtomicBool::new(false),
         }));
@@ -424,8 +458,8 @@ impl Sandbox {
                 errors.push(format!("container {}: {e}", c.id));
             }
         }
-        errors.extend(storage::unmount_all(&mut lock(&state.mounts)));
-        if let Err(e) = clean_dir(&state.dir) {
+        errors.extend(mount::unmount_all(&mut lock(&state.mounts)));
+        if let Err(e) = clean_dir(state.layout.dir()) {
             errors.push(e.to_string());
         }
         if errors.is_empty() {
@@ -437,197 +471,6 @@ impl Sandbox {
                 errors.join("; ")
             )))
         }
-    }
-
-    pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
-        check_id(&req.container_id, "container_id")?;
-        let oci_spec = req
-            .OCI
-            .as_ref()
-            .ok_or_else(|| RuntimeError::invalid("OCI", "missing"))?;
-        if !req.shared_mounts.is_empty() {
-            return Err(RuntimeError::invalid(
-                "shared_mounts",
-                "shared mounts are not supported",
-            ));
-        }
-        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
-            return Err(RuntimeError::invalid(
-                "stdin_port",
-                "passfd I/O is not supported",
-            ));
-        }
-        let sandbox = self.sandbox().await?;
-        {
-            let mut map = lock(&sandbox.containers);
-            if map.live.contains_key(&req.container_id)
-                || !map.creating.insert(req.container_id.clone())
-            {
-                return Err(RuntimeError::AlreadyExists {
-                    kind: "container",
-                    id: req.container_id.clone(),
-                });
-            }
-        }
-        // The devices the host hot-plugged, as the guest sees them, in the spec.
-        let mut guest_spec;
-        let oci_spec = if req.devices.is_empty() {
-            oci_spec
-        } else {
-            let found = crate::devices::resolve(&req.devices).await;
-            match found {
-                Ok(found) => {
-                    guest_spec = oci_spec.clone();
-                    crate::devices::apply(&mut guest_spec, &found);
-                    &guest_spec
-                }
-                Err(e) => {
-                    lock(&sandbox.containers).creating.remove(&req.container_id);
-                    return Err(e);
-                }
-            }
-        };
-        let result = self.build_container(&sandbox, &req, oci_spec).await;
-        let container = {
-            let mut map = lock(&sandbox.containers);
-            map.creating.remove(&req.container_id);
-            let container = result?;
-            if !sandbox.destroyed.load(Ordering::SeqCst) {
-                map.live.insert(req.container_id.clone(), container);
-                return Ok(Empty::new());
-            }
-            container
-        };
-        let _ = self
-            .remove(&sandbox, &container, Some(DESTROY_TIMEOUT))
-            .await;
-        Err(RuntimeError::FailedPrecondition(
-            "the sandbox was destroyed while the container was being created".into(),
-        ))
-    }
-
-    async fn build_container(
-        &self,
-        sandbox: &Arc<SandboxState>,
-        req: &CreateContainerRequest,
-        spec_in: &oci::Spec,
-    ) -> Result<Arc<Container>> {
-        let id = req.container_id.clone();
-        let bundle = sandbox.dir.join("containers").join(&id);
-        if bundle.exists() {
-            clean_dir(&bundle)?;
-        }
-        std::fs::create_dir_all(&bundle)
-            .map_err(|e| RuntimeError::internal(bundle.display(), e))?;
-        let mut mounts = match storage::mount_all(&req.storages, &sandbox.dir, "storages") {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = clean_dir(&bundle);
-                return Err(e);
-            }
-        };
-        let fail = |mut mounts: Vec<Mounted>, e: RuntimeError| {
-            storage::unmount_all(&mut mounts);
-            let _ = clean_dir(&bundle);
-            e
-        };
-        let pid_namespace = match (req.sandbox_pidns, sandbox.shared_pidns) {
-            (false, _) => None,
-            (true, false) => {
-                return Err(fail(
-                    mounts,
-                    RuntimeError::invalid(
-                        "sandbox_pidns",
-                        "the sandbox was created without a shared PID namespace",
-                    ),
-                ))
-            }
-            // The first container's PID namespace is the sandbox's (as the pause container's is
-            // in a Kubernetes pod); later ones join it while its init lives.
-            (true, true) => lock(&sandbox.containers)
-                .live
-                .values()
-                .filter(|c| c.init.exited().is_none())
-                .min_by_key(|c| c.init.pid)
-                .map(|c| PathBuf::from(format!("/proc/{}/ns/pid", c.init.pid))),
-        };
-        let mut spec_in = spec_in.clone();
-        if let Some(resolv) = &sandbox.resolv_conf {
-            if !spec_in
-                .Mounts
-                .iter()
-                .any(|m| m.destination == "/etc/resolv.conf")
-            {
-                spec_in.Mounts.push(oci::Mount {
-                    destination: "/etc/resolv.conf".into(),
-                    source: resolv.to_string_lossy().into_owned(),
-                    type_: "bind".into(),
-                    options: vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()],
-                    ..Default::default()
-                });
-            }
-        }
-        let ctx = SpecContext {
-            bundle: &bundle,
-            sandbox_dir: &sandbox.dir,
-            allow_hooks: self.config.allow_hooks,
-            cgroups_path: format!("/{}/{}", self.config.cgroup_parent, id),
-            hostname: &sandbox.hostname,
-            pid_namespace,
-        };
-        let spec = match spec::container_spec(&spec_in, &ctx) {
-            Ok(s) => s,
-            Err(e) => return Err(fail(mounts, e)),
-        };
-        let config_json = bundle.join("config.json");
-        if let Err(e) = spec
-            .save(&config_json)
-            .map_err(|e| RuntimeError::internal(config_json.display(), e))
-        {
-            return Err(fail(mounts, e));
-        }
-        let process = spec_in.Process.as_ref().cloned().unwrap_or_default();
-        let (child_io, parent_io) = match new_io(&process) {
-            Ok(io) => io,
-            Err(e) => return Err(fail(mounts, e)),
-        };
-        let runtime = self.runtime.clone();
-        let (cid, b) = (id.clone(), bundle.clone());
-        let created = self
-            .spawn_claimed(move || runtime.create(&cid, &b, child_io))
-            .await;
-        let (pid, claim) = match created {
-            Ok(p) => p,
-            Err(e) => {
-                let runtime = self.runtime.clone();
-                let cid = id.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await;
-                return Err(fail(mounts, e));
-            }
-        };
-        let oom_watched = self.watch_oom(&id).await;
-        let init = match self.track(&id, pid, claim, parent_io, !oom_watched) {
-            Ok(p) => p,
-            Err(e) => {
-                let runtime = self.runtime.clone();
-                let cid = id.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await;
-                return Err(fail(std::mem::take(&mut mounts), e));
-            }
-        };
-        Ok(Arc::new(Container {
-            id,
-            bundle,
-            ops: tokio::sync::Mutex::new(ContainerOps {
-                status: Status::Created,
-                mounts,
-                removed: false,
-            }),
-            processes: Mutex::new(HashMap::new()),
-            init,
-            oom_kills_seen: AtomicU64::new(0),
-            oom_watched,
-        }))
     }
 
     /// Starts draining the process's output and watching for its exit.
@@ -821,7 +664,7 @@ impl Sandbox {
         if let Err(e) = &deleted {
             errors.push(e.to_string());
         }
-        errors.extend(storage::unmount_all(&mut ops.mounts));
+        errors.extend(mount::unmount_all(&mut ops.mounts));
         if let Err(e) = clean_dir(&c.bundle) {
             errors.push(e.to_string());
         }
@@ -852,7 +695,7 @@ impl Sandbox {
                 "passfd I/O is not supported",
             ));
         }
-        let oci_process = spec::exec_process(process)?;
+        let oci_process = spec::exec_process(process, &self.limits())?;
         let c = self.container(&req.container_id).await?;
         let ops = c.ops.lock().await;
         live(&ops, &c)?;
@@ -915,8 +758,12 @@ impl Sandbox {
         let c = self.container(&req.container_id).await?;
         let ops = c.ops.lock().await;
         live(&ops, &c)?;
-        self.blocking(&c.id, move |rt, id| rt.update(id, &resources))
-            .await?;
+        let rules = c.device_rules.clone();
+        self.blocking(&c.id, move |rt, id| {
+            rt.update(id, &resources)?;
+            rt.restrict_devices(id, &rules)
+        })
+        .await?;
         Ok(Empty::new())
     }
 
@@ -1052,10 +899,13 @@ impl Sandbox {
     }
 
     pub async fn copy_file(&self, req: CopyFileRequest) -> Result<Empty> {
-        let shared = self.sandbox().await?.shared_dir.clone();
-        tokio::task::spawn_blocking(move || crate::copy_file::copy_file(&shared, &req))
-            .await
-            .map_err(|e| RuntimeError::internal("copy task", e))??;
+        let shared = self.sandbox().await?.layout.shared()?;
+        let keep_setuid = self.config.allow_setuid_copy;
+        tokio::task::spawn_blocking(move || {
+            crate::copy_file::copy_file(&shared, &req, keep_setuid)
+        })
+        .await
+        .map_err(|e| RuntimeError::internal("copy task", e))??;
         Ok(Empty::new())
     }
 
@@ -1075,7 +925,7 @@ impl Sandbox {
             ));
         }
         let c = self.container(&req.container_id).await?;
-        let shared = self.sandbox().await?.shared_dir.clone();
+        let shared = self.sandbox().await?.layout.shared_path();
         let bundle = c.bundle.clone();
         let data = tokio::task::spawn_blocking(move || {
             crate::diagnostic::termination_log(&bundle, &shared)
@@ -1221,10 +1071,10 @@ fn check_id(id: &str, field: &str) -> Result<()> {
 /// Unmounts anything left under `dir`, then removes it. Refuses to delete while a mount is
 /// still there: deleting through a bind mount would delete its source.
 fn clean_dir(dir: &Path) -> Result<()> {
-    for m in storage::mounts_under(dir) {
-        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    for m in mount::mounts_under(dir) {
+        mount::detach_path(&m);
     }
-    let left = storage::mounts_under(dir);
+    let left = mount::mounts_under(dir);
     if !left.is_empty() {
         return Err(RuntimeError::Internal(format!(
             "not removing {}: still mounted: {left:?}",

@@ -1,0 +1,264 @@
+//! CreateContainer: from the request to a created (not yet started) container. Storages are
+//! set up, the spec is checked and converted with its rootfs and bind sources staged in the
+//! bundle (see `staging`), the runtime library creates the container, and the agent's device
+//! rules replace the library's.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use protobuf::well_known_types::empty::Empty;
+use vigil_protos::agent::*;
+use vigil_protos::oci;
+
+use super::{
+    check_id, clean_dir, lock, new_io, Container, ContainerOps, SandboxState, Status,
+    DESTROY_TIMEOUT,
+};
+use crate::confine::Owned;
+use crate::error::{Result, RuntimeError};
+use crate::mount::{unmount_all, Mounted};
+use crate::spec::{self, SpecContext};
+use crate::staging::Staging;
+use crate::Sandbox;
+
+impl Sandbox {
+    pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
+        check_id(&req.container_id, "container_id")?;
+        let oci_spec = req
+            .OCI
+            .as_ref()
+            .ok_or_else(|| RuntimeError::invalid("OCI", "missing"))?;
+        if !req.shared_mounts.is_empty() {
+            return Err(RuntimeError::invalid(
+                "shared_mounts",
+                "shared mounts are not supported",
+            ));
+        }
+        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
+            return Err(RuntimeError::invalid(
+                "stdin_port",
+                "passfd I/O is not supported",
+            ));
+        }
+        let sandbox = self.sandbox().await?;
+        {
+            let mut map = lock(&sandbox.containers);
+            if map.live.contains_key(&req.container_id)
+                || !map.creating.insert(req.container_id.clone())
+            {
+                return Err(RuntimeError::AlreadyExists {
+                    kind: "container",
+                    id: req.container_id.clone(),
+                });
+            }
+        }
+        // The devices the host hot-plugged, as the guest sees them, in the spec.
+        let mut guest_spec;
+        let oci_spec = if req.devices.is_empty() {
+            oci_spec
+        } else {
+            match crate::hotplug::resolve(&req.devices).await {
+                Ok(found) => {
+                    guest_spec = oci_spec.clone();
+                    crate::hotplug::apply(&mut guest_spec, &found);
+                    &guest_spec
+                }
+                Err(e) => {
+                    lock(&sandbox.containers).creating.remove(&req.container_id);
+                    return Err(e);
+                }
+            }
+        };
+        let result = self.build_container(&sandbox, &req, oci_spec).await;
+        let container = {
+            let mut map = lock(&sandbox.containers);
+            map.creating.remove(&req.container_id);
+            let container = result?;
+            if !sandbox.destroyed.load(Ordering::SeqCst) {
+                map.live.insert(req.container_id.clone(), container);
+                return Ok(Empty::new());
+            }
+            container
+        };
+        let _ = self
+            .remove(&sandbox, &container, Some(DESTROY_TIMEOUT))
+            .await;
+        Err(RuntimeError::FailedPrecondition(
+            "the sandbox was destroyed while the container was being created".into(),
+        ))
+    }
+
+    /// Everything on the host's side of the spec, checked and in place: storages mounted, the
+    /// rootfs and bind sources staged, the converted spec. On failure nothing is left.
+    fn prepare(
+        &self,
+        sandbox: &SandboxState,
+        req: &CreateContainerRequest,
+        spec_in: &oci::Spec,
+        bundle: &Owned,
+        mounts: &mut Vec<Mounted>,
+    ) -> Result<oci_spec::runtime::Spec> {
+        let id = req.container_id.as_str();
+        let shared = sandbox.layout.shared()?;
+        let sources: Vec<&Owned> = std::iter::once(&shared)
+            .chain(sandbox.storage_roots.iter())
+            .collect();
+        let (storage_mounts, roots) = self.drivers.add_all(
+            &req.storages,
+            &sandbox.layout,
+            Some(id),
+            &sources,
+            "storages",
+        )?;
+        mounts.extend(storage_mounts);
+        let mut namespaces = std::collections::BTreeMap::new();
+        match (req.sandbox_pidns, sandbox.shared_pidns) {
+            (false, _) => {}
+            (true, false) => {
+                return Err(RuntimeError::invalid(
+                    "sandbox_pidns",
+                    "the sandbox was created without a shared PID namespace",
+                ))
+            }
+            // The first container's PID namespace is the sandbox's (as the pause container's is
+            // in a Kubernetes pod); later ones join it while its init lives.
+            (true, true) => {
+                if let Some(pid) = lock(&sandbox.containers)
+                    .live
+                    .values()
+                    .filter(|c| c.init.exited().is_none())
+                    .map(|c| c.init.pid)
+                    .min()
+                {
+                    namespaces.insert("pid", PathBuf::from(format!("/proc/{pid}/ns/pid")));
+                }
+            }
+        }
+        let resolv = sandbox.layout.resolv_conf()?;
+        let mut spec_in = spec_in.clone();
+        if let Some(resolv) = &resolv {
+            if !spec_in
+                .Mounts
+                .iter()
+                .any(|m| m.destination == "/etc/resolv.conf")
+            {
+                spec_in.Mounts.push(oci::Mount {
+                    destination: "/etc/resolv.conf".into(),
+                    source: resolv.path().to_string_lossy().into_owned(),
+                    type_: "bind".into(),
+                    options: vec!["rbind".into(), "ro".into(), "nosuid".into(), "nodev".into()],
+                    ..Default::default()
+                });
+            }
+        }
+        let limits = self.limits();
+        let ctx = SpecContext {
+            allow_hooks: self.config.allow_hooks,
+            cgroups_path: format!("/{}/{}", self.config.cgroup_parent, id),
+            hostname: &sandbox.hostname,
+            namespaces,
+            limits: &limits,
+        };
+        let storages: Vec<&Owned> = sandbox.storage_roots.iter().chain(roots.iter()).collect();
+        let agent_files: Vec<&Owned> = resolv.iter().collect();
+        let mut staging = Staging::new(bundle, &shared, &storages, &agent_files);
+        let spec = spec::container_spec(&spec_in, &ctx, &mut staging);
+        mounts.append(&mut staging.mounts);
+        spec
+    }
+
+    pub(super) async fn build_container(
+        &self,
+        sandbox: &Arc<SandboxState>,
+        req: &CreateContainerRequest,
+        spec_in: &oci::Spec,
+    ) -> Result<Arc<Container>> {
+        let id = req.container_id.clone();
+        let bundle_path = sandbox.layout.bundle_path(&id);
+        if bundle_path.exists() {
+            clean_dir(&bundle_path)?;
+        }
+        let bundle = sandbox.layout.create_bundle(&id)?;
+        let mut mounts = Vec::new();
+        let fail = |mounts: &mut Vec<Mounted>, e: RuntimeError| {
+            unmount_all(mounts);
+            let _ = clean_dir(&bundle_path);
+            e
+        };
+        let spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {
+            Ok(s) => s,
+            Err(e) => return Err(fail(&mut mounts, e)),
+        };
+        let config_json = bundle_path.join("config.json");
+        if let Err(e) = spec
+            .save(&config_json)
+            .map_err(|e| RuntimeError::internal(config_json.display(), e))
+        {
+            return Err(fail(&mut mounts, e));
+        }
+        let device_rules = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().clone())
+            .unwrap_or_default();
+        let process = spec_in.Process.as_ref().cloned().unwrap_or_default();
+        let (child_io, parent_io) = match new_io(&process) {
+            Ok(io) => io,
+            Err(e) => return Err(fail(&mut mounts, e)),
+        };
+        let runtime = self.runtime.clone();
+        let (cid, b) = (id.clone(), bundle_path.clone());
+        let created = self
+            .spawn_claimed(move || runtime.create(&cid, &b, child_io))
+            .await;
+        let (pid, claim) = match created {
+            Ok(p) => p,
+            Err(e) => {
+                self.delete_quietly(&id).await;
+                return Err(fail(&mut mounts, e));
+            }
+        };
+        // The library adds device rules of its own (tun/tap among them): put the agent's in
+        // force before the workload can run (it waits for StartContainer).
+        let rules = device_rules.clone();
+        if let Err(e) = self
+            .blocking(&id, move |rt, id| rt.restrict_devices(id, &rules))
+            .await
+        {
+            self.delete_quietly(&id).await;
+            drop(claim);
+            return Err(fail(&mut mounts, e));
+        }
+        let oom_watched = self.watch_oom(&id).await;
+        let init = match self.track(&id, pid, claim, parent_io, !oom_watched) {
+            Ok(p) => p,
+            Err(e) => {
+                self.delete_quietly(&id).await;
+                return Err(fail(&mut mounts, e));
+            }
+        };
+        Ok(Arc::new(Container {
+            id,
+            bundle: bundle_path,
+            ops: tokio::sync::Mutex::new(ContainerOps {
+                status: Status::Created,
+                mounts,
+                removed: false,
+            }),
+            processes: Mutex::new(HashMap::new()),
+            init,
+            oom_kills_seen: AtomicU64::new(0),
+            oom_watched,
+            device_rules,
+        }))
+    }
+
+    async fn delete_quietly(&self, id: &str) {
+        let runtime = self.runtime.clone();
+        let cid = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || runtime.delete(&cid)).await;
+    }
+}

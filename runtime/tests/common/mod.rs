@@ -1,0 +1,447 @@
+//! What the container tests share: a sandbox with a busybox rootfs in its shared directory,
+//! runc-like specs, and checks of the kernel's own records (cgroups, mountinfo, pids).
+#![allow(dead_code)] // each test binary uses its own part of it
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vigil_protos::agent::*;
+use vigil_protos::oci;
+use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
+
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "stty", "dd", "hostname", "head", "wc", "true", "ls", "id", "ln",
+    "mkdir", "mknod", "stat", "rm",
+];
+
+/// Every test's guard: root, and busybox present (CI installs Debian's `busybox-static`).
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping {test}: needs root (namespaces, cgroups and mounts)");
+        return false;
+    }
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: install the busybox-static package"
+    );
+    true
+}
+
+pub struct Fixture {
+    destroyed: bool,
+    pub tmp: tempfile::TempDir,
+    pub run_root: PathBuf,
+    pub rootfs: PathBuf,
+    pub sandbox: Arc<Sandbox>,
+    pub sandbox_id: String,
+}
+
+/// A busybox rootfs at `rootfs`: in the tests, in the sandbox's shared directory, where the
+/// host's shared file system puts container images in Kata.
+pub fn busybox_rootfs(rootfs: &Path) {
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(rootfs.join("etc/resolv.conf"), "").unwrap();
+}
+
+/// A CreateContainer request: `rootfs` bind-mounted as a storage into the container's bundle,
+/// and a runc-like minimal spec.
+pub fn request_with(
+    rootfs: &Path,
+    id: &str,
+    args: &[&str],
+    terminal: bool,
+) -> CreateContainerRequest {
+    CreateContainerRequest {
+        container_id: id.into(),
+        storages: vec![Storage {
+            driver: "bind".into(),
+            source: rootfs.to_string_lossy().into_owned(),
+            mount_point: format!("containers/{id}/rootfs"),
+            ..Default::default()
+        }],
+        OCI: Some(spec(args, terminal)).into(),
+        ..Default::default()
+    }
+}
+
+impl Fixture {
+    pub async fn new(name: &str) -> Fixture {
+        Fixture::with_config(name, SandboxConfig::default()).await
+    }
+
+    pub async fn with_config(name: &str, config: SandboxConfig) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_root = tmp.path().join("run");
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+            run_root: run_root.clone(),
+            output_limit: 64 * 1024,
+            ..config
+        }));
+        let sandbox_id = format!("{name}-{}", std::process::id());
+        sandbox
+            .create_sandbox(CreateSandboxRequest {
+                sandbox_id: sandbox_id.clone(),
+                hostname: "vigil-pod".into(),
+                dns: vec!["nameserver 192.0.2.53".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let rootfs = run_root.join(&sandbox_id).join("shared/busybox-rootfs");
+        busybox_rootfs(&rootfs);
+        Fixture {
+            destroyed: false,
+            tmp,
+            run_root,
+            rootfs,
+            sandbox,
+            sandbox_id,
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.run_root.join(&self.sandbox_id)
+    }
+
+    pub fn request(&self, id: &str, args: &[&str], terminal: bool) -> CreateContainerRequest {
+        request_with(&self.rootfs, id, args, terminal)
+    }
+
+    pub fn shared(&self) -> PathBuf {
+        self.dir().join("shared")
+    }
+
+    pub async fn run(&self, id: &str, args: &[&str]) {
+        self.sandbox
+            .create_container(self.request(id, args, false))
+            .await
+            .unwrap();
+        self.sandbox
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn exec(
+        &self,
+        cid: &str,
+        eid: &str,
+        args: &[&str],
+        terminal: bool,
+    ) -> Result<(), RuntimeError> {
+        self.sandbox
+            .exec_process(ExecProcessRequest {
+                container_id: cid.into(),
+                exec_id: eid.into(),
+                process: Some(process(args, terminal)).into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn wait(&self, cid: &str, eid: &str) -> i32 {
+        let w = self.sandbox.wait_process(WaitProcessRequest {
+            container_id: cid.into(),
+            exec_id: eid.into(),
+            ..Default::default()
+        });
+        tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("process did not exit")
+            .unwrap()
+            .status
+    }
+
+    /// Everything a stream gives until end of stream.
+    pub async fn read_all(&self, cid: &str, eid: &str, stdout: bool) -> String {
+        let mut out = Vec::new();
+        loop {
+            let req = ReadStreamRequest {
+                container_id: cid.into(),
+                exec_id: eid.into(),
+                len: 4096,
+                ..Default::default()
+            };
+            let r = if stdout {
+                self.sandbox.read_stdout(req).await
+            } else {
+                self.sandbox.read_stderr(req).await
+            };
+            match r {
+                Ok(d) => out.extend(d.data),
+                Err(RuntimeError::EndOfStream) => break,
+                Err(e) => panic!("reading {cid}/{eid}: {e}"),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    pub async fn read_until(&self, cid: &str, eid: &str, needle: &str) -> String {
+        let mut out = String::new();
+        while !out.contains(needle) {
+            let d = self
+                .sandbox
+                .read_stdout(ReadStreamRequest {
+                    container_id: cid.into(),
+                    exec_id: eid.into(),
+                    len: 4096,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("waiting for {needle:?} after {out:?}: {e}"));
+            out.push_str(&String::from_utf8_lossy(&d.data));
+        }
+        out
+    }
+
+    pub async fn remove(&self, id: &str) {
+        self.sandbox
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+                timeout: 20,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_container_gone(&self.dir(), id);
+    }
+
+    pub async fn destroy(mut self) {
+        self.destroyed = true;
+        self.sandbox
+            .destroy_sandbox(DestroySandboxRequest::new())
+            .await
+            .unwrap();
+        assert!(!self.dir().exists(), "sandbox directory left behind");
+        assert!(
+            mounts_under(&self.run_root).is_empty(),
+            "mounts left: {:?}",
+            mounts_under(&self.run_root)
+        );
+    }
+}
+
+/// A failed test must not leave containers running on the machine: kill what is in the
+/// sandbox's cgroups and detach its mounts (the assertions already reported the failure).
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if self.destroyed {
+            return;
+        }
+        let prefix = self
+            .sandbox_id
+            .split('-')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        for root in ["/sys/fs/cgroup/pids/vigil", "/sys/fs/cgroup/vigil"] {
+            let Ok(dirs) = std::fs::read_dir(root) else {
+                continue;
+            };
+            for d in dirs.flatten() {
+                if !d.file_name().to_string_lossy().starts_with(&prefix) {
+                    continue;
+                }
+                let procs =
+                    std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    // SAFETY: plain kill of a process in our test's cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        for m in mounts_under(&self.run_root).iter().rev() {
+            let c = std::ffi::CString::new(m.as_str()).unwrap();
+            // SAFETY: plain syscall.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// The tests run one at a time, each on a runtime created after it has its turn: thread
+/// start-up and exit elsewhere in the process are what makes libcontainer's forked helpers
+/// hang (see `Watchdog` in src/youki.rs), so the tests do not create threads while another
+/// test forks. Concurrency inside one test (concurrent execs, waiters) is still exercised.
+pub fn run_serially(test: impl std::future::Future<Output = ()>) {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .max_blocking_threads(16)
+        .thread_keep_alive(Duration::from_secs(600))
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
+pub fn process(args: &[&str], terminal: bool) -> oci::Process {
+    oci::Process {
+        Terminal: terminal,
+        ConsoleSize: terminal
+            .then(|| oci::Box {
+                Height: 10,
+                Width: 40,
+                ..Default::default()
+            })
+            .into(),
+        User: Some(oci::User::default()).into(),
+        Args: args.iter().map(|s| s.to_string()).collect(),
+        Env: vec!["PATH=/bin".into(), "TERM=dumb".into()],
+        Cwd: "/".into(),
+        ..Default::default()
+    }
+}
+
+pub fn spec(args: &[&str], terminal: bool) -> oci::Spec {
+    let mount = |dest: &str, kind: &str, opts: &[&str]| oci::Mount {
+        destination: dest.into(),
+        source: kind.into(),
+        type_: kind.into(),
+        options: opts.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    oci::Spec {
+        Version: "1.0.2".into(),
+        Process: Some(process(args, terminal)).into(),
+        Root: Some(oci::Root {
+            Path: "rootfs".into(),
+            ..Default::default()
+        })
+        .into(),
+        Mounts: vec![
+            mount("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount(
+                "/dev",
+                "tmpfs",
+                &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            ),
+            oci::Mount {
+                destination: "/dev/pts".into(),
+                source: "devpts".into(),
+                type_: "devpts".into(),
+                options: vec![
+                    "nosuid".into(),
+                    "noexec".into(),
+                    "newinstance".into(),
+                    "ptmxmode=0666".into(),
+                ],
+                ..Default::default()
+            },
+        ],
+        Linux: Some(oci::Linux {
+            Resources: Some(oci::LinuxResources {
+                Memory: Some(oci::LinuxMemory {
+                    Limit: 64 << 20,
+                    ..Default::default()
+                })
+                .into(),
+                Pids: Some(oci::LinuxPids {
+                    Limit: 100,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            Namespaces: ["pid", "mount", "ipc", "uts"]
+                .iter()
+                .map(|t| oci::LinuxNamespace {
+                    Type: t.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|p| Path::new(p).starts_with(dir))
+        .collect()
+}
+
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let v1 = [
+        "memory", "pids", "cpu", "freezer", "devices", "blkio", "cpuset",
+    ]
+    .iter()
+    .map(|c| PathBuf::from(format!("/sys/fs/cgroup/{c}/vigil/{id}")));
+    let v2 = std::iter::once(PathBuf::from(format!("/sys/fs/cgroup/vigil/{id}")));
+    v1.chain(v2).filter(|p| p.exists()).collect()
+}
+
+pub fn assert_container_gone(sandbox_dir: &Path, id: &str) {
+    assert!(
+        cgroup_dirs(id).is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs(id)
+    );
+    let bundle = sandbox_dir.join("containers").join(id);
+    assert!(
+        mounts_under(&bundle).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&bundle)
+    );
+    assert!(!bundle.exists(), "bundle left: {}", bundle.display());
+}
+
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+pub fn cgroup_pids(id: &str) -> Vec<i32> {
+    let f = ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"]
+        .iter()
+        .map(|r| PathBuf::from(format!("{r}/vigil/{id}/cgroup.procs")))
+        .find(|p| p.exists())
+        .expect("container cgroup");
+    std::fs::read_to_string(f)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+pub fn freezer_state(id: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/freezer/vigil/{id}/freezer.state"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub fn bind_mount(dest: &str, source: &Path) -> oci::Mount {
+    oci::Mount {
+        destination: dest.into(),
+        source: source.to_string_lossy().into_owned(),
+        type_: "bind".into(),
+        options: vec!["rbind".into()],
+        ..Default::default()
+    }
+}
+
+pub fn refused_field<T: std::fmt::Debug>(r: Result<T, RuntimeError>) -> String {
+    match r {
+        Err(RuntimeError::InvalidArgument { field, .. }) => field,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
