@@ -19,21 +19,6 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
 pub const API_VERSION: &str = "0.0.1";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The storage drivers the container runtime mounts (`AgentDetails.storage_handlers`): its own
-/// and the guest crate's device-backed ones.
-pub const STORAGE_DRIVERS: &[&str] = &[
-    "ephemeral",
-    "local",
-    "bind",
-    "overlayfs",
-    "blk",
-    "mmioblk",
-    "scsi",
-    "nvdimm",
-    "virtio-fs",
-    "9p",
-];
-
 /// Every error a handler can return, and the ttrpc status it becomes.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -167,8 +152,11 @@ impl AgentApi {
             agent_details: Some(AgentDetails {
                 version: AGENT_VERSION.into(),
                 init_daemon: std::process::id() == 1,
-                storage_handlers: STORAGE_DRIVERS.iter().map(|d| d.to_string()).collect(),
-                device_handlers: Vec::new(),
+                storage_handlers: self.sandbox.storage_drivers(),
+                device_handlers: vigil_guest::devices::TYPES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
                 // The runtime applies the spec's seccomp filter (libcontainer with libseccomp).
                 supports_seccomp: true,
                 extra_features: FEATURES.iter().map(|f| f.to_string()).collect(),

@@ -5,6 +5,7 @@
 //! and device-cgroup rules that named the spec's (host) numbers name the guest's instead; a
 //! device no rule allowed gets an `rwm` allow rule of its own.
 
+use vigil_guest::blockdev::DeviceTree;
 use vigil_guest::devices::GuestDevice;
 use vigil_protos::agent::Device;
 use vigil_protos::oci;
@@ -12,10 +13,10 @@ use vigil_protos::oci;
 use crate::error::{Result, RuntimeError};
 
 /// Resolves every device of the request (waiting for hot-plugged ones) off the async threads.
-pub(crate) async fn resolve(devices: &[Device]) -> Result<Vec<GuestDevice>> {
+pub(crate) async fn resolve(tree: &DeviceTree, devices: &[Device]) -> Result<Vec<GuestDevice>> {
     let devices = devices.to_vec();
+    let tree = tree.clone();
     tokio::task::spawn_blocking(move || {
-        let tree = vigil_guest::blockdev::DeviceTree::default();
         let mut out = Vec::new();
         for (i, d) in devices.iter().enumerate() {
             let found = vigil_guest::devices::resolve(
@@ -24,26 +25,13 @@ pub(crate) async fn resolve(devices: &[Device]) -> Result<Vec<GuestDevice>> {
                 &format!("devices[{i}]"),
                 vigil_guest::blockdev::DEVICE_TIMEOUT,
             )
-            .map_err(from_guest)?;
+            .map_err(|e| RuntimeError::from_guest(e, "devices"))?;
             out.extend(found);
         }
         Ok(out)
     })
     .await
     .map_err(|e| RuntimeError::internal("device task", e))?
-}
-
-fn from_guest(e: vigil_guest::GuestError) -> RuntimeError {
-    use vigil_guest::GuestError as G;
-    match e {
-        G::InvalidArgument(m) => match m.split_once(": ") {
-            Some((field, reason)) => RuntimeError::invalid(field, reason),
-            None => RuntimeError::invalid("devices", m),
-        },
-        G::NotFound(m) | G::FailedPrecondition(m) => RuntimeError::FailedPrecondition(m),
-        G::DeadlineExceeded(m) => RuntimeError::Timeout(m),
-        G::Internal(m) => RuntimeError::Internal(m),
-    }
 }
 
 /// Makes `spec` name the guest's devices (see the module comment).

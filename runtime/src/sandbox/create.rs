@@ -59,7 +59,7 @@ impl Sandbox {
         let oci_spec = if req.devices.is_empty() {
             oci_spec
         } else {
-            match crate::hotplug::resolve(&req.devices).await {
+            match crate::hotplug::resolve(&self.devices, &req.devices).await {
                 Ok(found) => {
                     guest_spec = oci_spec.clone();
                     crate::hotplug::apply(&mut guest_spec, &found);

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
 use tokio::sync::{mpsc, watch};
+use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::*;
 use vigil_protos::oci;
 
@@ -83,6 +84,8 @@ pub struct Sandbox {
     config: SandboxConfig,
     runtime: Arc<dyn ContainerRuntime>,
     drivers: StorageDrivers,
+    /// Where devices the host hot-plugged are found (storages' disks, containers' devices).
+    devices: DeviceTree,
     claims: Arc<dyn ChildClaims>,
     current: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
     oom_tx: mpsc::UnboundedSender<String>,
@@ -277,12 +280,27 @@ impl Sandbox {
         Sandbox {
             config,
             runtime,
-            drivers: StorageDrivers::builtin(),
+            drivers: StorageDrivers::builtin(DeviceTree::default()),
+            devices: DeviceTree::default(),
             claims: Arc::new(NoReaper),
             current: tokio::sync::Mutex::new(None),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
+    }
+
+    /// Finds hot-plugged devices in `devices` (sysfs and /dev roots) instead of the guest's
+    /// own `/sys` and `/dev`: for tests that stand a fake sysfs tree in for a hypervisor.
+    pub fn with_device_tree(mut self, devices: DeviceTree) -> Sandbox {
+        self.drivers = StorageDrivers::builtin(devices.clone());
+        self.devices = devices;
+        self
+    }
+
+    /// The storage drivers served, by Kata's `driver` names (GetGuestDetails'
+    /// `storage_handlers`).
+    pub fn storage_drivers(&self) -> Vec<String> {
+        self.drivers.names().iter().map(|n| n.to_string()).collect()
     }
 
     /// Makes container processes (and the runtime's helper children) off-limits to the

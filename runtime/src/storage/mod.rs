@@ -4,23 +4,34 @@
 //! Every driver gets a mount point already checked to lie in the sandbox's directory (see
 //! `Layout::storage_mount_point`) and validates its own `source`, `fstype` and options: a
 //! storage never mounts a guest path or device the host merely named. Kata's other drivers
-//! (block devices by address, virtio-fs and 9p tags, overlay, image pull, ...) are refused
-//! by name until a driver for them is registered.
+//! are refused by name until a driver for them is registered.
 //!
 //! | driver | source | effect |
 //! |---|---|---|
 //! | `ephemeral` (or no driver and fstype `tmpfs`) | a label (`tmpfs`, `shm`) | a tmpfs, `nosuid,nodev` |
 //! | `local` | a label (`local`) | a directory (options `mode=`, `fsgid=`), nothing mounted |
 //! | `bind` | a path beneath the sandbox's shared directory or an earlier storage | a bind mount, `nodev` |
+//! | `blk`, `mmioblk`, `scsi`, `nvdimm` | the disk's address (PCI path, `target:lun`, `/dev/vdX`, `/dev/pmemN`), found in the guest | its ext2/3/4 or xfs, `nodev` (`device.rs`) |
+//! | `virtio-fs`, `9p` | the share's tag | the share, `nodev` (`device.rs`) |
+//! | `overlayfs` | layers in the options, beneath the shared directory or earlier storages | an overlay, `nodev` (`overlay.rs`) |
+//!
+//! Adding a driver: implement [`StorageDriver`] (its `driver` names, and `add`, which checks the
+//! storage and sets it up at the [`MountPoint`] it is given, through `MountPoint::dir` and
+//! `Target::mount_fs` / `Target::bind`) and register it in [`StorageDrivers::builtin`], or with
+//! [`StorageDrivers::register`] where it needs what the agent configures.
 
 mod bind;
+mod device;
 mod ephemeral;
+mod fs_group;
 mod local;
+mod overlay;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::Storage;
 
 use crate::confine::Owned;
@@ -35,6 +46,28 @@ pub(crate) struct StorageContext<'a> {
     /// Directories a storage may take a path `source` from: the shared directory and the
     /// storages set up before this one.
     pub(crate) sources: &'a [&'a Owned],
+    layout: &'a Layout,
+    /// The container whose storage this is (None: the sandbox's).
+    container: Option<&'a str>,
+}
+
+impl StorageContext<'_> {
+    /// Makes the directory `given` (named as a mount point is: relative to the sandbox
+    /// directory or absolute beneath it, not in the agent's own places), for a driver that
+    /// needs one besides its mount point.
+    pub(crate) fn make_dir(&self, given: &str, field: &str) -> Result<Owned> {
+        let rel = self
+            .layout
+            .storage_mount_point(given, self.container, field)?;
+        let at = MountPoint {
+            root: self.layout.root(),
+            shown: self.layout.dir().join(&rel),
+            rel,
+            field: field.to_string(),
+        };
+        let fd = at.plain_dir()?;
+        Ok(Owned::new(at.shown, fd))
+    }
 }
 
 /// Where a storage goes: a path relative to the sandbox directory, checked already.
@@ -62,7 +95,9 @@ impl MountPoint<'_> {
         Target::file(self.root.fd(), &self.rel, self.shown.clone()).map_err(|e| self.error(e))
     }
 
-    fn error(&self, e: std::io::Error) -> RuntimeError {
+    /// A failed lookup or creation beneath the mount point's root, as a refusal naming the
+    /// mount point where something was in the way.
+    pub(crate) fn error(&self, e: std::io::Error) -> RuntimeError {
         if crate::beneath::is_refusal(&e) || e.raw_os_error() == Some(libc::EEXIST) {
             RuntimeError::invalid(
                 &self.field,
@@ -110,14 +145,7 @@ pub(crate) trait StorageDriver: Send + Sync {
 
 /// Kata's storage drivers that vigil does not implement (yet): refused by name.
 const KATA_DRIVERS: &[&str] = &[
-    "blk",
     "blk-ccw",
-    "mmioblk",
-    "scsi",
-    "nvdimm",
-    "virtio-fs",
-    "9p",
-    "overlayfs",
     "watchable-bind",
     "image_guest_pull",
     "erofs.multi-layer",
@@ -129,15 +157,24 @@ pub struct StorageDrivers {
 }
 
 impl StorageDrivers {
-    /// The drivers vigil has: `ephemeral`, `local`, `bind`.
-    pub(crate) fn builtin() -> StorageDrivers {
+    /// The drivers vigil has (the table above), finding hot-plugged devices in `devices`.
+    pub(crate) fn builtin(devices: DeviceTree) -> StorageDrivers {
         let mut d = StorageDrivers {
             by_type: HashMap::new(),
         };
         d.register(Arc::new(ephemeral::Ephemeral));
         d.register(Arc::new(local::Local));
         d.register(Arc::new(bind::Bind));
+        d.register(Arc::new(device::DeviceStorage { tree: devices }));
+        d.register(Arc::new(overlay::Overlay));
         d
+    }
+
+    /// The `driver` names served, sorted (GetGuestDetails' `storage_handlers`).
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let mut known: Vec<&str> = self.by_type.keys().copied().collect();
+        known.sort_unstable();
+        known
     }
 
     /// Adds a driver for its types (a later registration for a type replaces the earlier).
@@ -158,8 +195,7 @@ impl StorageDrivers {
         if let Some(d) = self.by_type.get(name) {
             return Ok(d.as_ref());
         }
-        let mut known: Vec<&str> = self.by_type.keys().copied().collect();
-        known.sort_unstable();
+        let known = self.names();
         let why = if KATA_DRIVERS.contains(&name) {
             format!("the Kata storage driver {name:?} is not implemented by this agent")
         } else {
@@ -227,6 +263,8 @@ impl StorageDrivers {
             &StorageContext {
                 field,
                 sources: &all_sources,
+                layout,
+                container,
             },
         )
     }
@@ -253,6 +291,8 @@ pub(crate) fn parse_options(
             "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
             "relatime" => flags |= MsFlags::MS_RELATIME,
             "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => flags |= MsFlags::MS_DIRSYNC,
             other => {
                 let key = other.split_once('=').map_or(other, |(k, _)| k);
                 if !allowed_data.contains(&key) || other.contains(',') {
@@ -308,7 +348,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let layout = Layout::create(t.path(), "sb").unwrap();
         let shared = layout.shared().unwrap();
-        match StorageDrivers::builtin().add_all(&[storage], &layout, None, &[&shared], "storages") {
+        match StorageDrivers::builtin(DeviceTree::default()).add_all(
+            &[storage],
+            &layout,
+            None,
+            &[&shared],
+            "storages",
+        ) {
             Err(RuntimeError::InvalidArgument { field, reason }) => (field, reason),
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("accepted"),
@@ -327,13 +373,16 @@ mod tests {
 
     #[test]
     fn drivers_are_named_in_refusals() {
-        let (field, reason) = refused(storage("virtio-fs", "kataShared", "virtiofs"));
+        let (field, reason) = refused(storage("blk-ccw", "0.0.0005", "ext4"));
         assert_eq!(field, "storages[0].driver");
         assert!(
-            reason.contains("Kata storage driver \"virtio-fs\" is not implemented"),
+            reason.contains("Kata storage driver \"blk-ccw\" is not implemented"),
             "{reason}"
         );
-        assert!(reason.contains("bind, ephemeral, local"), "{reason}");
+        assert!(
+            reason.contains("9p, bind, blk, ephemeral, local, mmioblk"),
+            "{reason}"
+        );
         let (_, reason) = refused(storage("nbd", "x", ""));
         assert!(
             reason.contains("\"nbd\" is not a storage driver"),
