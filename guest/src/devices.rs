@@ -29,6 +29,33 @@ use crate::uevent::UeventListener;
 /// The device types resolved here, by Kata's names.
 pub const TYPES: &[&str] = &["blk", "mmioblk", "scsi", "nvdimm", "vfio-pci"];
 
+/// A device number: character (`c`) or block (`b`), major, minor (as the OCI spec has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceNum {
+    pub kind: char,
+    pub major: i64,
+    pub minor: i64,
+}
+
+/// The number of the device node at `path` (a symlink is followed, as `/dev/disk/by-*` are);
+/// `None` if it is something else.
+pub fn device_number(path: &Path) -> std::io::Result<Option<DeviceNum>> {
+    let meta = std::fs::metadata(path)?;
+    let ft = meta.file_type();
+    let kind = if ft.is_block_device() {
+        'b'
+    } else if ft.is_char_device() {
+        'c'
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(DeviceNum {
+        kind,
+        major: libc::major(meta.rdev()) as i64,
+        minor: libc::minor(meta.rdev()) as i64,
+    }))
+}
+
 /// A device node of the guest, for the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestDevice {
@@ -36,10 +63,8 @@ pub struct GuestDevice {
     pub container_path: String,
     /// The node in the guest.
     pub node: PathBuf,
-    /// `b` or `c`.
-    pub kind: char,
-    pub major: u64,
-    pub minor: u64,
+    /// The guest's number of it (the host's means nothing here).
+    pub num: DeviceNum,
 }
 
 /// Resolves one device of the request (`field` names it: `devices[0]`).
@@ -94,25 +119,15 @@ pub fn resolve(
     nodes
         .into_iter()
         .map(|node| {
-            let meta =
-                std::fs::metadata(&node).map_err(|e| GuestError::internal(node.display(), e))?;
-            let ft = meta.file_type();
-            let kind = if ft.is_block_device() {
-                'b'
-            } else if ft.is_char_device() {
-                'c'
-            } else {
-                return Err(GuestError::Internal(format!(
-                    "{} is not a device node",
-                    node.display()
-                )));
-            };
+            let num = device_number(&node)
+                .map_err(|e| GuestError::internal(node.display(), e))?
+                .ok_or_else(|| {
+                    GuestError::Internal(format!("{} is not a device node", node.display()))
+                })?;
             Ok(GuestDevice {
                 container_path: d.container_path.clone(),
                 node,
-                kind,
-                major: libc::major(meta.rdev()) as u64,
-                minor: libc::minor(meta.rdev()) as u64,
+                num,
             })
         })
         .collect()
@@ -272,9 +287,11 @@ mod tests {
             vec![GuestDevice {
                 container_path: "/dev/xvda".into(),
                 node: tree.dev.join("pmem0"),
-                kind: 'c',
-                major: 1,
-                minor: 3,
+                num: DeviceNum {
+                    kind: 'c',
+                    major: 1,
+                    minor: 3
+                },
             }]
         );
     }

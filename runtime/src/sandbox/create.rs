@@ -19,7 +19,7 @@ use super::{
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::mount::{unmount_all, Mounted};
-use crate::spec::{self, SpecContext};
+use crate::spec::{self, DeviceNum, SpecContext};
 use crate::staging::Staging;
 use crate::Sandbox;
 
@@ -54,16 +54,17 @@ impl Sandbox {
                 });
             }
         }
-        // The devices the host hot-plugged, as the guest sees them, in the spec.
+        // The devices the host hot-plugged, as the guest sees them, in the spec; they join
+        // what this container's spec may name.
         let mut guest_spec;
-        let oci_spec = if req.devices.is_empty() {
-            oci_spec
+        let (oci_spec, hotplugged) = if req.devices.is_empty() {
+            (oci_spec, Vec::new())
         } else {
             match crate::hotplug::resolve(&self.devices, &req.devices).await {
                 Ok(found) => {
                     guest_spec = oci_spec.clone();
                     crate::hotplug::apply(&mut guest_spec, &found);
-                    &guest_spec
+                    (&guest_spec, crate::hotplug::numbers(&found))
                 }
                 Err(e) => {
                     lock(&sandbox.containers).creating.remove(&req.container_id);
@@ -71,7 +72,9 @@ impl Sandbox {
                 }
             }
         };
-        let result = self.build_container(&sandbox, &req, oci_spec).await;
+        let result = self
+            .build_container(&sandbox, &req, oci_spec, &hotplugged)
+            .await;
         let container = {
             let mut map = lock(&sandbox.containers);
             map.creating.remove(&req.container_id);
@@ -97,6 +100,7 @@ impl Sandbox {
         sandbox: &SandboxState,
         req: &CreateContainerRequest,
         spec_in: &oci::Spec,
+        hotplugged: &[DeviceNum],
         bundle: &Owned,
         mounts: &mut Vec<Mounted>,
     ) -> Result<oci_spec::runtime::Spec> {
@@ -153,7 +157,8 @@ impl Sandbox {
                 });
             }
         }
-        let limits = self.limits();
+        let mut limits = self.limits();
+        limits.devices.extend_from_slice(hotplugged);
         let ctx = SpecContext {
             allow_hooks: self.config.allow_hooks,
             cgroups_path: format!("/{}/{}", self.config.cgroup_parent, id),
@@ -174,6 +179,7 @@ impl Sandbox {
         sandbox: &Arc<SandboxState>,
         req: &CreateContainerRequest,
         spec_in: &oci::Spec,
+        hotplugged: &[DeviceNum],
     ) -> Result<Arc<Container>> {
         let id = req.container_id.clone();
         let bundle_path = sandbox.layout.bundle_path(&id);
@@ -187,7 +193,7 @@ impl Sandbox {
             let _ = clean_dir(&bundle_path);
             e
         };
-        let spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {
+        let spec = match self.prepare(sandbox, req, spec_in, hotplugged, &bundle, &mut mounts) {
             Ok(s) => s,
             Err(e) => return Err(fail(&mut mounts, e)),
         };
