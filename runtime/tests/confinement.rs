@@ -111,6 +111,7 @@ fn refusals_leave_nothing_behind() {
                 "storages[1].fstype",
             ),
             (
+                // A host PCI address is not a guest PCI path: no guest disk is looked up.
                 Box::new(|r| {
                     r.storages.push(Storage {
                         driver: "blk".into(),
@@ -120,7 +121,7 @@ fn refusals_leave_nothing_behind() {
                         ..Default::default()
                     })
                 }),
-                "storages[1].driver",
+                "storages[1].source",
             ),
             (
                 Box::new(|r| {

@@ -21,14 +21,13 @@ use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::*;
 use vigil_protos::oci;
 
-use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
 use crate::spec::{self, SpecLimits};
 use crate::stdio::{self, OutputBuffer, StdinWriter};
-use crate::storage::StorageDrivers;
+use crate::storage::{Held, SandboxStorages, StorageDrivers};
 use crate::youki::LibcontainerRuntime;
 
 /// Where and how the sandbox lives, and what containers may ask of the guest. The defaults
@@ -83,7 +82,7 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Sandbox {
     config: SandboxConfig,
     runtime: Arc<dyn ContainerRuntime>,
-    drivers: StorageDrivers,
+    drivers: Arc<StorageDrivers>,
     /// Where devices the host hot-plugged are found (storages' disks, containers' devices).
     devices: DeviceTree,
     claims: Arc<dyn ChildClaims>,
@@ -97,9 +96,9 @@ struct SandboxState {
     hostname: String,
     layout: Layout,
     shared_pidns: bool,
-    mounts: Mutex<Vec<Mounted>>,
-    /// What the sandbox's storages provide: bind sources and rootfs paths may lie beneath.
-    storage_roots: Vec<Owned>,
+    /// The storages of the sandbox and its containers, by mount point (see `storage`); an
+    /// async lock, because setting one up may wait for a hot-plugged device.
+    storages: tokio::sync::Mutex<SandboxStorages>,
     containers: Mutex<Containers>,
     destroyed: AtomicBool,
 }
@@ -132,7 +131,10 @@ struct Container {
 
 struct ContainerOps {
     status: Status,
+    /// The bundle's staged mounts (rootfs, bind sources).
     mounts: Vec<Mounted>,
+    /// The sandbox storages the container holds.
+    storages: Held,
     removed: bool,
 }
 
@@ -280,7 +282,7 @@ impl Sandbox {
         Sandbox {
             config,
             runtime,
-            drivers: StorageDrivers::builtin(DeviceTree::default()),
+            drivers: Arc::new(StorageDrivers::builtin(DeviceTree::default())),
             devices: DeviceTree::default(),
             claims: Arc::new(NoReaper),
             current: tokio::sync::Mutex::new(None),
@@ -292,7 +294,7 @@ impl Sandbox {
     /// Finds hot-plugged devices in `devices` (sysfs and /dev roots) instead of the guest's
     /// own `/sys` and `/dev`: for tests that stand a fake sysfs tree in for a hypervisor.
     pub fn with_device_tree(mut self, devices: DeviceTree) -> Sandbox {
-        self.drivers = StorageDrivers::builtin(devices.clone());
+        self.drivers = Arc::new(StorageDrivers::builtin(devices.clone()));
         self.devices = devices;
         self
     }
@@ -436,15 +438,25 @@ impl Sandbox {
             text.push('\n');
             std::fs::write(&p, text).map_err(|e| RuntimeError::internal(p.display(), e))?;
         }
-        let added = layout.shared().and_then(|shared| {
-            self.drivers
-                .add_all(&req.storages, &layout, None, &[&shared], "storages")
-        });
-        let (mounts, storage_roots) = match added {
-            Ok(a) => a,
-            Err(e) => {
+        // On a blocking thread: finding a hot-plugged disk may wait for it.
+        let (drivers, storages) = (self.drivers.clone(), req.storages.clone());
+        let set_up = tokio::task::spawn_blocking(move || {
+            let mut table = SandboxStorages::default();
+            let added = layout.shared().and_then(|shared| {
+                drivers.add_all(&mut table, &storages, &layout, None, &[&shared], "storages")
+            });
+            (layout, added.map(|_| table))
+        })
+        .await;
+        let (layout, storages) = match set_up {
+            Ok((layout, Ok(table))) => (layout, table),
+            Ok((_, Err(e))) => {
                 let _ = clean_dir(&dir);
                 return Err(e);
+            }
+            Err(e) => {
+                let _ = clean_dir(&dir);
+                return Err(RuntimeError::internal("storage task", e));
             }
         };
         *slot = Some(Arc::new(SandboxState {
@@ -452,8 +464,7 @@ impl Sandbox {
             hostname: req.hostname.clone(),
             layout,
             shared_pidns: req.sandbox_pidns,
-            mounts: Mutex::new(mounts),
-            storage_roots,
+            storages: tokio::sync::Mutex::new(storages),
             containers: Mutex::new(Containers::default()),
             destroyed: AtomicBool::new(false),
         }));
@@ -476,7 +487,7 @@ impl Sandbox {
                 errors.push(format!("container {}: {e}", c.id));
             }
         }
-        errors.extend(mount::unmount_all(&mut lock(&state.mounts)));
+        errors.extend(state.storages.lock().await.unmount_all());
         if let Err(e) = clean_dir(state.layout.dir()) {
             errors.push(e.to_string());
         }
@@ -683,6 +694,13 @@ impl Sandbox {
             errors.push(e.to_string());
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
+        errors.extend(
+            sandbox
+                .storages
+                .lock()
+                .await
+                .release(std::mem::take(&mut ops.storages)),
+        );
         if let Err(e) = clean_dir(&c.bundle) {
             errors.push(e.to_string());
         }

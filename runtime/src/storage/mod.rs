@@ -26,6 +26,7 @@ mod ephemeral;
 mod fs_group;
 mod local;
 mod overlay;
+mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,9 @@ use vigil_protos::agent::Storage;
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::layout::Layout;
-use crate::mount::{unmount_all, Mounted, Target};
+use crate::mount::{Mounted, Target};
+
+pub(crate) use table::{Held, SandboxStorages};
 
 /// What a driver gets besides the storage itself.
 pub(crate) struct StorageContext<'a> {
@@ -208,47 +211,69 @@ impl StorageDrivers {
     }
 
     /// Sets up `storages` (request field prefix `field`, e.g. `storages`) for the sandbox
-    /// (`container` None) or one container. `sources` are the directories a path source may
-    /// come from besides the storages set up here. On failure the ones already set up are
-    /// undone, so a refused request leaves nothing behind.
+    /// (`container` None) or one container, recording them in `table`; a storage already there
+    /// at the same mount point is used again (see `table`). `sources` are the directories a
+    /// path source may come from besides the storages set up here. Returns what the request
+    /// holds and each storage's root. On failure what this request took is given back and what
+    /// it set up undone, so a refused request leaves nothing behind.
     pub(crate) fn add_all(
         &self,
+        table: &mut SandboxStorages,
         storages: &[Storage],
         layout: &Layout,
         container: Option<&str>,
         sources: &[&Owned],
         field: &str,
-    ) -> Result<(Vec<Mounted>, Vec<Owned>)> {
-        let mut mounts = Vec::new();
+    ) -> Result<(Held, Vec<Owned>)> {
+        let mut held = Held::default();
+        let mut made = Vec::new();
         let mut roots: Vec<Owned> = Vec::new();
         for (i, s) in storages.iter().enumerate() {
             let field = format!("{field}[{i}]");
-            let added = self.add_one(s, layout, container, sources, &roots, &field);
-            match added {
-                Ok(a) => {
-                    mounts.extend(a.mount);
-                    roots.push(a.root);
+            match self.add_one(table, s, layout, container, sources, &roots, &field) {
+                Ok((rel, root, new)) => {
+                    held.push(rel.clone());
+                    if new {
+                        made.push(rel);
+                    }
+                    roots.push(root);
                 }
                 Err(e) => {
-                    unmount_all(&mut mounts);
+                    for problem in table.roll_back(held, &made) {
+                        tracing::warn!(%problem, "undoing the storages of a refused request");
+                    }
                     return Err(e);
                 }
             }
         }
-        Ok((mounts, roots))
+        Ok((held, roots))
     }
 
+    /// One storage: its mount point, its root, and whether it was set up now (else reused).
+    #[allow(clippy::too_many_arguments)]
     fn add_one(
         &self,
+        table: &mut SandboxStorages,
         s: &Storage,
         layout: &Layout,
         container: Option<&str>,
         sources: &[&Owned],
         earlier: &[Owned],
         field: &str,
-    ) -> Result<Added> {
+    ) -> Result<(PathBuf, Owned, bool)> {
         let mp_field = format!("{field}.mount_point");
         let rel = layout.storage_mount_point(&s.mount_point, container, &mp_field)?;
+        if let Some(root) = table.reuse(&rel, s, field)? {
+            return Ok((rel, root, false));
+        }
+        if let Some(id) = container.filter(|_| s.shared) {
+            if rel.starts_with(layout.bundle_rel(id)) {
+                return Err(RuntimeError::invalid(
+                    format!("{field}.shared"),
+                    "a storage in the container's own bundle goes with the container",
+                ));
+            }
+        }
         let driver = self.driver(s, field)?;
         let at = MountPoint {
             root: layout.root(),
@@ -257,7 +282,7 @@ impl StorageDrivers {
             field: mp_field,
         };
         let all_sources: Vec<&Owned> = sources.iter().copied().chain(earlier.iter()).collect();
-        driver.add(
+        let added = driver.add(
             s,
             &at,
             &StorageContext {
@@ -266,7 +291,24 @@ impl StorageDrivers {
                 layout,
                 container,
             },
-        )
+        )?;
+        let root = match added.root.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(m) = added.mount {
+                    let _ = m.unmount();
+                }
+                return Err(e);
+            }
+        };
+        table.insert(
+            at.rel.clone(),
+            s,
+            added.mount,
+            added.root,
+            container.is_some(),
+        );
+        Ok((at.rel, root, true))
     }
 }
 
@@ -348,7 +390,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let layout = Layout::create(t.path(), "sb").unwrap();
         let shared = layout.shared().unwrap();
-        match StorageDrivers::builtin(DeviceTree::default()).add_all(
+        let drivers = StorageDrivers::builtin(DeviceTree::default());
+        let mut table = SandboxStorages::default();
+        match drivers.add_all(
+            &mut table,
             &[storage],
             &layout,
             None,

@@ -215,9 +215,15 @@ mod tests {
             std::os::unix::fs::symlink("/etc", shared_path.join("sneaky")).unwrap();
             let shared = layout.shared().map_err(|e| e.to_string())?;
             let drivers = StorageDrivers::builtin(DeviceTree::default());
-            let add = |s: Storage| drivers.add_all(&[s], &layout, None, &[&shared], "storages");
+            let add = |s: Storage| {
+                let mut table = crate::storage::SandboxStorages::default();
+                let (_, roots) =
+                    drivers.add_all(&mut table, &[s], &layout, None, &[&shared], "storages")?;
+                drop(roots);
+                Ok::<_, RuntimeError>(table)
+            };
             let layer = shared_path.join("layer").display().to_string();
-            let (mut mounts, _) = add(overlay(
+            let mut table = add(overlay(
                 vec![
                     format!("lowerdir={layer}"),
                     OVERLAY_RW.into(),
@@ -230,7 +236,7 @@ mod tests {
             let base = std::fs::read_to_string(root.join("base")).map_err(|e| e.to_string())?;
             std::fs::write(root.join("new"), "new").map_err(|e| e.to_string())?;
             let upper = layout.dir().join("rootfs.overlay/upper/new");
-            let errors = crate::mount::unmount_all(&mut mounts);
+            let errors = table.unmount_all();
             if base != "base" || !upper.exists() || !errors.is_empty() {
                 return Err(format!(
                     "base {base:?}, upper {}, {errors:?}",
@@ -285,7 +291,7 @@ mod tests {
             }
             // Upper and work dirs the storage asks to have made are usable.
             let made = layout.dir().join("scratch");
-            let (mut mounts, _) = add(overlay(
+            let mut table = add(overlay(
                 vec![
                     format!("lowerdir={layer}"),
                     format!("upperdir={}/up", made.display()),
@@ -299,7 +305,7 @@ mod tests {
             .map_err(|e| e.to_string())?;
             std::fs::write(root.join("again"), "x").map_err(|e| e.to_string())?;
             let landed = made.join("up/again").exists();
-            crate::mount::unmount_all(&mut mounts);
+            table.unmount_all();
             if !landed {
                 return Err("the created upper dir was not used".into());
             }
