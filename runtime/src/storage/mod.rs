@@ -14,6 +14,7 @@
 //! | `blk`, `mmioblk`, `scsi`, `nvdimm` | the disk's address (PCI path, `target:lun`, `/dev/vdX`, `/dev/pmemN`), found in the guest | its ext2/3/4 or xfs, `nodev` (`device.rs`) |
 //! | `virtio-fs`, `9p` | the share's tag | the share, `nodev` (`device.rs`) |
 //! | `overlayfs` | layers in the options, beneath the shared directory or earlier storages | an overlay, `nodev` (`overlay.rs`) |
+//! | `watchable-bind` | a directory beneath the shared directory or an earlier storage | a tmpfs copy kept in step with it (`watchable.rs`) |
 //!
 //! Adding a driver: implement [`StorageDriver`] (its `driver` names, and `add`, which checks the
 //! storage and sets it up at the [`MountPoint`] it is given, through `MountPoint::dir` and
@@ -27,6 +28,7 @@ mod fs_group;
 mod local;
 mod overlay;
 mod table;
+mod watchable;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -120,6 +122,9 @@ impl MountPoint<'_> {
 pub(crate) struct Added {
     pub(crate) mount: Option<Mounted>,
     pub(crate) root: Owned,
+    /// What keeps the storage up to date while it exists (`watchable-bind`); stopped before
+    /// the unmount.
+    pub(crate) watcher: Option<watchable::Watcher>,
 }
 
 impl Added {
@@ -129,6 +134,7 @@ impl Added {
             Ok(root) => Ok(Added {
                 mount: Some(m),
                 root,
+                watcher: None,
             }),
             Err(e) => {
                 let _ = m.unmount();
@@ -147,12 +153,7 @@ pub(crate) trait StorageDriver: Send + Sync {
 }
 
 /// Kata's storage drivers that vigil does not implement (yet): refused by name.
-const KATA_DRIVERS: &[&str] = &[
-    "blk-ccw",
-    "watchable-bind",
-    "image_guest_pull",
-    "erofs.multi-layer",
-];
+const KATA_DRIVERS: &[&str] = &["blk-ccw", "image_guest_pull", "erofs.multi-layer"];
 
 /// The storage drivers a sandbox uses, by `driver` name.
 pub struct StorageDrivers {
@@ -170,6 +171,9 @@ impl StorageDrivers {
         d.register(Arc::new(bind::Bind));
         d.register(Arc::new(device::DeviceStorage { tree: devices }));
         d.register(Arc::new(overlay::Overlay));
+        d.register(Arc::new(watchable::WatchableBind {
+            interval: watchable::INTERVAL,
+        }));
         d
     }
 
@@ -295,19 +299,14 @@ impl StorageDrivers {
         let root = match added.root.try_clone() {
             Ok(r) => r,
             Err(e) => {
+                drop(added.watcher);
                 if let Some(m) = added.mount {
                     let _ = m.unmount();
                 }
                 return Err(e);
             }
         };
-        table.insert(
-            at.rel.clone(),
-            s,
-            added.mount,
-            added.root,
-            container.is_some(),
-        );
+        table.insert(at.rel.clone(), s, added, container.is_some());
         Ok((at.rel, root, true))
     }
 }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use vigil_protos::agent::Storage;
 
+use super::watchable::Watcher;
+use super::Added;
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::mount::Mounted;
@@ -22,6 +24,7 @@ struct Entry {
     request: Storage,
     mount: Option<Mounted>,
     root: Owned,
+    watcher: Option<Watcher>,
     /// Containers holding it.
     users: usize,
     /// Set up by CreateSandbox.
@@ -29,6 +32,12 @@ struct Entry {
 }
 
 impl Entry {
+    /// Stops what keeps it up to date, then unmounts it; what failed, if anything.
+    fn undo(self) -> Option<String> {
+        drop(self.watcher);
+        self.mount.and_then(|m| m.unmount().err())
+    }
+
     /// Kept while no container holds it: the sandbox's own, or asked for with `shared`.
     fn kept(&self) -> bool {
         self.sandbox || self.request.shared
@@ -102,15 +111,15 @@ impl SandboxStorages {
         &mut self,
         rel: PathBuf,
         request: &Storage,
-        mount: Option<Mounted>,
-        root: Owned,
+        added: Added,
         for_container: bool,
     ) {
         self.entries.push(Entry {
             rel,
             request: request.clone(),
-            mount,
-            root,
+            mount: added.mount,
+            root: added.root,
+            watcher: added.watcher,
             users: usize::from(for_container),
             sandbox: !for_container,
         });
@@ -122,8 +131,7 @@ impl SandboxStorages {
         let mut errors = Vec::new();
         for rel in made.iter().rev() {
             if let Some(i) = self.position(rel) {
-                let e = self.entries.remove(i);
-                errors.extend(e.mount.and_then(|m| m.unmount().err()));
+                errors.extend(self.entries.remove(i).undo());
             }
         }
         errors.extend(self.release(taken));
@@ -141,8 +149,7 @@ impl SandboxStorages {
             let e = &mut self.entries[i];
             e.users = e.users.saturating_sub(1);
             if e.users == 0 && !e.kept() {
-                let e = self.entries.remove(i);
-                errors.extend(e.mount.and_then(|m| m.unmount().err()));
+                errors.extend(self.entries.remove(i).undo());
             }
         }
         errors
@@ -162,7 +169,7 @@ impl SandboxStorages {
     pub(crate) fn unmount_all(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
         while let Some(e) = self.entries.pop() {
-            errors.extend(e.mount.and_then(|m| m.unmount().err()));
+            errors.extend(e.undo());
         }
         errors
     }
