@@ -3,16 +3,19 @@
 //! Kata's runtime resizes a pod's memory-backed volumes (emptyDir with `medium: Memory`) by
 //! sending their storages again with new options; the agent remounts each tmpfs in place.
 //! Only the `ephemeral` driver is accepted (as Kata), only for tmpfs mounts already under the
-//! pod's directories, and only size options change: the remount keeps `nosuid,nodev`.
+//! pod's directories (found beneath them without following symlinks, and remounted through
+//! that descriptor), and only size options change: the remount keeps `nosuid,nodev`.
 //!
 //! RemoveStaleVirtiofsShareMounts looks at (stats) every mount point under the shared
 //! directory, which makes virtiofsd drop the cache entries of files that are gone (Kata does
 //! the same); it changes nothing in the guest.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use vigil_protos::agent::{Storage, UpdateEphemeralMountsRequest};
 
+use crate::beneath::{is_mount_root, is_refusal, open_under, proc_path};
 use crate::error::{invalid, GuestError, Result};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -21,7 +24,10 @@ pub const KATA_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
 
 /// One checked storage of the request.
 struct Remount {
+    /// The mount point as the request names it (for messages).
     target: PathBuf,
+    /// The mount point's root, found without following symlinks: what is remounted.
+    fd: OwnedFd,
     flags: libc::c_ulong,
     data: String,
 }
@@ -46,7 +52,8 @@ impl Ephemeral {
             .map(|(i, s)| self.check(&format!("storages[{i}]"), s))
             .collect::<Result<Vec<_>>>()?;
         for (i, r) in plan.iter().enumerate() {
-            let target = cstring(&r.target)?;
+            // Through the descriptor: the mount checked is the mount changed.
+            let target = cstring(&proc_path(r.fd.as_fd()))?;
             let data = std::ffi::CString::new(r.data.as_str())
                 .map_err(|_| invalid(&format!("storages[{i}].options"), "contains a NUL byte"))?;
             // SAFETY: valid NUL-terminated strings; a remount of an existing mount.
@@ -86,25 +93,28 @@ impl Ephemeral {
         if !mp.is_absolute() {
             return Err(invalid(&format!("{field}.mount_point"), "must be absolute"));
         }
-        let real = std::fs::canonicalize(mp).map_err(|e| {
-            invalid(
-                &format!("{field}.mount_point"),
-                format!("{}: {e}", s.mount_point),
-            )
-        })?;
-        if !self
-            .roots
-            .iter()
-            .any(|r| std::fs::canonicalize(r).is_ok_and(|r| real.starts_with(r)))
-        {
+        let mp_field = format!("{field}.mount_point");
+        let fd = open_under(&self.roots, mp)
+            .map_err(|e| {
+                let why = if is_refusal(&e) {
+                    "a symlink, \"..\" or a non-directory is on the way (symlinks are not followed)"
+                        .to_string()
+                } else {
+                    e.to_string()
+                };
+                invalid(&mp_field, format!("{}: {why}", s.mount_point))
+            })?
+            .ok_or_else(|| {
+                invalid(
+                    &mp_field,
+                    format!("{} is not under the pod's directories", s.mount_point),
+                )
+            })?;
+        let root = is_mount_root(fd.as_fd())
+            .map_err(|e| GuestError::Internal(format!("{mp_field}: {}: {e}", s.mount_point)))?;
+        if fs_magic(mp, fd.as_fd())? != TMPFS_MAGIC || !root {
             return Err(invalid(
-                &format!("{field}.mount_point"),
-                format!("{} is not under the pod's directories", s.mount_point),
-            ));
-        }
-        if fs_magic(&real)? != TMPFS_MAGIC || !is_mount_point(&real)? {
-            return Err(invalid(
-                &format!("{field}.mount_point"),
+                &mp_field,
                 format!("{} is not an ephemeral (tmpfs) mount", s.mount_point),
             ));
         }
@@ -131,7 +141,8 @@ impl Ephemeral {
             }
         }
         Ok(Remount {
-            target: real,
+            target: mp.to_path_buf(),
+            fd,
             flags,
             data: data.join(","),
         })
@@ -167,11 +178,10 @@ fn cstring(p: &Path) -> Result<std::ffi::CString> {
         .map_err(|_| GuestError::InvalidArgument(format!("{} contains a NUL byte", p.display())))
 }
 
-fn fs_magic(p: &Path) -> Result<i64> {
-    let c = cstring(p)?;
-    // SAFETY: a zeroed statfs is a valid out-parameter.
+fn fs_magic(p: &Path, fd: BorrowedFd) -> Result<i64> {
+    // SAFETY: a zeroed statfs is a valid out-parameter; the descriptor is borrowed.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
         return Err(GuestError::Internal(format!(
             "statfs {}: {}",
             p.display(),
@@ -179,16 +189,6 @@ fn fs_magic(p: &Path) -> Result<i64> {
         )));
     }
     Ok(st.f_type as i64)
-}
-
-/// Whether `p` is the root of a mount (listed in this process's mountinfo).
-fn is_mount_point(p: &Path) -> Result<bool> {
-    let info = std::fs::read_to_string("/proc/thread-self/mountinfo")
-        .map_err(|e| GuestError::Internal(format!("reading /proc/thread-self/mountinfo: {e}")))?;
-    Ok(info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(&unescape(m)) == p))
 }
 
 #[cfg(test)]
@@ -262,6 +262,8 @@ mod tests {
                 st.f_blocks as u64 * st.f_frsize as u64
             };
             let e = Ephemeral::new(vec![rootp.clone()]);
+            let alias = rootp.join("alias");
+            std::os::unix::fs::symlink(&vol, &alias).map_err(|e| e.to_string())?;
             if size(&vol) != 1 << 20 {
                 return Err(format!("tmpfs is {} bytes", size(&vol)));
             }
@@ -288,6 +290,8 @@ mod tests {
                     storage(Path::new("/tmp"), &["size=4m"]),
                     "storages[0].mount_point",
                 ),
+                // Reached through a symlink (even to the right tmpfs): never followed.
+                (storage(&alias, &["size=4m"]), "storages[0].mount_point"),
             ] {
                 let err = e.update(&req(vec![s])).unwrap_err();
                 if !err.to_string().starts_with(field) {

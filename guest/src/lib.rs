@@ -16,10 +16,12 @@
 //! virtio-fs, 9p) for the container runtime to mount, and [`devices`] the container devices
 //! (blk, mmioblk, scsi, nvdimm, vfio-pci) to guest nodes with the guest's major/minor.
 //!
-//! Below them: [`uevent`] (the kernel's device announcements), [`pci`] (Kata's PCI paths) and
-//! [`blockdev`] (hot-plugged disks by PCI path). Every failure is a [`GuestError`], one variant
+//! Below them: [`uevent`] (the kernel's device announcements), [`pci`] (Kata's PCI paths),
+//! [`blockdev`] (hot-plugged disks by PCI path) and [`beneath`] (paths opened beneath a
+//! directory without following symlinks, shared with the container runtime). Every failure is a [`GuestError`], one variant
 //! per ttrpc status.
 
+pub mod beneath;
 pub mod blockdev;
 pub mod clock;
 pub mod devices;

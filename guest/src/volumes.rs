@@ -1,8 +1,9 @@
 //! `GetVolumeStats` and `ResizeVolume` on the volumes mounted for the pod.
 //!
 //! Both take a guest path from the host, so both are confined to the pod's directories (the
-//! roots given at construction): Kata's agent answers for any guest path, which tells the host
-//! about file systems it has no business with.
+//! roots given at construction), the path opened beneath them without following symlinks
+//! (`beneath`): Kata's agent answers for any guest path, which tells the host about file
+//! systems it has no business with.
 //!
 //! Stats are Kata's: bytes and inodes from statfs(2), condition `OK`. Resizing grows the file
 //! system on a block device the host has already enlarged: it waits (on uevents) for the
@@ -10,7 +11,7 @@
 //! `resize2fs` does on a mounted file system, so the guest needs no tool. Other file systems
 //! are refused naming their type. (Kata's agent answers UNIMPLEMENTED.)
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use vigil_protos::agent::{ResizeVolumeRequest, VolumeStatsRequest};
 use vigil_protos::csi::{volume_usage, VolumeCondition, VolumeStatsResponse, VolumeUsage};
 
+use crate::beneath::{is_refusal, open_under, proc_path};
 use crate::error::{invalid, GuestError, Result};
 use crate::uevent::UeventListener;
 
@@ -45,21 +47,22 @@ impl Volumes {
         }
     }
 
-    /// The real path of `text`, if it lies under one of the roots.
-    fn confined(&self, field: &str, text: &str) -> Result<PathBuf> {
+    /// `text` opened beneath the pod directory that holds it (`O_PATH`), never through a
+    /// symlink, so the volume answered for is the one the path names.
+    fn confined(&self, field: &str, text: &str) -> Result<(PathBuf, OwnedFd)> {
         let path = Path::new(text);
         if !path.is_absolute() {
             return Err(invalid(field, format!("{text:?} is not an absolute path")));
         }
-        let real = std::fs::canonicalize(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => GuestError::NotFound(format!("{field}: {text}: {e}")),
-            _ => invalid(field, format!("{text}: {e}")),
+        let opened = open_under(&self.roots, path).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => GuestError::NotFound(format!("{field}: {text}: {e}")),
+            _ if is_refusal(&e) => invalid(
+                field,
+                format!("{text}: a symlink, \"..\" or a non-directory is on the way (symlinks are not followed)"),
+            ),
+            _ => GuestError::internal(format!("{field}: {text}"), e),
         })?;
-        let inside = self
-            .roots
-            .iter()
-            .any(|r| std::fs::canonicalize(r).is_ok_and(|r| real.starts_with(&r)));
-        if !inside {
+        let Some(fd) = opened else {
             let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
             return Err(invalid(
                 field,
@@ -68,14 +71,14 @@ impl Volumes {
                     roots.join(", ")
                 ),
             ));
-        }
-        Ok(real)
+        };
+        Ok((path.to_path_buf(), fd))
     }
 
     /// `GetVolumeStats`: capacity in bytes and in inodes.
     pub fn stats(&self, req: &VolumeStatsRequest) -> Result<VolumeStatsResponse> {
-        let path = self.confined("volume_guest_path", &req.volume_guest_path)?;
-        let st = statfs(&path)?;
+        let (path, fd) = self.confined("volume_guest_path", &req.volume_guest_path)?;
+        let st = statfs(&path, fd.as_fd())?;
         let bsize = st.f_frsize as u64;
         let usage = |total: u64, free: u64, unit: volume_usage::Unit| VolumeUsage {
             total,
@@ -119,11 +122,12 @@ impl Volumes {
 
     fn resize_blocking(&self, req: &ResizeVolumeRequest) -> Result<()> {
         let field = "volume_guest_path";
-        let path = self.confined(field, &req.volume_guest_path)?;
+        let (path, fd) = self.confined(field, &req.volume_guest_path)?;
+        // The ioctl needs a descriptor opened for reading: the same directory, reopened.
         let dir = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(proc_path(fd.as_fd()))
             .map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
         let st = fstatfs(&dir)?;
         if st.f_type as i64 != EXT4_SUPER_MAGIC {
@@ -225,12 +229,10 @@ fn fs_name(magic: i64) -> String {
     }
 }
 
-fn statfs(path: &Path) -> Result<libc::statvfs> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| invalid("volume_guest_path", "contains a NUL byte"))?;
-    // SAFETY: a zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+fn statfs(path: &Path, fd: BorrowedFd) -> Result<libc::statvfs> {
+    // SAFETY: a zeroed statvfs is a valid out-parameter; the descriptor is borrowed.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(GuestError::Internal(format!(
             "statfs {}: {e}",
@@ -285,9 +287,16 @@ mod tests {
             matches!(&e, GuestError::InvalidArgument(m) if m.contains("not under")),
             "{e}"
         );
-        // A symlink out of the pod's directories is judged by where it leads.
+        // A symlink is never followed: not out of the pod's directories, not within them.
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
-        assert!(v.stats(&stats_req(&root.path().join("link"))).is_err());
+        std::os::unix::fs::symlink(&vol, root.path().join("inner")).unwrap();
+        for l in ["link", "inner"] {
+            let e = v.stats(&stats_req(&root.path().join(l))).unwrap_err();
+            assert!(
+                matches!(&e, GuestError::InvalidArgument(m) if m.contains("symlink")),
+                "{l}: {e}"
+            );
+        }
         let e = v
             .stats(&stats_req(&root.path().join("absent")))
             .unwrap_err();

@@ -5,13 +5,16 @@
 //! `io.kubernetes.container.terminationMessagePath` names the destination inside the container,
 //! and the mount with that destination names the guest file. Both come from the host, so the
 //! guest file must lie in the sandbox's shared directory (where Kata's runtime puts it), and it
-//! is opened without following symlinks: the host cannot read other guest files this way.
+//! is opened beneath it without following symlinks (`confine`): the host cannot read other
+//! guest files this way.
 //! At most [`MAX_TERMINATION_MESSAGE`] bytes are read (Kubernetes' own limit).
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Component, Path};
+use std::path::Path;
 
+use crate::confine::{locate, lookup_error, Owned};
 use crate::error::{Result, RuntimeError};
 
 /// Kubernetes caps a termination message at 4 KiB.
@@ -20,7 +23,7 @@ const ANNOTATION: &str = "io.kubernetes.container.terminationMessagePath";
 
 /// The termination message of the container whose bundle is `bundle`; empty if the file does
 /// not exist yet.
-pub(crate) fn termination_log(bundle: &Path, shared: &Path) -> Result<String> {
+pub(crate) fn termination_log(bundle: &Path, shared: &Owned) -> Result<String> {
     let config = bundle.join("config.json");
     let text = std::fs::read_to_string(&config)
         .map_err(|e| RuntimeError::internal(config.display(), e))?;
@@ -40,41 +43,30 @@ pub(crate) fn termination_log(bundle: &Path, shared: &Path) -> Result<String> {
         .ok_or_else(|| {
             RuntimeError::FailedPrecondition(format!("no mount of the container has the destination {dest} (its termination message path)"))
         })?;
-    let path = Path::new(source);
-    let plain = path.is_absolute()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    // Resolved through the real path of its parent, so a symlinked directory cannot lead out.
-    let inside = plain
-        && path
-            .parent()
-            .and_then(|p| std::fs::canonicalize(p).ok())
-            .zip(std::fs::canonicalize(shared).ok())
-            .is_some_and(|(parent, shared)| parent.starts_with(shared));
-    if !inside {
-        return Err(RuntimeError::invalid(
-            "container_id",
-            format!(
-                "the termination message file {source} is not in the sandbox's shared directory"
-            ),
-        ));
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(RuntimeError::internal(format!("opening {source}"), e)),
+    // Beneath the shared directory only, never through a symlink: the host names the file.
+    let (root, rest) = locate(
+        &[shared],
+        source,
+        "container_id",
+        "the sandbox's shared directory",
+    )?;
+    let fd = match crate::beneath::open(root.fd(), &rest) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(String::new()),
+        Err(e) => return Err(lookup_error(e, source, root, "container_id")),
     };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
+    let st = crate::beneath::fstat(fd.as_fd()).map_err(|e| RuntimeError::internal(source, e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(RuntimeError::invalid(
             "container_id",
             format!("{source} is not a regular file"),
         ));
     }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(crate::beneath::proc_path(fd.as_fd()))
+        .map_err(|e| RuntimeError::internal(format!("opening {source}"), e))?;
     let mut buf = Vec::new();
     file.take(MAX_TERMINATION_MESSAGE)
         .read_to_end(&mut buf)
@@ -100,9 +92,10 @@ mod tests {
     #[test]
     fn the_message_is_read_from_the_shared_dir_only_and_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let shared = dir.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        let log = shared.join("c1-termination-log");
+        let shared_path = dir.path().join("shared");
+        std::fs::create_dir(&shared_path).unwrap();
+        let shared = Owned::open_dir(shared_path.clone()).unwrap();
+        let log = shared_path.join("c1-termination-log");
         let b = bundle(dir.path(), log.to_str().unwrap());
         assert_eq!(termination_log(&b, &shared).unwrap(), "");
         std::fs::write(&log, "x".repeat(5000)).unwrap();
@@ -116,10 +109,10 @@ mod tests {
             termination_log(&b, &shared),
             Err(RuntimeError::InvalidArgument { .. })
         ));
-        std::os::unix::fs::symlink(&secret, shared.join("link")).unwrap();
-        let b = bundle(dir.path(), shared.join("link").to_str().unwrap());
+        std::os::unix::fs::symlink(&secret, shared_path.join("link")).unwrap();
+        let b = bundle(dir.path(), shared_path.join("link").to_str().unwrap());
         assert!(termination_log(&b, &shared).is_err());
-        let b = bundle(dir.path(), &format!("{}/../secret", shared.display()));
+        let b = bundle(dir.path(), &format!("{}/../secret", shared_path.display()));
         assert!(termination_log(&b, &shared).is_err());
     }
 }

@@ -84,14 +84,7 @@ fn a_hot_plugged_disk_is_usable_and_nothing_else_is() {
             container_path: "/dev/xvda".into(),
             ..Default::default()
         }];
-        f.sandbox.create_container(r.clone()).await.unwrap();
-        f.sandbox
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        f.start(r.clone()).await;
         let out = f.read_all(&id, "", true).await;
         assert_eq!(f.wait(&id, "").await, 0, "{out}");
         let lines: Vec<&str> = out.lines().collect();

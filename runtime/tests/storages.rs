@@ -25,14 +25,7 @@ fn with_volume(f: &Fixture, id: &str, s: &Storage, script: &str) -> CreateContai
 
 async fn run_to_end(f: &Fixture, r: CreateContainerRequest) -> String {
     let id = r.container_id.clone();
-    f.sandbox.create_container(r).await.unwrap();
-    f.sandbox
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    f.start(r).await;
     let out = f.read_all(&id, "", true).await;
     f.wait(&id, "").await;
     f.remove(&id).await;
@@ -128,14 +121,7 @@ fn containers_naming_one_storage_share_it() {
         };
         let a = format!("emptydir-a-{pid}");
         let r = with_volume(&f, &a, &s, "echo from-a >/data/f && echo ready; sleep 1000");
-        f.sandbox.create_container(r).await.unwrap();
-        f.sandbox
-            .start_container(StartContainerRequest {
-                container_id: a.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        f.start(r).await;
         let b = format!("emptydir-b-{pid}");
         f.read_until(&a, "", "ready").await;
         let other = Storage {

@@ -961,7 +961,7 @@ impl Sandbox {
             ));
         }
         let c = self.container(&req.container_id).await?;
-        let shared = self.sandbox().await?.layout.shared_path();
+        let shared = self.sandbox().await?.layout.shared()?;
         let bundle = c.bundle.clone();
         let data = tokio::task::spawn_blocking(move || {
             crate::diagnostic::termination_log(&bundle, &shared)

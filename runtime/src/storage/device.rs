@@ -99,14 +99,7 @@ impl StorageDriver for DeviceStorage {
             flags,
             (!data.is_empty()).then_some(data.as_str()),
         )?;
-        if let Some(group) = s.fs_group.as_ref() {
-            let read_only = flags.contains(MsFlags::MS_RDONLY);
-            if let Err(e) = fs_group::apply(m.root(), m.shown(), group, read_only) {
-                let _ = m.unmount();
-                return Err(e);
-            }
-        }
-        Added::mounted(m)
+        fs_group::mounted_with(m, s.fs_group.as_ref(), flags)
     }
 }
 

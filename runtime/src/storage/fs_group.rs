@@ -38,6 +38,23 @@ pub(crate) fn apply(
     walk(dir, group.group_id, want).map_err(err)
 }
 
+/// A fresh mount as a storage, with the storage's `fs_group` (if any) applied to it first; the
+/// mount is undone if that fails. `flags` are the mount's (read-only ones get group read only).
+pub(crate) fn mounted_with(
+    m: crate::mount::Mounted,
+    group: Option<&FSGroup>,
+    flags: nix::mount::MsFlags,
+) -> Result<super::Added> {
+    if let Some(group) = group {
+        let read_only = flags.contains(nix::mount::MsFlags::MS_RDONLY);
+        if let Err(e) = apply(m.root(), m.shown(), group, read_only) {
+            let _ = m.unmount();
+            return Err(e);
+        }
+    }
+    super::Added::mounted(m)
+}
+
 /// Changes the directory `dir` (opened for reading) and everything beneath it.
 fn walk(dir: OwnedFd, gid: u32, want: u32) -> std::io::Result<()> {
     change(dir.as_fd(), gid, want)?;

@@ -381,6 +381,33 @@ pub(crate) fn apply_fs_gid(fd: std::os::fd::BorrowedFd, gid: u32, shown: &Path) 
     crate::beneath::chmod(fd, (st.st_mode & 0o7777) | libc::S_ISGID).map_err(err)
 }
 
+/// Runs `f` on a thread of its own in a private mount namespace, so the mounts a driver test
+/// makes vanish with it. `Ok(false)`: not root, nothing run.
+#[cfg(test)]
+pub(crate) fn in_mount_namespace(
+    f: impl FnOnce() -> std::result::Result<(), String> + Send + 'static,
+) -> std::result::Result<bool, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(false);
+    }
+    std::thread::spawn(move || {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| e.to_string())?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| e.to_string())?;
+        f().map(|()| true)
+    })
+    .join()
+    .map_err(|_| "the test thread panicked".to_string())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,13 +130,16 @@ impl Fixture {
     }
 
     pub async fn run(&self, id: &str, args: &[&str]) {
-        self.sandbox
-            .create_container(self.request(id, args, false))
-            .await
-            .unwrap();
+        self.start(self.request(id, args, false)).await;
+    }
+
+    /// Creates and starts the container of `req`.
+    pub async fn start(&self, req: CreateContainerRequest) {
+        let id = req.container_id.clone();
+        self.sandbox.create_container(req).await.unwrap();
         self.sandbox
             .start_container(StartContainerRequest {
-                container_id: id.into(),
+                container_id: id,
                 ..Default::default()
             })
             .await
