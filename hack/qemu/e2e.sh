@@ -106,15 +106,6 @@ esac
 t_listening=$(now)
 
 addr="hvsock://$run_dir/vsock.sock:$AGENT_VSOCK_PORT"
-call() { "$vigilctl" --addr "$addr" call "$@"; }
-
-# expect_ok RPC REQUEST JQ-LIKE-SUBSTRING: the call succeeds and its JSON contains the text.
-expect_ok() {
-    local out
-    out=$(call "$1" "$2" 2>&1) || fail "$1 failed: $out"
-    grep -q -- "$3" <<<"$out" || fail "$1 answered without '$3': $out"
-    log "ok: $1 -> $(tr -d '\n ' <<<"$out" | cut -c1-100)"
-}
 # expect_status RPC REQUEST CODE MESSAGE: the call fails with exactly this status.
 expect_status() {
     local out

@@ -96,14 +96,7 @@ case $rc in
 esac
 
 addr="hvsock://$run_dir/vsock.sock:$AGENT_VSOCK_PORT"
-call() { "$vigilctl" --addr "$addr" call "$@"; }
 qmp() { "$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" "$@" >>"$work/qmp.log"; }
-expect_ok() {
-    local out
-    out=$(call "$1" "$2" 2>&1) || fail "$1 failed: $out"
-    grep -q -- "$3" <<<"$out" || fail "$1 answered without '$3': $out"
-    log "ok: $1 -> $(tr -d '\n ' <<<"$out" | cut -c1-100)"
-}
 # expect_err RPC REQUEST CODE TEXT: fails with CODE, and the message contains TEXT (regex).
 expect_err() {
     local out
