@@ -294,8 +294,19 @@ impl Sandbox {
     /// Finds hot-plugged devices in `devices` (sysfs and /dev roots) instead of the guest's
     /// own `/sys` and `/dev`: for tests that stand a fake sysfs tree in for a hypervisor.
     pub fn with_device_tree(mut self, devices: DeviceTree) -> Sandbox {
-        self.drivers = Arc::new(StorageDrivers::builtin(devices.clone()));
+        Arc::make_mut(&mut self.drivers).set_device_tree(devices.clone());
         self.devices = devices;
+        self
+    }
+
+    /// Serves storages of the driver's types with `driver` (a driver built from what the
+    /// agent configures; a later one for a type replaces the earlier).
+    #[cfg_attr(not(test), allow(dead_code))] // the guest-pull driver's registration point
+    pub(crate) fn with_storage_driver(
+        mut self,
+        driver: Arc<dyn crate::storage::StorageDriver>,
+    ) -> Sandbox {
+        Arc::make_mut(&mut self.drivers).register(driver);
         self
     }
 
@@ -1121,5 +1132,61 @@ fn clean_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RuntimeError::internal(dir.display(), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Added, MountPoint, StorageContext, StorageDriver};
+
+    /// A driver of its own type, counting its uses.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl StorageDriver for Counting {
+        fn driver_types(&self) -> &'static [&'static str] {
+            &["counting"]
+        }
+        fn add(&self, _: &Storage, at: &MountPoint, _: &StorageContext) -> Result<Added> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let fd = at.plain_dir()?;
+            Ok(Added {
+                mount: None,
+                root: crate::confine::Owned::new(at.shown.clone(), fd),
+                watcher: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registered_driver_serves_its_type_and_is_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let driver = Arc::new(Counting(Default::default()));
+        let sandbox = Sandbox::new(SandboxConfig {
+            run_root: t.path().to_path_buf(),
+            ..Default::default()
+        })
+        .with_storage_driver(driver.clone())
+        .with_device_tree(DeviceTree::default());
+        assert!(sandbox.storage_drivers().contains(&"counting".to_string()));
+        assert!(sandbox.storage_drivers().contains(&"blk".to_string()));
+        sandbox
+            .create_sandbox(CreateSandboxRequest {
+                sandbox_id: "sb".into(),
+                storages: vec![Storage {
+                    driver: "counting".into(),
+                    mount_point: "counted".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(driver.0.load(Ordering::SeqCst), 1);
+        assert!(t.path().join("sb/counted").is_dir());
+        sandbox
+            .destroy_sandbox(DestroySandboxRequest::new())
+            .await
+            .unwrap();
     }
 }

@@ -156,6 +156,7 @@ pub(crate) trait StorageDriver: Send + Sync {
 const KATA_DRIVERS: &[&str] = &["blk-ccw", "image_guest_pull", "erofs.multi-layer"];
 
 /// The storage drivers a sandbox uses, by `driver` name.
+#[derive(Clone)]
 pub struct StorageDrivers {
     by_type: HashMap<&'static str, Arc<dyn StorageDriver>>,
 }
@@ -182,6 +183,11 @@ impl StorageDrivers {
         let mut known: Vec<&str> = self.by_type.keys().copied().collect();
         known.sort_unstable();
         known
+    }
+
+    /// Finds the device-backed storages' disks in `devices` (tests: a fake sysfs tree).
+    pub(crate) fn set_device_tree(&mut self, devices: DeviceTree) {
+        self.register(Arc::new(device::DeviceStorage { tree: devices }));
     }
 
     /// Adds a driver for its types (a later registration for a type replaces the earlier).
