@@ -84,6 +84,8 @@ pub struct ConfigFile {
     pub sandbox: SandboxSection,
     #[serde(default)]
     pub guest: GuestSection,
+    pub workload_api: Option<crate::workload_api::WorkloadApiSection>,
+    pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +240,10 @@ pub struct Config {
     pub sandbox: vigil_runtime::SandboxConfig,
     /// `[guest]`, with the pod's directories.
     pub guest: vigil_guest::GuestConfig,
+    /// `[workload_api]`; absent: the workload API is off.
+    pub workload_api: Option<crate::workload_api::WorkloadApiConfig>,
+    /// `[sealed_secrets]`; absent: a sealed value in a container fails CreateContainer.
+    pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsConfig>,
 }
 
 impl Config {
@@ -255,6 +261,8 @@ impl Config {
                 &vigil_runtime::SandboxConfig::default(),
             ),
             sandbox: vigil_runtime::SandboxConfig::default(),
+            workload_api: None,
+            sealed_secrets: None,
         }
     }
 
@@ -301,6 +309,27 @@ impl Config {
                 path: path.to_owned(),
                 message,
             })?;
+        // Both hand out secrets from the attested session, and only a measured config may
+        // decide what workloads get.
+        let attested = attestation.tee.is_attested();
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let workload_api = attested_only(
+            file.workload_api.as_ref(),
+            "workload_api",
+            attested,
+            crate::workload_api::WorkloadApiSection::validate,
+        )
+        .map_err(parse_err)?;
+        let sealed_secrets = attested_only(
+            file.sealed_secrets.as_ref(),
+            "sealed_secrets",
+            attested,
+            crate::sealed_secrets::SealedSecretsSection::validate,
+        )
+        .map_err(parse_err)?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -310,6 +339,8 @@ impl Config {
             signer,
             guest: guest_config(&file.guest, &sandbox),
             sandbox,
+            workload_api,
+            sealed_secrets,
         })
     }
 
@@ -353,6 +384,22 @@ fn guest_config(
     vigil_guest::GuestConfig {
         allow_swap: g.allow_swap.unwrap_or(false),
         pod_dirs: vec![sandbox.run_root.clone(), PathBuf::from(KATA_POD_DIR)],
+    }
+}
+
+/// A section only attested modes may have, validated; in an unattested config, an error.
+fn attested_only<T, V>(
+    section: Option<&T>,
+    name: &str,
+    attested: bool,
+    validate: impl Fn(&T) -> Result<V, String>,
+) -> Result<Option<V>, String> {
+    match section {
+        None => Ok(None),
+        Some(_) if !attested => Err(format!(
+            "[{name}] needs an attested mode ([attestation] tee): it hands out secrets from the attested KBS session"
+        )),
+        Some(s) => validate(s).map(Some),
     }
 }
 
@@ -486,6 +533,17 @@ mod tests {
         assert!(names.iter().any(|n| n == "CreateContainerRequest"));
         let all = Config::load(&dir.join("all-endpoints.toml")).unwrap();
         assert_eq!(all.allow_list, AllowList::All);
+    }
+
+    #[test]
+    fn workload_sections_only_in_attested_configs() {
+        for section in [
+            "[workload_api]\nlisten = \"127.0.0.1:8006\"\n",
+            "[sealed_secrets]\nsigner_resources = [\"a/b/c\"]\n",
+        ] {
+            let msg = parse(section).unwrap_err().to_string();
+            assert!(msg.contains("needs an attested mode"), "{msg}");
+        }
     }
 
     #[test]

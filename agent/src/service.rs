@@ -65,6 +65,17 @@ impl From<GuestError> for AgentError {
     }
 }
 
+impl From<crate::sealed_secrets::UnsealError> for AgentError {
+    fn from(e: crate::sealed_secrets::UnsealError) -> AgentError {
+        use crate::sealed_secrets::UnsealError;
+        match e {
+            UnsealError::Invalid { .. } => AgentError::InvalidArgument(e.to_string()),
+            UnsealError::Kbs { .. } => AgentError::FailedPrecondition(e.to_string()),
+            UnsealError::Io { .. } => AgentError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<SetPolicyError> for AgentError {
     fn from(e: SetPolicyError) -> AgentError {
         match e {
@@ -115,6 +126,7 @@ pub struct AgentApi {
     policy: PolicyAdmin,
     started: std::time::Instant,
     sandbox: Sandbox,
+    sealed: crate::sealed_secrets::SealedSecrets,
 }
 
 impl AgentApi {
@@ -125,7 +137,15 @@ impl AgentApi {
             policy,
             started: std::time::Instant::now(),
             sandbox: Sandbox::new(SandboxConfig::default()),
+            sealed: crate::sealed_secrets::SealedSecrets::new(None, None),
         }
+    }
+
+    /// Unseals sealed values in CreateContainer requests with `sealed` (default: none
+    /// configured, so a sealed value fails the request).
+    pub fn with_sealed_secrets(mut self, sealed: crate::sealed_secrets::SealedSecrets) -> AgentApi {
+        self.sealed = sealed;
+        self
     }
 
     /// Serves the container RPCs from `sandbox` (default: [`SandboxConfig::default`]).
@@ -211,6 +231,17 @@ agent_service! {
 
     async fn set_policy(&self, _ctx: &TtrpcContext, req: SetPolicyRequest) -> RpcResult<Empty> {
         Ok(self.policy.set_policy(&req.policy).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        mut req: CreateContainerRequest,
+    ) -> RpcResult<Empty> {
+        // After the gate (which judged the request as sent, sealed) and before the runtime.
+        let root = self.sandbox.shared_dir().await.ok();
+        self.sealed.unseal(&mut req, root.as_deref()).await.map_err(AgentError::from)?;
+        Ok(self.sandbox.create_container(req).await.map_err(AgentError::from)?)
     }
 
     async fn get_metrics(&self, _ctx: &TtrpcContext, _req: GetMetricsRequest) -> RpcResult<Metrics> {
@@ -319,7 +350,6 @@ agent_service! {
     }
 
     sandbox {
-        create_container(CreateContainerRequest) -> Empty;
         start_container(StartContainerRequest) -> Empty;
         remove_container(RemoveContainerRequest) -> Empty;
         exec_process(ExecProcessRequest) -> Empty;

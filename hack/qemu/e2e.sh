@@ -11,6 +11,10 @@
 # Then a second boot with initdata edited after launch (the binding still names the original)
 # must print the binding error on the console and power off without ever listening.
 #
+# Then a third boot for the workload's secrets (hack/qemu/workload-e2e.sh): a busybox container
+# gets its sealed secrets unsealed and fetches an allowed secret from the workload API on the
+# guest's loopback, and is refused one the measured config does not allow.
+#
 # Usage: e2e.sh [--agent PATH] [--vigilctl PATH] [--timeout SECS]
 #   --agent, --vigilctl  use these binaries instead of building them
 #   --timeout            bound for each wait (boot to readiness, shutdown) [default: 180]
@@ -169,6 +173,10 @@ log "ok: edited initdata -> $(grep -a "vigil-agent: error" "$bad_console" | tr -
 "$QEMU_HACK_DIR/guest-ops.sh" --agent "$agent" --vigilctl "$vigilctl" \
     --kernel-dir "$kernel_dir" --timeout "$timeout" || die "guest operations failed (hack/out/guest-ops/)"
 # --- end of guest operations ---
+
+# Workload secrets: the workload API and sealed secrets, from a container in the guest.
+source "$QEMU_HACK_DIR/workload-e2e.sh"
+workload_e2e
 
 log "PASS"
 printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; boot -> QEMU exit after shutdown %s ms\n' \

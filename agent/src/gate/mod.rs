@@ -32,7 +32,7 @@ mod compiled;
 mod endpoints;
 mod verdict;
 
-pub use audit::DecisionLog;
+pub use audit::{DecisionLog, WorkloadCall, WorkloadCounters, WorkloadEndpoint};
 pub use compiled::{CompiledPolicy, PolicyOrigin, PolicySource};
 pub use endpoints::{AllowList, EndpointSet, GATED_SERVICE};
 use verdict::verdict_reason;

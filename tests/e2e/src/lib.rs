@@ -3,6 +3,9 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `hack/test.sh` does it).
 
+pub mod attested;
+pub mod container;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -65,6 +68,9 @@ pub struct Agent {
     pub addr: String,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// What the agent printed on stdout before its readiness line (e.g. the workload API's
+    /// address).
+    pub stdout_lines: Vec<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -140,7 +146,14 @@ impl Agent {
         // exited instead.
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.any(|l| l.map(|l| l.contains("listening on")).unwrap_or(false));
+        let mut stdout_lines = Vec::new();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("listening on") => break true,
+                Some(Ok(l)) => stdout_lines.push(l),
+                _ => break false,
+            }
+        };
         if !ready {
             let status = child.wait().expect("wait");
             let stderr = stderr_reader.join().unwrap_or_default();
@@ -155,7 +168,16 @@ impl Agent {
             addr,
             socket,
             dir,
+            stdout_lines,
             stderr: Some(stderr_reader),
+        })
+    }
+
+    /// `IP:PORT` of the workload API, from the line the agent prints when it opens it.
+    pub fn workload_addr(&self) -> Option<String> {
+        self.stdout_lines.iter().find_map(|l| {
+            l.strip_prefix("vigil-agent: workload API on http://")
+                .map(str::to_string)
         })
     }
 
