@@ -10,11 +10,9 @@ use vigil_attester::TeePaths;
 use vigil_kbc::KbsSession;
 
 use crate::attestation::{self, PolicyFetchError};
-use crate::audit::DecisionLog;
 use crate::cmdline::KernelCmdline;
 use crate::config::{Config, LogFormat, LogLevel, CMDLINE_CONFIG_KEY};
-use crate::gate::{self, EndpointSet, Gate, Rules};
-use crate::guest::GuestInfo;
+use crate::gate::{self, DecisionLog, EndpointSet, Gate, Rules};
 use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
 use crate::pid1;
 use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
@@ -22,7 +20,7 @@ use crate::service::AgentApi;
 use crate::workload;
 
 /// Kernel parameter naming the initdata file or block device.
-pub const CMDLINE_INITDATA: &str = "agent.initdata";
+pub use crate::mode::CMDLINE_INITDATA;
 /// The initdata `[data]` entry that holds the agent's config.
 pub const INITDATA_CONFIG_KEY: &str = "vigil.toml";
 
@@ -217,7 +215,8 @@ pub async fn start(
             pause_bundle: config.image.pause_bundle.clone(),
         });
     }
-    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin)
+    let guest = vigil_guest::Guest::new(&config.guest);
+    let api = AgentApi::new(guest, gate.clone(), admin)
         .with_sandbox(sandbox)
         .with_sealed_secrets(workload::sealed_secrets(config, workload_access.as_ref()))
         .with_images(images);

@@ -90,9 +90,11 @@ fn skopeo_umoci(reference: &str, layout: &Path, bundle: &Path) -> Duration {
 }
 
 async fn vigil(svc: &ImageService, reference: &str, target: &Path) -> Duration {
+    std::fs::create_dir_all(target).expect("mount point");
+    let dir = std::fs::File::open(target).expect("mount point");
     let t = Instant::now();
     let pulled = svc.pull(reference).await.expect("pull");
-    let rootfs = svc.mount(&pulled, target).await.expect("mount");
+    let rootfs = svc.mount(&pulled, dir.into(), target).await.expect("mount");
     let d = t.elapsed();
     rootfs.remove().expect("remove");
     d

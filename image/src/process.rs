@@ -7,17 +7,21 @@
 //! the image's defaults, user included (resolved in the image's own /etc/passwd and
 //! /etc/group, never through a symlink).
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+
+use vigil_guest::beneath;
 
 use vigil_protos::oci;
 
 use crate::manifest::ImageConfig;
 
-/// Fills `process` from the image config; `rootfs` is the mounted image (for user names).
+/// Fills `process` from the image config; `rootfs` is the mounted image's root directory (for
+/// user names).
 pub fn apply_image_defaults(
     process: &mut oci::Process,
     image: &ImageConfig,
-    rootfs: &Path,
+    rootfs: BorrowedFd,
 ) -> Result<(), String> {
     let Some(c) = &image.config else {
         if process.Args.is_empty() {
@@ -69,7 +73,7 @@ pub fn apply_image_defaults(
 }
 
 /// `user[:group]`, each a number or a name from the image's files.
-fn resolve_user(spec: &str, rootfs: &Path) -> Result<(u32, u32, Vec<u32>), String> {
+fn resolve_user(spec: &str, rootfs: BorrowedFd) -> Result<(u32, u32, Vec<u32>), String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -135,29 +139,27 @@ fn resolve_user(spec: &str, rootfs: &Path) -> Result<(u32, u32, Vec<u32>), Strin
 }
 
 /// A small file of the image, read without following any symlink on the way.
-fn read_in_rootfs(rootfs: &Path, rel: &str) -> Option<String> {
-    let mut at = rootfs.to_path_buf();
-    for c in rel.split('/') {
-        at.push(c);
-        if std::fs::symlink_metadata(&at)
-            .ok()?
-            .file_type()
-            .is_symlink()
-        {
-            return None;
-        }
-    }
-    let meta = std::fs::metadata(&at).ok()?;
-    if !meta.is_file() || meta.len() > 4 << 20 {
+fn read_in_rootfs(rootfs: BorrowedFd, rel: &str) -> Option<String> {
+    // Beneath the image's root, no symlink followed: the image's files are the registry's.
+    let fd = beneath::open(rootfs, Path::new(rel)).ok()?;
+    let st = beneath::fstat(fd.as_fd()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size > 4 << 20 {
         return None;
     }
-    std::fs::read_to_string(at).ok()
+    std::fs::read_to_string(beneath::proc_path(fd.as_fd())).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::manifest::ContainerConfig;
+
+    /// An empty image root.
+    fn empty_root() -> (tempfile::TempDir, std::fs::File) {
+        let t = tempfile::tempdir().unwrap();
+        let f = std::fs::File::open(t.path()).unwrap();
+        (t, f)
+    }
 
     fn image(c: ContainerConfig) -> ImageConfig {
         ImageConfig {
@@ -192,7 +194,8 @@ mod tests {
             Env: vec!["MODE=host".into()],
             ..Default::default()
         };
-        apply_image_defaults(&mut p, &img, root.path()).unwrap();
+        let dir = std::fs::File::open(root.path()).unwrap();
+        apply_image_defaults(&mut p, &img, dir.as_fd()).unwrap();
         assert_eq!(p.Args, ["/bin/app", "--serve"]);
         assert_eq!(
             p.Env,
@@ -221,7 +224,8 @@ mod tests {
             Cwd: "/".into(),
             ..Default::default()
         };
-        apply_image_defaults(&mut p, &img, Path::new("/nonexistent")).unwrap();
+        let (_t, root) = empty_root();
+        apply_image_defaults(&mut p, &img, root.as_fd()).unwrap();
         assert_eq!(
             (p.Args.as_slice(), p.Cwd.as_str()),
             (&["/bin/sh".to_string()][..], "/")
@@ -238,14 +242,15 @@ mod tests {
             ..Default::default()
         });
         let mut p = oci::Process::default();
-        apply_image_defaults(&mut p, &img, Path::new("/nonexistent")).unwrap();
+        let (_t, root) = empty_root();
+        apply_image_defaults(&mut p, &img, root.as_fd()).unwrap();
         let u = p.User.as_ref().unwrap();
         assert_eq!((u.UID, u.GID), (5, 6));
         assert_eq!(p.Cwd, "/");
         let e = apply_image_defaults(
             &mut oci::Process::default(),
             &image(ContainerConfig::default()),
-            Path::new("/"),
+            root.as_fd(),
         )
         .unwrap_err();
         assert!(e.contains("Entrypoint"), "{e}");
@@ -254,12 +259,8 @@ mod tests {
             user: Some("nobody".into()),
             ..Default::default()
         });
-        let e = apply_image_defaults(
-            &mut oci::Process::default(),
-            &named,
-            Path::new("/nonexistent"),
-        )
-        .unwrap_err();
+        let e =
+            apply_image_defaults(&mut oci::Process::default(), &named, root.as_fd()).unwrap_err();
         assert!(e.contains("nobody"), "{e}");
     }
 }

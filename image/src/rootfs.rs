@@ -1,15 +1,21 @@
 //! A container's root file system from stored layers: an overlay mount (layers read-only
 //! below, a private writable directory above), or, where overlayfs is not available, a copy
 //! of the layers applied bottom up with their whiteouts. Either way the store's layers are
-//! never written to, and [`Rootfs::remove`] leaves nothing behind.
+//! never written to, and [`Rootfs::remove`] leaves the mount point as it was: empty.
+//!
+//! The mount point is a directory the caller has opened (the container runtime resolves it
+//! beneath the sandbox without following symlinks); everything here goes through
+//! `/proc/self/fd/N` of that descriptor, so a path swapped meanwhile is never used.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use vigil_guest::beneath;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -32,15 +38,19 @@ const MAX_MOUNT_DATA: usize = 4000;
 /// A mounted (or copied) root file system; remove it with [`Rootfs::remove`].
 #[derive(Debug)]
 pub struct Rootfs {
-    target: PathBuf,
+    /// The mount point as it was before the mount: unmounting through it reaches the overlay
+    /// on top wherever the directory has been moved since.
+    target: OwnedFd,
+    shown: PathBuf,
     /// The writable upper and work directories (overlay), or nothing to keep (copy).
     private: Option<PathBuf>,
     overlay: bool,
 }
 
 impl Rootfs {
-    pub fn target(&self) -> &Path {
-        &self.target
+    /// The mount point's path, for messages.
+    pub fn shown(&self) -> &Path {
+        &self.shown
     }
 
     /// Whether this is an overlay mount (else a copy).
@@ -48,23 +58,19 @@ impl Rootfs {
         self.overlay
     }
 
-    /// Unmounts and deletes the writable layer (overlay), or deletes the copy. Runs every step
-    /// even if one fails.
+    /// Unmounts and deletes the writable layer (overlay), or deletes the copy; the mount point
+    /// directory stays, empty. Runs every step even if one fails.
     pub fn remove(self) -> Result<()> {
         let mut errors = Vec::new();
+        let at = beneath::proc_path(self.target.as_fd());
         if self.overlay {
-            if let Err(e) = umount2(&self.target, MntFlags::MNT_DETACH) {
+            if let Err(e) = umount2(&at, MntFlags::MNT_DETACH) {
                 if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-                    errors.push(format!("unmounting {}: {e}", self.target.display()));
+                    errors.push(format!("unmounting {}: {e}", self.shown.display()));
                 }
             }
-            if let Err(e) = fs::remove_dir(&self.target) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    errors.push(format!("{}: {e}", self.target.display()));
-                }
-            }
-        } else if let Err(e) = remove_tree(&self.target) {
-            errors.push(format!("{}: {e}", self.target.display()));
+        } else if let Err(e) = empty_dir(&at) {
+            errors.push(format!("{}: {e}", self.shown.display()));
         }
         if let Some(p) = &self.private {
             if let Err(e) = remove_tree(p) {
@@ -79,27 +85,37 @@ impl Rootfs {
     }
 }
 
-/// Builds the root file system of `layers` (bottom first) at `target`, which must be absent
-/// or an empty directory.
+/// Removes everything in the directory `dir` (not the directory itself).
+fn empty_dir(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        remove_any(&e?.path())?;
+    }
+    Ok(())
+}
+
+/// Builds the root file system of `layers` (bottom first) at `target`, an empty directory
+/// the caller opened (`shown`: its path, for messages).
 pub(crate) fn make(
     store: &Store,
     layers: &[Digest],
-    target: &Path,
+    target: OwnedFd,
+    shown: &Path,
     mode: RootfsMode,
 ) -> Result<Rootfs> {
-    match fs::read_dir(target) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(Error::io(
-                    target.display(),
-                    "the rootfs mount point is not empty",
-                ));
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
-        }
-        Err(e) => return Err(Error::io(target.display(), e)),
+    let st = beneath::fstat(target.as_fd()).map_err(|e| Error::io(shown.display(), e))?;
+    if !beneath::is_dir(&st) {
+        return Err(Error::io(
+            shown.display(),
+            "the rootfs mount point is not a directory",
+        ));
+    }
+    let at = beneath::proc_path(target.as_fd());
+    let mut entries = fs::read_dir(&at).map_err(|e| Error::io(shown.display(), e))?;
+    if entries.next().is_some() {
+        return Err(Error::io(
+            shown.display(),
+            "the rootfs mount point is not empty",
+        ));
     }
     let dirs: Vec<PathBuf> = layers.iter().map(|l| store.layer_dir(l)).collect();
     if let Some(missing) = dirs.iter().find(|d| !d.is_dir()) {
@@ -112,9 +128,19 @@ pub(crate) fn make(
         .collect::<Vec<_>>()
         .join(":");
     let overlay_fits = lower.len() + 2 * store.root().as_os_str().len() + 64 < MAX_MOUNT_DATA;
+    let mut rootfs = Rootfs {
+        target,
+        shown: shown.to_path_buf(),
+        private: None,
+        overlay: false,
+    };
     if mode != RootfsMode::Copy && overlay_fits {
-        match mount_overlay(store, &lower, target) {
-            Ok(r) => return Ok(r),
+        match mount_overlay(store, &lower, &at, shown) {
+            Ok(private) => {
+                rootfs.private = Some(private);
+                rootfs.overlay = true;
+                return Ok(rootfs);
+            }
             Err((e, true)) if mode == RootfsMode::Auto => {
                 tracing::warn!(error = %e, "overlayfs unavailable: copying the layers instead");
             }
@@ -122,20 +148,15 @@ pub(crate) fn make(
         }
     } else if mode == RootfsMode::Overlay {
         return Err(Error::io(
-            target.display(),
+            shown.display(),
             format!("{} layers are too many for one overlay mount", layers.len()),
         ));
     }
-    let result = copy_layers(&dirs, target);
-    if let Err(e) = result {
-        let _ = remove_tree(target);
+    if let Err(e) = copy_layers(&dirs, &at) {
+        let _ = empty_dir(&at);
         return Err(e);
     }
-    Ok(Rootfs {
-        target: target.to_path_buf(),
-        private: None,
-        overlay: false,
-    })
+    Ok(rootfs)
 }
 
 /// Mounts the overlay; the error says whether a copy could stand in (no overlayfs).
@@ -143,7 +164,8 @@ fn mount_overlay(
     store: &Store,
     lower: &str,
     target: &Path,
-) -> std::result::Result<Rootfs, (Error, bool)> {
+    shown: &Path,
+) -> std::result::Result<PathBuf, (Error, bool)> {
     let private = store.fresh_dir("rootfs").map_err(|e| (e, false))?;
     let (upper, work) = (private.join("upper"), private.join("work"));
     for d in [&upper, &work] {
@@ -168,17 +190,13 @@ fn mount_overlay(
         let no_overlay = e == nix::errno::Errno::ENODEV;
         return Err((
             Error::io(
-                format!("mounting the overlay rootfs at {}", target.display()),
+                format!("mounting the overlay rootfs at {}", shown.display()),
                 e,
             ),
             no_overlay,
         ));
     }
-    Ok(Rootfs {
-        target: target.to_path_buf(),
-        private: Some(private),
-        overlay: true,
-    })
+    Ok(private)
 }
 
 /// Applies the layers to `target` in order, as overlayfs would show them.

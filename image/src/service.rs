@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -206,12 +207,18 @@ impl ImageService {
         result
     }
 
-    /// Builds the root file system of `image` at `target` (absent or an empty directory).
-    pub async fn mount(&self, image: &PulledImage, target: &Path) -> Result<Rootfs> {
+    /// Builds the root file system of `image` at `target`: an empty directory the caller
+    /// opened (resolved without following symlinks), `shown` its path for messages.
+    pub async fn mount(
+        &self,
+        image: &PulledImage,
+        target: OwnedFd,
+        shown: &Path,
+    ) -> Result<Rootfs> {
         let inner = self.inner.clone();
-        let (layers, target) = (image.layers.clone(), target.to_path_buf());
+        let (layers, shown) = (image.layers.clone(), shown.to_path_buf());
         tokio::task::spawn_blocking(move || {
-            rootfs::make(&inner.store, &layers, &target, inner.settings.rootfs)
+            rootfs::make(&inner.store, &layers, target, &shown, inner.settings.rootfs)
         })
         .await
         .map_err(|e| Error::io("rootfs task", e))?

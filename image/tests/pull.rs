@@ -28,7 +28,10 @@ async fn plain_pull_mount_and_run() {
         "cat /etc/message"
     );
     let target = env.dir.path().join("c1/rootfs");
-    let rootfs = svc.mount(&pulled, &target).await.unwrap();
+    let rootfs = svc
+        .mount(&pulled, support::mount_point(&target), &target)
+        .await
+        .unwrap();
     assert!(rootfs.is_overlay());
     assert!(support::is_mounted(&target));
     // Run the image's own program inside it.
@@ -55,7 +58,10 @@ async fn plain_pull_mount_and_run() {
     );
     rootfs.remove().unwrap();
     assert!(!support::is_mounted(&target));
-    assert!(!target.exists());
+    assert!(
+        support::is_empty_dir(&target),
+        "the mount point is left empty"
+    );
     assert!(
         env.store_entries("rootfs").is_empty(),
         "the writable layer is deleted"
@@ -105,7 +111,10 @@ async fn check_whiteouts(mode: RootfsMode) {
     let pulled = svc.pull(&env.image("layers/wh:v1")).await.unwrap();
     assert_eq!(pulled.layers.len(), 3);
     let target = env.dir.path().join("rootfs");
-    let rootfs = svc.mount(&pulled, &target).await.unwrap();
+    let rootfs = svc
+        .mount(&pulled, support::mount_point(&target), &target)
+        .await
+        .unwrap();
     assert_eq!(rootfs.is_overlay(), mode == RootfsMode::Overlay);
     let t = &target;
     assert!(
@@ -129,7 +138,10 @@ async fn check_whiteouts(mode: RootfsMode) {
     );
     assert_eq!(a.ino(), b.ino(), "hard links stay hard links");
     rootfs.remove().unwrap();
-    assert!(!target.exists());
+    assert!(
+        support::is_empty_dir(&target),
+        "the mount point is left empty"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -173,7 +185,10 @@ async fn index_picks_this_platform() {
     assert_eq!(pulled.index_digest.as_ref().unwrap().to_string(), index);
     assert_eq!(pulled.digest.to_string(), digests[1]);
     let target = env.dir.path().join("rootfs");
-    let rootfs = svc.mount(&pulled, &target).await.unwrap();
+    let rootfs = svc
+        .mount(&pulled, support::mount_point(&target), &target)
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(target.join("platform")).unwrap(), b"host");
     rootfs.remove().unwrap();
     // By digest, the index is fetched by digest and checked the same way.

@@ -8,24 +8,36 @@
 //! and its process is the bundle's, as Kata's agent does. Every other image is pulled by
 //! [`vigil_image::ImageService`] under the tenant's image policy and mounted at the mount
 //! point; the image config supplies the process defaults the host left empty.
+//!
+//! A driver on the storage registry like the others: the mount point is the checked one it is
+//! given, made and opened beneath the sandbox directory without following symlinks, and the
+//! rootfs goes with the last container holding it. The pull is asynchronous; `add` runs on a
+//! blocking thread of the agent's runtime and waits for it there.
 
 use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vigil_image::{ImageService, Rootfs};
+use vigil_image::ImageService;
 use vigil_protos::{agent::Storage, oci};
 
+use crate::beneath;
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
-use crate::layout::Layout;
+use crate::storage::{Added, MountPoint, ProcessDefaults, StorageContext, StorageDriver, Undo};
 
-pub const DRIVER: &str = "image_guest_pull";
+pub(crate) const DRIVER: &str = "image_guest_pull";
 /// Annotations that mark the sandbox container (containerd's, CRI-O's), as Kata reads them.
 const CONTAINER_TYPE_KEYS: [&str; 2] = [
     "io.kubernetes.cri.container-type",
     "io.kubernetes.cri-o.ContainerType",
 ];
+/// The largest pause program copied out of the bundle.
+const MAX_PAUSE_PROGRAM: u64 = 64 << 20;
 
 /// What guest pull needs: the image service and where the pause bundle is.
 #[derive(Clone)]
@@ -35,25 +47,8 @@ pub struct GuestPull {
     pub pause_bundle: PathBuf,
 }
 
-/// A container's root file system from guest pull, removed with the container.
-pub(crate) enum PulledRootfs {
-    Image(Rootfs),
-    /// The pause program copied out of the bundle.
-    Pause(PathBuf),
-}
-
-impl PulledRootfs {
-    pub(crate) fn remove(self) -> std::result::Result<(), String> {
-        match self {
-            PulledRootfs::Image(r) => r.remove().map_err(|e| e.to_string()),
-            PulledRootfs::Pause(dir) => match std::fs::remove_dir_all(&dir) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("{}: {e}", dir.display())),
-            },
-        }
-    }
-}
+/// The driver, registered by `Sandbox::with_guest_pull`.
+pub(crate) struct GuestPullDriver(pub(crate) GuestPull);
 
 #[derive(serde::Deserialize)]
 struct PullOptions {
@@ -61,45 +56,63 @@ struct PullOptions {
     metadata: HashMap<String, String>,
 }
 
-/// Removes guest-pulled root file systems, newest first; returns what failed.
-pub(crate) fn remove_all(pulled: &mut Vec<PulledRootfs>) -> Vec<String> {
-    let mut errors = Vec::new();
-    while let Some(p) = pulled.pop() {
-        if let Err(e) = p.remove() {
-            errors.push(e);
+impl StorageDriver for GuestPullDriver {
+    fn driver_types(&self) -> &'static [&'static str] {
+        &[DRIVER]
+    }
+
+    fn add(&self, s: &Storage, at: &MountPoint, ctx: &StorageContext) -> Result<Added> {
+        let field = ctx.field;
+        if s.fstype != "overlay" {
+            return Err(RuntimeError::invalid(
+                format!("{field}.fstype"),
+                format!("{:?}: image_guest_pull storages are \"overlay\"", s.fstype),
+            ));
+        }
+        if s.source.is_empty() {
+            return Err(RuntimeError::invalid(
+                format!("{field}.source"),
+                "empty: the image reference",
+            ));
+        }
+        let options = pull_options(s, field)?;
+        let is_sandbox = CONTAINER_TYPE_KEYS
+            .iter()
+            .any(|k| options.metadata.get(*k).is_some_and(|v| v == "sandbox"));
+        let dir = at.plain_dir()?;
+        if !is_empty(dir.as_fd()).map_err(|e| RuntimeError::internal(at.shown.display(), e))? {
+            return Err(RuntimeError::invalid(
+                &at.field,
+                format!("{} is not empty", at.shown.display()),
+            ));
+        }
+        let entry = mount_point_entry(at)?;
+        let made = if is_sandbox {
+            pause(&self.0.pause_bundle, at, dir)
+        } else {
+            pull(&self.0.images, s, at, dir, field)
+        };
+        // The mount point goes with what was made there, or at once if nothing was.
+        match made {
+            Ok(mut added) => {
+                let contents = added.undo.take();
+                added.undo = Some(Undo::new(move || {
+                    contents.map_or(Ok(()), Undo::run)?;
+                    entry.remove()
+                }));
+                Ok(added)
+            }
+            Err(e) => {
+                if let Err(problem) = entry.remove() {
+                    tracing::warn!(%problem, "after a refused guest pull");
+                }
+                Err(e)
+            }
         }
     }
-    errors
 }
 
-/// Prepares the rootfs of storage `s` (request field `field`) of `container` and adjusts
-/// `process`; returns it and its directory, beneath which the spec's root may then be.
-pub(crate) async fn prepare(
-    gp: Option<&GuestPull>,
-    s: &Storage,
-    layout: &Layout,
-    container: &str,
-    field: &str,
-    process: &mut oci::Process,
-) -> Result<(PulledRootfs, Owned)> {
-    let gp = gp.ok_or_else(|| {
-        RuntimeError::invalid(
-            format!("{field}.driver"),
-            "guest image pull is refused: the agent configuration has no [image] section (set [image] policy)",
-        )
-    })?;
-    if s.fstype != "overlay" {
-        return Err(RuntimeError::invalid(
-            format!("{field}.fstype"),
-            format!("{:?}: image_guest_pull storages are \"overlay\"", s.fstype),
-        ));
-    }
-    if s.source.is_empty() {
-        return Err(RuntimeError::invalid(
-            format!("{field}.source"),
-            "empty: the image reference",
-        ));
-    }
+fn pull_options(s: &Storage, field: &str) -> Result<PullOptions> {
     let options = s
         .driver_options
         .iter()
@@ -110,62 +123,68 @@ pub(crate) async fn prepare(
                 "no image_guest_pull=<JSON> entry (the image information)",
             )
         })?;
-    let options: PullOptions = serde_json::from_str(options).map_err(|e| {
+    serde_json::from_str(options).map_err(|e| {
         RuntimeError::invalid(
             format!("{field}.driver_options"),
             format!("image_guest_pull JSON: {e}"),
         )
-    })?;
-    // The mount point is checked like every storage's: in the sandbox's directories.
-    let rel = layout.storage_mount_point(
-        &s.mount_point,
-        Some(container),
-        &format!("{field}.mount_point"),
-    )?;
-    let target = layout.dir().join(rel);
-    let is_sandbox = CONTAINER_TYPE_KEYS
-        .iter()
-        .any(|k| options.metadata.get(*k).is_some_and(|v| v == "sandbox"));
-    let pulled = if is_sandbox {
-        PulledRootfs::Pause(pause(&gp.pause_bundle, &target, process)?)
-    } else {
-        pull(gp, s, field, &target, process).await?
-    };
-    match Owned::open_dir(target) {
-        Ok(root) => Ok((pulled, root)),
-        Err(e) => {
-            let _ = pulled.remove();
-            Err(e)
-        }
-    }
+    })
 }
 
-async fn pull(
-    gp: &GuestPull,
+/// Pulls `s.source` and mounts it on the directory `dir` (the mount point).
+fn pull(
+    images: &ImageService,
     s: &Storage,
+    at: &MountPoint,
+    dir: OwnedFd,
     field: &str,
-    target: &Path,
-    process: &mut oci::Process,
-) -> Result<PulledRootfs> {
-    let image = gp
-        .images
-        .pull(&s.source)
-        .await
+) -> Result<Added> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| RuntimeError::Internal("guest pull needs the agent's async runtime".into()))?;
+    let image = runtime
+        .block_on(images.pull(&s.source))
         .map_err(|e| pull_error(e, field))?;
-    let rootfs = gp
-        .images
-        .mount(&image, target)
-        .await
+    let covered = dir.try_clone().map_err(|e| at.error(e))?;
+    let rootfs = runtime
+        .block_on(images.mount(&image, dir, &at.shown))
         .map_err(|e| pull_error(e, field))?;
-    if let Err(e) = vigil_image::apply_image_defaults(process, &image.config, target) {
-        let _ = rootfs.remove();
-        return Err(RuntimeError::invalid(
-            "OCI.Process",
-            format!("{e} (image {})", image.reference),
-        ));
-    }
-    tracing::info!(image = %image.reference, digest = %image.digest, rootfs = %target.display(), "guest-pulled image mounted");
-    Ok(PulledRootfs::Image(rootfs))
+    // The rootfs as the container will see it, opened by name again: the overlay on top of
+    // the mount point (or, copied, the mount point itself); anything else means the mount
+    // point was moved meanwhile.
+    let reopened = beneath::open(at.root.fd(), &at.rel).and_then(|fd| {
+        let (now, before) = (
+            beneath::fstat(fd.as_fd())?,
+            beneath::fstat(covered.as_fd())?,
+        );
+        let same = (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino);
+        Ok((fd, same != rootfs.is_overlay()))
+    });
+    let root = match reopened {
+        Ok((fd, true)) => fd,
+        other => {
+            let _ = rootfs.remove();
+            return Err(match other {
+                Err(e) => at.error(e),
+                Ok(_) => RuntimeError::Internal(format!(
+                    "the mount point {} changed while the image was being mounted",
+                    at.shown.display()
+                )),
+            });
+        }
+    };
+    tracing::info!(image = %image.reference, digest = %image.digest, rootfs = %at.shown.display(),
+        overlay = rootfs.is_overlay(), "guest-pulled image mounted");
+    let image_root = Arc::new(root.try_clone().map_err(|e| at.error(e))?);
+    let (config, reference) = (image.config, image.reference.to_string());
+    let mut added = Added::plain(Owned::new(at.shown.clone(), root));
+    added.process = Some(ProcessDefaults::new(move |p| {
+        vigil_image::apply_image_defaults(p, &config, image_root.as_fd())
+            .map_err(|e| RuntimeError::invalid("OCI.Process", format!("{e} (image {reference})")))
+    }));
+    added.undo = Some(Undo::new(move || {
+        rootfs.remove().map_err(|e| e.to_string())
+    }));
+    Ok(added)
 }
 
 fn pull_error(e: vigil_image::Error, field: &str) -> RuntimeError {
@@ -185,9 +204,9 @@ fn pull_error(e: vigil_image::Error, field: &str) -> RuntimeError {
     }
 }
 
-/// The pause container: its program copied from the bundle into `target`, its process the
-/// bundle's.
-fn pause(bundle: &Path, target: &Path, process: &mut oci::Process) -> Result<PathBuf> {
+/// The pause container: its program copied from the bundle into the mount point `dir`, its
+/// process the bundle's.
+fn pause(bundle: &Path, at: &MountPoint, dir: OwnedFd) -> Result<Added> {
     let config_path = bundle.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         RuntimeError::FailedPrecondition(format!(
@@ -211,7 +230,7 @@ fn pause(bundle: &Path, target: &Path, process: &mut oci::Process) -> Result<Pat
     let program = args
         .first()
         .and_then(|a| a.strip_prefix('/'))
-        .filter(|a| !a.is_empty() && !a.split('/').any(|c| c == ".." || c.is_empty()))
+        .filter(|a| !a.is_empty() && !a.split('/').any(|c| c == ".." || c == "." || c.is_empty()))
         .ok_or_else(|| {
             RuntimeError::Internal(format!(
                 "{}: process.args[0] must be an absolute path to the pause program",
@@ -219,24 +238,8 @@ fn pause(bundle: &Path, target: &Path, process: &mut oci::Process) -> Result<Pat
             ))
         })?
         .to_string();
-    if target.exists()
-        && std::fs::read_dir(target)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(RuntimeError::invalid(
-            "storages.mount_point",
-            format!("{} is not empty", target.display()),
-        ));
-    }
-    let dest = target.join(&program);
-    let copy = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dest.parent().unwrap_or(target))?;
-        std::fs::copy(bundle.join("rootfs").join(&program), &dest)?;
-        Ok(())
-    };
-    if let Err(e) = copy() {
-        let _ = std::fs::remove_dir_all(target);
+    if let Err(e) = copy_program(&bundle.join("rootfs").join(&program), dir.as_fd(), &program) {
+        let _ = empty(dir.as_fd());
         return Err(RuntimeError::internal(
             format!("copying the pause program {program}"),
             e,
@@ -244,14 +247,109 @@ fn pause(bundle: &Path, target: &Path, process: &mut oci::Process) -> Result<Pat
     }
     // Kata takes the bundle's process; the host's other settings (capabilities, rlimits,
     // terminal) stay, as the tenant's policy checked them.
-    process.Args = args;
-    process.Env = strings(&p["env"]);
-    process.Cwd = p["cwd"].as_str().unwrap_or("/").to_string();
-    process.User = Some(oci::User {
-        UID: p["user"]["uid"].as_u64().unwrap_or(0) as u32,
-        GID: p["user"]["gid"].as_u64().unwrap_or(0) as u32,
-        ..Default::default()
+    let (env, cwd) = (
+        strings(&p["env"]),
+        p["cwd"].as_str().unwrap_or("/").to_string(),
+    );
+    let (uid, gid) = (
+        p["user"]["uid"].as_u64().unwrap_or(0) as u32,
+        p["user"]["gid"].as_u64().unwrap_or(0) as u32,
+    );
+    let kept = dir.try_clone().map_err(|e| at.error(e))?;
+    let mut added = Added::plain(Owned::new(at.shown.clone(), dir));
+    added.process = Some(ProcessDefaults::new(move |process| {
+        process.Args = args.clone();
+        process.Env = env.clone();
+        process.Cwd = cwd.clone();
+        process.User = Some(oci::User {
+            UID: uid,
+            GID: gid,
+            ..Default::default()
+        })
+        .into();
+        Ok(())
+    }));
+    added.undo = Some(Undo::new(move || {
+        empty(kept.as_fd()).map_err(|e| format!("emptying the pause rootfs: {e}"))
+    }));
+    Ok(added)
+}
+
+/// Copies the bundle's program `from` to `rel` beneath `dir`, executable, no symlink
+/// followed on the way.
+fn copy_program(from: &Path, dir: BorrowedFd, rel: &str) -> std::io::Result<()> {
+    let mut src = std::fs::File::open(from)?;
+    let meta = src.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_PAUSE_PROGRAM {
+        return Err(std::io::Error::other(
+            "not a regular file of at most 64 MiB",
+        ));
+    }
+    let fd = beneath::create_file(dir, Path::new(rel), 0o755)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .open(beneath::proc_path(fd.as_fd()))?;
+    let mut limited = (&mut src).take(MAX_PAUSE_PROGRAM);
+    std::io::copy(&mut limited, &mut dst)?;
+    beneath::chmod(fd.as_fd(), 0o755)
+}
+
+/// Whether the directory `dir` has nothing in it.
+fn is_empty(dir: BorrowedFd) -> std::io::Result<bool> {
+    Ok(std::fs::read_dir(beneath::proc_path(dir))?.next().is_none())
+}
+
+/// Removes everything in the directory `dir` (made by this driver: nothing else writes there
+/// before the container runs, and a container's own writes go to its overlay's upper layer).
+fn empty(dir: BorrowedFd) -> std::io::Result<()> {
+    for e in std::fs::read_dir(beneath::proc_path(dir))? {
+        let path = e?.path();
+        match std::fs::symlink_metadata(&path)? {
+            m if m.is_dir() => std::fs::remove_dir_all(&path)?,
+            _ => std::fs::remove_file(&path)?,
+        }
+    }
+    Ok(())
+}
+
+/// The mount point's directory entry, to remove the directory once its rootfs is gone.
+struct MountPointEntry {
+    parent: OwnedFd,
+    name: CString,
+    shown: PathBuf,
+}
+
+fn mount_point_entry(at: &MountPoint) -> Result<MountPointEntry> {
+    let name = at
+        .rel
+        .file_name()
+        .and_then(|n| CString::new(n.as_bytes()).ok())
+        .ok_or_else(|| RuntimeError::invalid(&at.field, "names no directory"))?;
+    let parent_rel = at.rel.parent().unwrap_or(Path::new(""));
+    let parent = beneath::open(at.root.fd(), parent_rel).map_err(|e| at.error(e))?;
+    Ok(MountPointEntry {
+        parent,
+        name,
+        shown: at.shown.clone(),
     })
-    .into();
-    Ok(target.to_path_buf())
+}
+
+impl MountPointEntry {
+    /// Removes the directory if it is empty.
+    fn remove(&self) -> std::result::Result<(), String> {
+        // SAFETY: a valid directory descriptor and C string.
+        let rc = unsafe {
+            libc::unlinkat(
+                self.parent.as_raw_fd(),
+                self.name.as_ptr(),
+                libc::AT_REMOVEDIR,
+            )
+        };
+        let e = std::io::Error::last_os_error();
+        if rc == 0 || e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(())
+        } else {
+            Err(format!("removing {}: {e}", self.shown.display()))
+        }
+    }
 }

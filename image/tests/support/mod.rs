@@ -156,3 +156,14 @@ pub fn is_mounted(path: &Path) -> bool {
     let p = path.to_string_lossy();
     info.lines().any(|l| l.split(' ').nth(4) == Some(&p))
 }
+
+/// A fresh, empty mount point for a rootfs, opened as the container runtime hands it over.
+pub fn mount_point(path: &Path) -> std::os::fd::OwnedFd {
+    std::fs::create_dir_all(path).unwrap();
+    std::fs::File::open(path).unwrap().into()
+}
+
+/// Whether `path` is a directory with nothing in it.
+pub fn is_empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
+}

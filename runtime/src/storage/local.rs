@@ -42,9 +42,6 @@ impl StorageDriver for Local {
         if let Some(gid) = gid {
             apply_fs_gid(fd.as_fd(), gid, &at.shown)?;
         }
-        Ok(Added {
-            mount: None,
-            root: Owned::new(at.shown.clone(), fd),
-        })
+        Ok(Added::plain(Owned::new(at.shown.clone(), fd)))
     }
 }
