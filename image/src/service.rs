@@ -262,47 +262,50 @@ impl ImageService {
             "Layers found in the store.",
             m.layers_cached,
         );
-        let _ = writeln!(
+        // Per image (its last pull): one gauge family each, one line per image and label.
+        let last = || {
+            m.last
+                .iter()
+                .map(|(image, (digest, s))| (escape(image), digest, s))
+        };
+        gauge(
             out,
-            "# HELP vigil_image_last_pull_seconds Duration of each image's last pull.\n# TYPE vigil_image_last_pull_seconds gauge"
+            "vigil_image_last_pull_seconds",
+            "Duration of each image's last pull.",
+            last().map(|(image, digest, s)| {
+                (
+                    format!("image=\"{image}\",digest=\"{digest}\""),
+                    s.seconds.to_string(),
+                )
+            }),
         );
-        for (image, (digest, s)) in &m.last {
-            let _ = writeln!(
-                out,
-                "vigil_image_last_pull_seconds{{image=\"{}\",digest=\"{digest}\"}} {}",
-                escape(image),
-                s.seconds
-            );
-        }
-        let _ = writeln!(
+        gauge(
             out,
-            "# HELP vigil_image_last_pull_bytes Compressed bytes the last pull of each image downloaded.\n# TYPE vigil_image_last_pull_bytes gauge"
+            "vigil_image_last_pull_bytes",
+            "Compressed bytes the last pull of each image downloaded.",
+            last().map(|(image, _, s)| (format!("image=\"{image}\""), s.bytes_fetched.to_string())),
         );
-        for (image, (_, s)) in &m.last {
-            let _ = writeln!(
-                out,
-                "vigil_image_last_pull_bytes{{image=\"{}\"}} {}",
-                escape(image),
-                s.bytes_fetched
-            );
-        }
-        let _ = writeln!(
+        gauge(
             out,
-            "# HELP vigil_image_last_pull_layers Layers of each image's last pull, by source.\n# TYPE vigil_image_last_pull_layers gauge"
+            "vigil_image_last_pull_layers",
+            "Layers of each image's last pull, by source.",
+            last().flat_map(|(image, _, s)| {
+                [("registry", s.layers_fetched), ("store", s.layers_cached)].map(|(source, n)| {
+                    (
+                        format!("image=\"{image}\",source=\"{source}\""),
+                        n.to_string(),
+                    )
+                })
+            }),
         );
-        for (image, (_, s)) in &m.last {
-            let image = escape(image);
-            let _ = writeln!(
-                out,
-                "vigil_image_last_pull_layers{{image=\"{image}\",source=\"registry\"}} {}",
-                s.layers_fetched
-            );
-            let _ = writeln!(
-                out,
-                "vigil_image_last_pull_layers{{image=\"{image}\",source=\"store\"}} {}",
-                s.layers_cached
-            );
-        }
+    }
+}
+
+/// A gauge family: its help and type, then `name{labels} value` for each line.
+fn gauge(out: &mut String, name: &str, help: &str, lines: impl Iterator<Item = (String, String)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, v) in lines {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
     }
 }
 
