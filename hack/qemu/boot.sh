@@ -81,8 +81,13 @@ qmp_sock=$run_dir/qmp.sock
 # Sockets of an earlier run would make the binds below fail.
 rm -f "$vhost_sock" "$host_vsock" "$qmp_sock" "$run_dir/qemu.pid"
 
-vhost_pid=""
+vhost_pid="" qemu_pid=""
 cleanup() {
+    # Killed before QEMU exited (a caller giving up on a hung guest): QEMU goes too.
+    if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
+        kill "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+    fi
     if [ -n "$vhost_pid" ]; then
         kill "$vhost_pid" 2>/dev/null || true
         wait "$vhost_pid" 2>/dev/null || true
@@ -165,6 +170,7 @@ cpu=max,erms=off,fsrm=off
 mem="${memory}M"
 mem_opts=$mem
 [ -z "$maxmem" ] || mem_opts="$mem,slots=2,maxmem=${maxmem}M"
+exec {stdin}<&0
 set +e
 qemu-system-x86_64 \
     -machine "$machine,accel=tcg,memory-backend=mem$machine_opts" \
@@ -180,7 +186,13 @@ qemu-system-x86_64 \
     "${disk[@]+"${disk[@]}"}" \
     -qmp "unix:$qmp_sock,server=on,wait=off" \
     -pidfile "$run_dir/qemu.pid" \
-    "${qemu_extra[@]+"${qemu_extra[@]}"}"
+    "${qemu_extra[@]+"${qemu_extra[@]}"}" <&"$stdin" &
+# In the background and waited for, so that a TERM from the caller is handled at once (bash
+# runs traps only after a foreground child exits) and the cleanup stops QEMU; stdin stays the
+# caller's (a serial console on stdio).
+qemu_pid=$!
+wait "$qemu_pid"
 rc=$?
+qemu_pid=""
 set -e
 exit "$rc"
