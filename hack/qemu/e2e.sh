@@ -222,6 +222,7 @@ expect_ok GetMetrics '{}' 'vigil_image_pulls_total{outcome=\\"allowed\\"} 1'
 expect_ok RemoveContainer '{"container_id": "e2e-app", "timeout": 10}' '{}'
 expect_ok RemoveContainer '{"container_id": "e2e-pause", "timeout": 10}' '{}'
 expect_ok DestroySandbox '{}' '{}'
+log "ok: guest pull pod (pause, pull, run, read back, remove) in $(elapsed_ms "$t_pull" "$(now)") ms"
 
 # Clean shutdown: Ctrl-Alt-Del -> SIGINT to init -> the agent closes the API and powers off.
 "$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" ctrl-alt-delete >/dev/null ||
