@@ -549,6 +549,10 @@ mod tests {
             reason.contains("9p, bind, blk, ephemeral, local, mmioblk"),
             "{reason}"
         );
+        // Guest pull is a driver the agent registers only with an [image] section.
+        let (field, reason) = refused(storage("image_guest_pull", "busybox", "overlay"));
+        assert_eq!(field, "storages[0].driver");
+        assert!(reason.contains("no [image] section"), "{reason}");
         let (_, reason) = refused(storage("nbd", "x", ""));
         assert!(
             reason.contains("\"nbd\" is not a storage driver"),
