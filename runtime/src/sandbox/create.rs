@@ -13,7 +13,7 @@ use vigil_protos::agent::*;
 use vigil_protos::oci;
 
 use super::{
-    check_id, clean_dir, lock, new_io, Container, ContainerOps, SandboxState, Status,
+    check_id, clean_dir, lock, process::new_io, Container, ContainerOps, SandboxState, Status,
     DESTROY_TIMEOUT,
 };
 use crate::confine::Owned;
@@ -26,6 +26,9 @@ use crate::Sandbox;
 impl Sandbox {
     pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
         check_id(&req.container_id, "container_id")?;
+        if !req.exec_id.is_empty() {
+            check_id(&req.exec_id, "exec_id")?;
+        }
         let oci_spec = req
             .OCI
             .as_ref()
@@ -239,6 +242,7 @@ impl Sandbox {
             }),
             processes: Mutex::new(HashMap::new()),
             init,
+            init_exec_id: req.exec_id.clone(),
             oom_kills_seen: AtomicU64::new(0),
             oom_watched,
             device_rules,

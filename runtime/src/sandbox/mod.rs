@@ -7,28 +7,29 @@
 //! blocks another. Stdio and waits take no container lock at all.
 
 mod create;
+mod process;
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use vigil_protos::agent::*;
-use vigil_protos::oci;
 
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
-use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
+use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake};
 use crate::spec::{self, SpecLimits};
-use crate::stdio::{self, OutputBuffer, StdinWriter};
+use crate::stdio;
 use crate::storage::StorageDrivers;
 use crate::youki::LibcontainerRuntime;
+use process::{send_signal, Process};
 
 /// Where and how the sandbox lives, and what containers may ask of the guest. The defaults
 /// are the strict ones; the agent fills this from its measured configuration (`[sandbox]`).
@@ -73,8 +74,6 @@ impl Default for SandboxConfig {
     }
 }
 
-/// Largest chunk one ReadStdout/ReadStderr returns (well under ttrpc's message limit).
-const MAX_READ: usize = 1 << 20;
 /// How long DestroySandbox waits for each container's processes to die.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,8 +117,11 @@ struct Container {
     id: String,
     bundle: PathBuf,
     ops: tokio::sync::Mutex<ContainerOps>,
+    /// The exec'd processes, by exec id.
     processes: Mutex<HashMap<String, Arc<Process>>>,
     init: Arc<Process>,
+    /// The exec id CreateContainer gave the init process (may be empty); `""` also names it.
+    init_exec_id: String,
     oom_kills_seen: AtomicU64,
     /// The runtime notifies OOMs in this container (else process deaths are checked).
     oom_watched: bool,
@@ -127,141 +129,17 @@ struct Container {
     device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
 }
 
+impl Container {
+    /// Whether `exec_id` names the init process: `""`, or the exec id it was created with.
+    fn is_init(&self, exec_id: &str) -> bool {
+        exec_id.is_empty() || exec_id == self.init_exec_id
+    }
+}
+
 struct ContainerOps {
     status: Status,
     mounts: Vec<Mounted>,
     removed: bool,
-}
-
-struct Process {
-    pid: i32,
-    pidfd: Arc<OwnedFd>,
-    stdin: tokio::sync::Mutex<Option<StdinWriter>>,
-    stdout: Option<Arc<OutputBuffer>>,
-    stderr: Option<Arc<OutputBuffer>>,
-    pty_master: Option<OwnedFd>,
-    exit: watch::Receiver<Option<i32>>,
-    waited: AtomicBool,
-}
-
-impl Process {
-    fn exited(&self) -> Option<i32> {
-        *self.exit.borrow()
-    }
-
-    async fn wait(&self) -> i32 {
-        let mut rx = self.exit.clone();
-        let status = match rx.wait_for(|s| s.is_some()).await {
-            Ok(s) => s.unwrap_or(255),
-            Err(_) => self.exited().unwrap_or(255),
-        };
-        self.waited.store(true, Ordering::SeqCst);
-        status
-    }
-
-    /// Nothing more can be asked of it: exited, waited for, all output read.
-    fn finished(&self) -> bool {
-        self.exited().is_some()
-            && self.waited.load(Ordering::SeqCst)
-            && self.stdout.as_ref().is_none_or(|b| b.is_finished())
-            && self.stderr.as_ref().is_none_or(|b| b.is_finished())
-    }
-}
-
-/// The agent-side ends of a new process's stdio.
-struct ParentIo {
-    stdin: Option<OwnedFd>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    pty_master: Option<OwnedFd>,
-}
-
-fn new_io(process: &oci::Process) -> Result<(ProcessIo, ParentIo)> {
-    if process.Terminal {
-        let size = process.ConsoleSize.as_ref();
-        let rows = size
-            .map(|s| s.Height)
-            .unwrap_or(24)
-            .clamp(1, u16::MAX as u32) as u16;
-        let cols = size
-            .map(|s| s.Width)
-            .unwrap_or(80)
-            .clamp(1, u16::MAX as u32) as u16;
-        let (master, slave) = stdio::pty(rows, cols)?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| RuntimeError::internal("pty", e));
-        Ok((
-            ProcessIo {
-                stdin: Some(dup(&slave)?),
-                stdout: Some(dup(&slave)?),
-                stderr: Some(slave),
-                controlling_tty: true,
-            },
-            ParentIo {
-                stdin: Some(dup(&master)?),
-                stdout: Some(dup(&master)?),
-                stderr: None,
-                pty_master: Some(master),
-            },
-        ))
-    } else {
-        let (in_r, in_w) = stdio::pipe()?;
-        let (out_r, out_w) = stdio::pipe()?;
-        let (err_r, err_w) = stdio::pipe()?;
-        Ok((
-            ProcessIo {
-                stdin: Some(in_r),
-                stdout: Some(out_w),
-                stderr: Some(err_w),
-                controlling_tty: false,
-            },
-            ParentIo {
-                stdin: Some(in_w),
-                stdout: Some(out_r),
-                stderr: Some(err_r),
-                pty_master: None,
-            },
-        ))
-    }
-}
-
-fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is a fresh descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(RuntimeError::internal(
-            format!("pidfd_open({pid})"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Reaps the process behind `pidfd` once it exits; Kata's convention for the status:
-/// the exit code, or 128 + the signal that killed it.
-fn reap(pidfd: &OwnedFd) -> std::io::Result<Option<i32>> {
-    // SAFETY: a zeroed siginfo_t is valid; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: waitid succeeded, so the child fields are set (si_pid 0: not exited yet).
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => status,
-        _ => 128 + status,
-    }))
 }
 
 impl Sandbox {
@@ -338,23 +216,6 @@ impl Sandbox {
         let sandbox = self.sandbox().await?;
         let found = lock(&sandbox.containers).live.get(id).cloned();
         found.ok_or_else(|| RuntimeError::not_found("container", id))
-    }
-
-    async fn process(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-    ) -> Result<(Arc<Container>, Arc<Process>)> {
-        let c = self.container(container_id).await?;
-        let p = if exec_id.is_empty() {
-            c.init.clone()
-        } else {
-            lock(&c.processes)
-                .get(exec_id)
-                .cloned()
-                .ok_or_else(|| RuntimeError::not_found("process", exec_id))?
-        };
-        Ok((c, p))
     }
 
     /// The sandbox's shared directory (CopyFile's jail), if a sandbox exists.
@@ -471,68 +332,6 @@ impl Sandbox {
                 errors.join("; ")
             )))
         }
-    }
-
-    /// Starts draining the process's output and watching for its exit.
-    fn track(
-        &self,
-        container_id: &str,
-        pid: i32,
-        claim: ClaimToken,
-        io: ParentIo,
-        oom_on_kill: bool,
-    ) -> Result<Arc<Process>> {
-        let pidfd = Arc::new(pidfd_open(pid)?);
-        let limit = self.config.output_limit;
-        let stdout = match io.stdout {
-            Some(fd) => {
-                let b = OutputBuffer::new(limit);
-                stdio::spawn_drain(fd, b.clone())?;
-                Some(b)
-            }
-            None => None,
-        };
-        let stderr = match io.stderr {
-            Some(fd) => {
-                let b = OutputBuffer::new(limit);
-                stdio::spawn_drain(fd, b.clone())?;
-                Some(b)
-            }
-            None => None,
-        };
-        let stdin = io.stdin.map(StdinWriter::new).transpose()?;
-        let (tx, rx) = watch::channel(None);
-        let watched = pidfd
-            .try_clone()
-            .map_err(|e| RuntimeError::internal("pidfd", e))?;
-        let runtime = self.runtime.clone();
-        let oom_tx = self.oom_tx.clone();
-        let cid = container_id.to_string();
-        tokio::spawn(async move {
-            let status = watch_exit(watched).await;
-            drop(claim); // reaped: the agent's reaper may have the pid back
-            let _ = tx.send(Some(status));
-            // A SIGKILL may be the OOM killer's: report it if the cgroup's counter moved.
-            if oom_on_kill && status == 128 + libc::SIGKILL {
-                let id = cid.clone();
-                if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || runtime.oom_kills(&id)).await
-                {
-                    if n > 0 {
-                        let _ = oom_tx.send(format!("{cid}\0{n}"));
-                    }
-                }
-            }
-        });
-        Ok(Arc::new(Process {
-            pid,
-            pidfd,
-            stdin: tokio::sync::Mutex::new(stdin),
-            stdout,
-            stderr,
-            pty_master: io.pty_master,
-            exit: rx,
-            waited: AtomicBool::new(false),
-        }))
     }
 
     /// Reports OOM kills in the container as the kernel signals them (any process, not only
@@ -683,72 +482,6 @@ impl Sandbox {
         }
     }
 
-    pub async fn exec_process(&self, req: ExecProcessRequest) -> Result<Empty> {
-        check_id(&req.exec_id, "exec_id")?;
-        let process = req
-            .process
-            .as_ref()
-            .ok_or_else(|| RuntimeError::invalid("process", "missing"))?;
-        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
-            return Err(RuntimeError::invalid(
-                "stdin_port",
-                "passfd I/O is not supported",
-            ));
-        }
-        let oci_process = spec::exec_process(process, &self.limits())?;
-        let c = self.container(&req.container_id).await?;
-        let ops = c.ops.lock().await;
-        live(&ops, &c)?;
-        not_running(&ops, &c)?;
-        if lock(&c.processes).contains_key(&req.exec_id) {
-            return Err(RuntimeError::AlreadyExists {
-                kind: "process",
-                id: req.exec_id.clone(),
-            });
-        }
-        let (child_io, parent_io) = new_io(process)?;
-        let (runtime, id) = (self.runtime.clone(), c.id.clone());
-        let (pid, claim) = self
-            .spawn_claimed(move || runtime.exec(&id, &oci_process, child_io))
-            .await?;
-        let p = self.track(&c.id, pid, claim, parent_io, !c.oom_watched)?;
-        lock(&c.processes).insert(req.exec_id.clone(), p);
-        Ok(Empty::new())
-    }
-
-    pub async fn signal_process(&self, req: SignalProcessRequest) -> Result<Empty> {
-        let signal = i32::try_from(req.signal)
-            .ok()
-            .filter(|s| (0..=64).contains(s))
-            .ok_or_else(|| {
-                RuntimeError::invalid("signal", format!("{} is not a signal", req.signal))
-            })?;
-        if req.exec_id.is_empty() {
-            let c = self.container(&req.container_id).await?;
-            let ops = c.ops.lock().await;
-            live(&ops, &c)?;
-            if c.init.exited().is_some() {
-                return Ok(Empty::new()); // nothing left to signal (Kata ignores ESRCH too)
-            }
-            self.blocking(&c.id, move |rt, id| rt.signal_all(id, signal))
-                .await?;
-        } else {
-            let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-            send_signal(&p, signal)?;
-        }
-        Ok(Empty::new())
-    }
-
-    pub async fn wait_process(&self, req: WaitProcessRequest) -> Result<WaitProcessResponse> {
-        let (c, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let status = p.wait().await;
-        forget_if_finished(&c, &req.exec_id);
-        Ok(WaitProcessResponse {
-            status,
-            ..Default::default()
-        })
-    }
-
     pub async fn update_container(&self, req: UpdateContainerRequest) -> Result<Empty> {
         let resources = req
             .resources
@@ -831,73 +564,6 @@ impl Sandbox {
         }
     }
 
-    pub async fn write_stdin(&self, req: WriteStreamRequest) -> Result<WriteStreamResponse> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let mut stdin = p.stdin.lock().await;
-        if req.data.is_empty() {
-            // Kata's convention: an empty write closes stdin.
-            close(&p, &mut stdin).await?;
-        } else {
-            stdin
-                .as_ref()
-                .ok_or_else(|| RuntimeError::FailedPrecondition("stdin is closed".into()))?
-                .write_all(&req.data)
-                .await?;
-        }
-        Ok(WriteStreamResponse {
-            len: req.data.len() as u32,
-            ..Default::default()
-        })
-    }
-
-    pub async fn read_stdout(&self, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
-        self.read(req, true).await
-    }
-
-    pub async fn read_stderr(&self, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
-        self.read(req, false).await
-    }
-
-    async fn read(&self, req: ReadStreamRequest, stdout: bool) -> Result<ReadStreamResponse> {
-        let (c, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let buf = if stdout { &p.stdout } else { &p.stderr };
-        // A terminal has one output stream, read as stdout.
-        let buf = buf.as_ref().ok_or(RuntimeError::EndOfStream)?;
-        let len = if req.len == 0 {
-            MAX_READ
-        } else {
-            (req.len as usize).min(MAX_READ)
-        };
-        let data = buf.read(len).await;
-        if matches!(data, Err(RuntimeError::EndOfStream)) {
-            forget_if_finished(&c, &req.exec_id);
-        }
-        Ok(ReadStreamResponse {
-            data: data?,
-            ..Default::default()
-        })
-    }
-
-    pub async fn close_stdin(&self, req: CloseStdinRequest) -> Result<Empty> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let mut stdin = p.stdin.lock().await;
-        close(&p, &mut stdin).await?;
-        Ok(Empty::new())
-    }
-
-    pub async fn tty_win_resize(&self, req: TtyWinResizeRequest) -> Result<Empty> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let master = p.pty_master.as_ref().ok_or_else(|| {
-            RuntimeError::FailedPrecondition("the process has no terminal".into())
-        })?;
-        let rows = u16::try_from(req.row)
-            .map_err(|_| RuntimeError::invalid("row", format!("{} is too large", req.row)))?;
-        let cols = u16::try_from(req.column)
-            .map_err(|_| RuntimeError::invalid("column", format!("{} is too large", req.column)))?;
-        stdio::resize(master, rows, cols)?;
-        Ok(Empty::new())
-    }
-
     pub async fn copy_file(&self, req: CopyFileRequest) -> Result<Empty> {
         let shared = self.sandbox().await?.layout.shared()?;
         let keep_setuid = self.config.allow_setuid_copy;
@@ -946,79 +612,6 @@ fn live(ops: &ContainerOps, c: &Container) -> Result<()> {
         return Err(RuntimeError::not_found("container", &c.id));
     }
     Ok(())
-}
-
-/// Drops a finished exec process so long-lived containers with many execs (probes) do not
-/// accumulate them. The init process stays until the container is removed.
-fn forget_if_finished(c: &Container, exec_id: &str) {
-    if exec_id.is_empty() {
-        return;
-    }
-    let mut procs = lock(&c.processes);
-    if procs.get(exec_id).is_some_and(|p| p.finished()) {
-        procs.remove(exec_id);
-    }
-}
-
-async fn close(p: &Process, stdin: &mut Option<StdinWriter>) -> Result<()> {
-    if p.pty_master.is_some() {
-        // Closing a terminal's master would hang it up; end-of-file on a terminal is ^D.
-        if let Some(w) = stdin.as_ref() {
-            w.write_all(&[0x04]).await?;
-        }
-    } else {
-        stdin.take();
-    }
-    Ok(())
-}
-
-fn send_signal(p: &Process, signal: i32) -> Result<()> {
-    // pidfd_send_signal cannot hit a recycled pid, unlike kill(2).
-    // SAFETY: plain syscall on a descriptor we own.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            p.pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(()); // already exited
-        }
-        return Err(RuntimeError::internal(
-            format!("signal {signal} to pid {}", p.pid),
-            e,
-        ));
-    }
-    Ok(())
-}
-
-async fn watch_exit(pidfd: OwnedFd) -> i32 {
-    let afd = match stdio::async_fd(pidfd, "pidfd") {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch a process for exit");
-            return 255;
-        }
-    };
-    loop {
-        match reap(afd.get_ref()) {
-            Ok(Some(status)) => return status,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "reaping a container process");
-                return 255;
-            }
-        }
-        match afd.readable().await {
-            Ok(mut g) => g.clear_ready(),
-            Err(_) => return 255,
-        }
-    }
 }
 
 /// Ids become directory and cgroup names: keep them to a safe alphabet.
