@@ -18,6 +18,7 @@ use super::{
 };
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
+use crate::hooks::AgentHooks;
 use crate::mount::{unmount_all, Mounted};
 use crate::spec::{self, SpecContext};
 use crate::staging::Staging;
@@ -130,6 +131,7 @@ impl Sandbox {
         }
         let resolv = sandbox.layout.resolv_conf()?;
         let mut spec_in = spec_in.clone();
+        crate::hooks::append(&mut spec_in, &sandbox.guest_hooks);
         if let Some(resolv) = &resolv {
             if !spec_in
                 .Mounts
@@ -179,10 +181,12 @@ impl Sandbox {
             let _ = clean_dir(&bundle_path);
             e
         };
-        let spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {
+        let mut spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {
             Ok(s) => s,
             Err(e) => return Err(fail(&mut mounts, e)),
         };
+        let hooks = AgentHooks::take(&mut spec);
+        let annotations = spec.annotations().clone().unwrap_or_default();
         let config_json = bundle_path.join("config.json");
         if let Err(e) = spec
             .save(&config_json)
@@ -246,6 +250,8 @@ impl Sandbox {
             oom_kills_seen: AtomicU64::new(0),
             oom_watched,
             device_rules,
+            hooks,
+            annotations,
         }))
     }
 

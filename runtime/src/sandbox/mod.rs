@@ -22,6 +22,7 @@ use vigil_protos::agent::*;
 
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
+use crate::hooks::AgentHooks;
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake};
@@ -93,6 +94,8 @@ struct SandboxState {
     hostname: String,
     layout: Layout,
     shared_pidns: bool,
+    /// Hooks from CreateSandbox's `guest_hook_path`, added to every container's spec.
+    guest_hooks: vigil_protos::oci::Hooks,
     mounts: Mutex<Vec<Mounted>>,
     /// What the sandbox's storages provide: bind sources and rootfs paths may lie beneath.
     storage_roots: Vec<Owned>,
@@ -127,6 +130,10 @@ struct Container {
     oom_watched: bool,
     /// The agent's device-cgroup rules, put back after every resource update.
     device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
+    /// The spec's poststart and poststop hooks, which the agent runs (see `hooks`).
+    hooks: AgentHooks,
+    /// The spec's annotations, for the OCI state hooks read.
+    annotations: HashMap<String, String>,
 }
 
 impl Container {
@@ -246,6 +253,11 @@ impl Sandbox {
                 "OCI hooks are not allowed by the agent configuration",
             ));
         }
+        let guest_hooks = if req.guest_hook_path.is_empty() {
+            vigil_protos::oci::Hooks::default()
+        } else {
+            crate::hooks::guest_hooks(&req.guest_hook_path)?
+        };
         if !req.kernel_modules.is_empty() {
             return Err(RuntimeError::invalid(
                 "kernel_modules",
@@ -295,6 +307,7 @@ impl Sandbox {
             hostname: req.hostname.clone(),
             layout,
             shared_pidns: req.sandbox_pidns,
+            guest_hooks,
             mounts: Mutex::new(mounts),
             storage_roots,
             containers: Mutex::new(Containers::default()),
@@ -399,7 +412,31 @@ impl Sandbox {
         }
         self.blocking(&c.id, |rt, id| rt.start(id)).await?;
         ops.status = Status::Running;
+        self.run_agent_hooks(&c, "poststart", "running").await;
         Ok(Empty::new())
+    }
+
+    /// Runs the container's poststart or poststop hooks; a failure is logged, never returned
+    /// (the OCI runtime spec: the lifecycle goes on).
+    async fn run_agent_hooks(&self, c: &Container, kind: &'static str, status: &str) {
+        let hooks = match kind {
+            "poststart" => c.hooks.poststart.clone(),
+            _ => c.hooks.poststop.clone(),
+        };
+        if hooks.is_empty() {
+            return;
+        }
+        let pid = (status == "running").then_some(c.init.pid);
+        let state = crate::hooks::state(&c.id, status, pid, &c.bundle, &c.annotations);
+        let claims = self.claims.clone();
+        let failed = tokio::task::spawn_blocking(move || {
+            crate::hooks::run(kind, &hooks, &state, claims.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("{kind} hooks: {e}")]);
+        for f in failed {
+            tracing::warn!(container = %c.id, "{f}");
+        }
     }
 
     pub async fn remove_container(&self, req: RemoveContainerRequest) -> Result<Empty> {
@@ -460,8 +497,9 @@ impl Sandbox {
             None => all_exited.await,
         }
         let deleted = self.blocking(&c.id, |rt, id| rt.delete(id)).await;
-        if let Err(e) = &deleted {
-            errors.push(e.to_string());
+        match &deleted {
+            Ok(()) => self.run_agent_hooks(c, "poststop", "stopped").await,
+            Err(e) => errors.push(e.to_string()),
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
         if let Err(e) = clean_dir(&c.bundle) {

@@ -6,7 +6,7 @@
 //! WaitProcess, the stream RPCs, SignalProcess and TtyWinResize); every exec'd process answers
 //! to its own exec id.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -116,19 +116,6 @@ pub(super) fn new_io(process: &oci::Process) -> Result<(ProcessIo, ParentIo)> {
     }
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is a fresh descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(RuntimeError::internal(
-            format!("pidfd_open({pid})"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Reaps the process behind `pidfd` once it exits; Kata's convention for the status:
 /// the exit code, or 128 + the signal that killed it.
 fn reap(pidfd: &OwnedFd) -> std::io::Result<Option<i32>> {
@@ -181,28 +168,10 @@ async fn close(p: &Process, stdin: &mut Option<StdinWriter>) -> Result<()> {
 }
 
 pub(super) fn send_signal(p: &Process, signal: i32) -> Result<()> {
-    // pidfd_send_signal cannot hit a recycled pid, unlike kill(2).
-    // SAFETY: plain syscall on a descriptor we own.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            p.pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(()); // already exited
-        }
-        return Err(RuntimeError::internal(
-            format!("signal {signal} to pid {}", p.pid),
-            e,
-        ));
-    }
-    Ok(())
+    // pidfd_send_signal cannot hit a recycled pid, unlike kill(2); an exited process is fine.
+    crate::pidfd::send_signal(p.pidfd.as_fd(), signal)
+        .map(|_| ())
+        .map_err(|e| RuntimeError::internal(format!("signal {signal} to pid {}", p.pid), e))
 }
 
 /// Whether process `pid` (a child of the agent, so its pid cannot be reused before it is
@@ -268,7 +237,7 @@ impl Sandbox {
         io: ParentIo,
         oom_on_kill: bool,
     ) -> Result<Arc<Process>> {
-        let pidfd = Arc::new(pidfd_open(pid)?);
+        let pidfd = Arc::new(crate::pidfd::open(pid)?);
         let limit = self.config.output_limit;
         let stdout = match io.stdout {
             Some(fd) => {

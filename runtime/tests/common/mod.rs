@@ -79,6 +79,15 @@ impl Fixture {
     }
 
     pub async fn with_config(name: &str, config: SandboxConfig) -> Fixture {
+        Fixture::with_request(name, config, |_| {}).await
+    }
+
+    /// A sandbox from the fixture's CreateSandbox request as `tweak` changes it.
+    pub async fn with_request(
+        name: &str,
+        config: SandboxConfig,
+        tweak: impl FnOnce(&mut CreateSandboxRequest),
+    ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let run_root = tmp.path().join("run");
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
@@ -87,15 +96,14 @@ impl Fixture {
             ..config
         }));
         let sandbox_id = format!("{name}-{}", std::process::id());
-        sandbox
-            .create_sandbox(CreateSandboxRequest {
-                sandbox_id: sandbox_id.clone(),
-                hostname: "vigil-pod".into(),
-                dns: vec!["nameserver 192.0.2.53".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let mut req = CreateSandboxRequest {
+            sandbox_id: sandbox_id.clone(),
+            hostname: "vigil-pod".into(),
+            dns: vec!["nameserver 192.0.2.53".into()],
+            ..Default::default()
+        };
+        tweak(&mut req);
+        sandbox.create_sandbox(req).await.unwrap();
         let rootfs = run_root.join(&sandbox_id).join("shared/busybox-rootfs");
         busybox_rootfs(&rootfs);
         Fixture {
