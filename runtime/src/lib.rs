@@ -21,6 +21,7 @@ mod runtime;
 mod sandbox;
 mod spec;
 mod staging;
+mod stats;
 mod stdio;
 mod storage;
 mod youki;

@@ -332,11 +332,8 @@ impl ContainerRuntime for LibcontainerRuntime {
     }
 
     fn stats(&self, id: &str) -> Result<pb::CgroupStats> {
-        let s = self
-            .cgroup(id)?
-            .stats()
-            .map_err(|e| RuntimeError::internal(format!("stats of container {id}"), e))?;
-        Ok(convert_stats(s))
+        // Read by vigil in Kata's units and layout (libcgroups reports raw ticks and µs).
+        crate::stats::CgroupDirs::of(&self.cgroup_path(id)?)?.stats()
     }
 
     fn oom_kills(&self, id: &str) -> Result<u64> {
@@ -458,91 +455,5 @@ impl Executor for ControllingTtyExecutor {
 
     fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
-    }
-}
-
-fn convert_stats(s: libcgroups::stats::Stats) -> pb::CgroupStats {
-    let mem = |d: &libcgroups::stats::MemoryData| pb::MemoryData {
-        usage: d.usage,
-        max_usage: d.max_usage,
-        failcnt: d.fail_count,
-        limit: d.limit,
-        ..Default::default()
-    };
-    let blk = |v: &[libcgroups::stats::BlkioDeviceStat]| -> Vec<pb::BlkioStatsEntry> {
-        v.iter()
-            .map(|e| pb::BlkioStatsEntry {
-                major: e.major,
-                minor: e.minor,
-                op: e.op_type.clone().unwrap_or_default(),
-                value: e.value,
-                ..Default::default()
-            })
-            .collect()
-    };
-    pb::CgroupStats {
-        cpu_stats: Some(pb::CpuStats {
-            cpu_usage: Some(pb::CpuUsage {
-                total_usage: s.cpu.usage.usage_total,
-                percpu_usage: s.cpu.usage.per_core_usage_total.clone(),
-                usage_in_kernelmode: s.cpu.usage.usage_kernel,
-                usage_in_usermode: s.cpu.usage.usage_user,
-                ..Default::default()
-            })
-            .into(),
-            throttling_data: Some(pb::ThrottlingData {
-                periods: s.cpu.throttling.periods,
-                throttled_periods: s.cpu.throttling.throttled_periods,
-                throttled_time: s.cpu.throttling.throttled_time,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        })
-        .into(),
-        memory_stats: Some(pb::MemoryStats {
-            cache: s.memory.cache,
-            usage: Some(mem(&s.memory.memory)).into(),
-            swap_usage: Some(mem(&s.memory.memswap)).into(),
-            kernel_usage: Some(mem(&s.memory.kernel)).into(),
-            use_hierarchy: s.memory.hierarchy,
-            stats: s.memory.stats.clone(),
-            ..Default::default()
-        })
-        .into(),
-        pids_stats: Some(pb::PidsStats {
-            current: s.pids.current,
-            limit: s.pids.limit,
-            ..Default::default()
-        })
-        .into(),
-        blkio_stats: Some(pb::BlkioStats {
-            io_service_bytes_recursive: blk(&s.blkio.service_bytes),
-            io_serviced_recursive: blk(&s.blkio.serviced),
-            io_queued_recursive: blk(&s.blkio.queued),
-            io_service_time_recursive: blk(&s.blkio.service_time),
-            io_wait_time_recursive: blk(&s.blkio.wait_time),
-            io_merged_recursive: blk(&s.blkio.merged),
-            io_time_recursive: blk(&s.blkio.time),
-            sectors_recursive: blk(&s.blkio.sectors),
-            ..Default::default()
-        })
-        .into(),
-        hugetlb_stats: s
-            .hugetlb
-            .iter()
-            .map(|(k, h)| {
-                (
-                    k.clone(),
-                    pb::HugetlbStats {
-                        usage: h.usage,
-                        max_usage: h.max_usage,
-                        failcnt: h.fail_count,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect(),
-        ..Default::default()
     }
 }

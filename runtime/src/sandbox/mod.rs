@@ -544,8 +544,12 @@ impl Sandbox {
     ) -> Result<StatsContainerResponse> {
         let c = self.container(&req.container_id).await?;
         let stats = self.blocking(&c.id, |rt, id| rt.stats(id)).await?;
+        // The pod's interfaces: it shares the agent's (the guest's) network namespace.
+        let net = std::fs::read_to_string("/proc/net/dev")
+            .map_err(|e| RuntimeError::internal("/proc/net/dev", e))?;
         Ok(StatsContainerResponse {
             cgroup_stats: Some(stats).into(),
+            network_stats: crate::stats::network(&net),
             ..Default::default()
         })
     }
