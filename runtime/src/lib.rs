@@ -17,6 +17,7 @@ mod hooks;
 mod layout;
 mod mount;
 mod pidfd;
+mod pod_ns;
 mod runtime;
 mod sandbox;
 mod spec;

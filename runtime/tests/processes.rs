@@ -1,6 +1,7 @@
-//! How Kata's host side addresses and signals processes: the init process by the exec id its
+//! Kata's conventions for a pod's processes: the init process addressed by the exec id its
 //! CreateContainer carried (Kata's Go shim sends the container id there, kata_agent.go
-//! createContainer) as well as by `""`, and SignalProcess as Kata's agent reads it. Needs root.
+//! createContainer) as well as by `""`, SignalProcess as Kata's agent reads it, and the pod's
+//! IPC and UTS namespaces shared by its containers. Needs root.
 
 mod common;
 
@@ -190,6 +191,72 @@ fn a_signal_goes_to_one_process_unless_it_is_sigkill_to_all() {
         assert_eq!(wait_briefly(&f, &usr, "sleeper").await, 128 + libc::SIGKILL);
 
         for c in [&trap, &plain, &usr] {
+            f.remove(c).await;
+        }
+        f.destroy().await;
+    });
+}
+
+/// The namespaces of a container's process, as `readlink /proc/self/ns/<kind>` prints them.
+async fn namespaces_of(f: &Fixture, cid: &str, eid: &str) -> String {
+    let script = "for n in ipc uts mnt pid; do readlink /proc/self/ns/$n; done; hostname";
+    f.exec(cid, eid, &["sh", "-c", script], false)
+        .await
+        .unwrap();
+    let out = f.read_all(cid, eid, true).await;
+    assert_eq!(f.wait(cid, eid).await, 0);
+    out
+}
+
+#[test]
+fn the_containers_of_a_pod_share_its_ipc_and_uts_namespaces_only() {
+    run_serially(async {
+        if !privileged("the_containers_of_a_pod_share_its_ipc_and_uts_namespaces_only") {
+            return;
+        }
+        let f = Fixture::new("podns").await;
+        let pid = std::process::id();
+        let (a, b) = (format!("podns-a-{pid}"), format!("podns-b-{pid}"));
+        f.run(&a, &["sleep", "1000"]).await;
+        // The second one's spec names no IPC or UTS namespace at all: it joins the pod's too.
+        let mut req = f.request(&b, &["sleep", "1000"], false);
+        let linux = req.OCI.as_mut().unwrap().Linux.as_mut().unwrap();
+        linux
+            .Namespaces
+            .retain(|n| n.Type != "ipc" && n.Type != "uts");
+        f.sandbox.create_container(req).await.unwrap();
+        f.sandbox
+            .start_container(StartContainerRequest {
+                container_id: b.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let in_a = namespaces_of(&f, &a, "ns").await;
+        let in_b = namespaces_of(&f, &b, "ns").await;
+        let lines = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        let (la, lb) = (lines(&in_a), lines(&in_b));
+        assert_eq!(la.len(), 5, "{in_a}");
+        let own = |kind: &str| {
+            std::fs::read_link(format!("/proc/self/ns/{kind}"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        // IPC and UTS: the same in both containers, not the agent's.
+        assert_eq!(la[..2], lb[..2], "{in_a}{in_b}");
+        assert_ne!(la[0], own("ipc"));
+        assert_ne!(la[1], own("uts"));
+        // Mount and PID: each container's own.
+        assert_ne!(la[2], lb[2]);
+        assert_ne!(la[3], lb[3]);
+        // The pod's hostname, from CreateSandbox, in the pod's UTS namespace only.
+        assert_eq!((la[4].as_str(), lb[4].as_str()), ("vigil-pod", "vigil-pod"));
+        assert_ne!(
+            nix::unistd::gethostname().unwrap().to_string_lossy(),
+            "vigil-pod"
+        );
+        for c in [&a, &b] {
             f.remove(c).await;
         }
         f.destroy().await;

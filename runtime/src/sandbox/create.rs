@@ -106,7 +106,9 @@ impl Sandbox {
             "storages",
         )?;
         mounts.extend(storage_mounts);
-        let mut namespaces = std::collections::BTreeMap::new();
+        // Every container joins the pod's IPC and UTS namespaces (as in Kata and Kubernetes).
+        let mut namespaces: std::collections::BTreeMap<&'static str, PathBuf> =
+            sandbox.pod_namespaces.paths().into_iter().collect();
         match (req.sandbox_pidns, sandbox.shared_pidns) {
             (false, _) => {}
             (true, false) => {

@@ -25,6 +25,7 @@ use crate::error::{Result, RuntimeError};
 use crate::hooks::AgentHooks;
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
+use crate::pod_ns::PodNamespaces;
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake};
 use crate::spec::{self, SpecLimits};
 use crate::stdio;
@@ -96,6 +97,8 @@ struct SandboxState {
     shared_pidns: bool,
     /// Hooks from CreateSandbox's `guest_hook_path`, added to every container's spec.
     guest_hooks: vigil_protos::oci::Hooks,
+    /// The IPC and UTS namespaces every container of the pod joins.
+    pod_namespaces: PodNamespaces,
     mounts: Mutex<Vec<Mounted>>,
     /// What the sandbox's storages provide: bind sources and rootfs paths may lie beneath.
     storage_roots: Vec<Owned>,
@@ -264,6 +267,12 @@ impl Sandbox {
                 "loading kernel modules is not supported",
             ));
         }
+        if req.hostname.len() > 64 || req.hostname.contains('\0') {
+            return Err(RuntimeError::invalid(
+                "hostname",
+                "longer than 64 bytes, or contains a NUL byte",
+            ));
+        }
         for (i, d) in req.dns.iter().enumerate() {
             if d.contains('\n') || d.contains('\0') {
                 return Err(RuntimeError::invalid(
@@ -284,6 +293,7 @@ impl Sandbox {
             // Left over from an agent that died: start clean rather than inherit its files.
             clean_dir(&dir)?;
         }
+        let pod_namespaces = PodNamespaces::create(&req.hostname)?;
         let layout = Layout::create(&self.config.run_root, &req.sandbox_id)?;
         if !req.dns.is_empty() {
             let p = layout.resolv_conf_path();
@@ -308,6 +318,7 @@ impl Sandbox {
             layout,
             shared_pidns: req.sandbox_pidns,
             guest_hooks,
+            pod_namespaces,
             mounts: Mutex::new(mounts),
             storage_roots,
             containers: Mutex::new(Containers::default()),

@@ -51,8 +51,8 @@ pub(crate) struct SpecContext<'a> {
     pub cgroups_path: String,
     /// The sandbox hostname, used when the spec has none.
     pub hostname: &'a str,
-    /// The sandbox's own namespaces this container joins, by OCI type (today: `pid` with
-    /// `sandbox_pidns`). A spec may name only these by path.
+    /// The sandbox's own namespaces this container joins, by OCI type (the pod's `ipc` and
+    /// `uts`; `pid` with `sandbox_pidns`). A spec may name only these by path.
     pub namespaces: BTreeMap<&'static str, PathBuf>,
     pub limits: &'a SpecLimits,
 }

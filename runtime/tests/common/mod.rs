@@ -13,7 +13,7 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "sleep", "stty", "dd", "hostname", "head", "wc", "true", "ls", "id", "ln",
-    "mkdir", "mknod", "stat", "rm",
+    "mkdir", "mknod", "stat", "rm", "readlink",
 ];
 
 /// Every test's guard: root, and busybox present (CI installs Debian's `busybox-static`).
