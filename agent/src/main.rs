@@ -15,7 +15,9 @@ use vigil_agent::startup::{self, Options};
 /// [agent] (server_addr, log_level, log_format) and [endpoints] allowed =
 /// ["CreateContainerRequest", ...] (request message names; a file without [endpoints] allows
 /// nothing; ["*"] allows everything), plus optional [policy] (Rego agent policy, signer, logs),
-/// [attestation] (TEE mode, KBS) and [sandbox] (run_root, allow_hooks, output_limit_bytes,
+/// [attestation] (TEE mode, KBS) and [sandbox] (kata_root: Kata's guest directories, default
+/// /run/kata-containers; or run_root for the same under <run_root>/<sandbox id>; allow_hooks,
+/// output_limit_bytes,
 /// cgroup_parent, and what containers may ask of the guest: capabilities (bounding set,
 /// default containerd's), allow_privileged, devices (guest device paths), allow_setuid_copy).
 ///

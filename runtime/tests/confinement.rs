@@ -25,7 +25,7 @@ fn refusals_leave_nothing_behind() {
             Err(RuntimeError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         };
-        let shared = f.dir().join("shared");
+        let shared = f.shared();
         let bind = |src: &str| oci::Mount {
             destination: "/data".into(),
             source: src.into(),
@@ -104,7 +104,7 @@ fn refusals_leave_nothing_behind() {
                         driver: "ephemeral".into(),
                         source: "/dev/vda".into(),
                         fstype: "ext4".into(),
-                        mount_point: "disk".into(),
+                        mount_point: "sandbox/disk".into(),
                         ..Default::default()
                     })
                 }),
@@ -116,7 +116,7 @@ fn refusals_leave_nothing_behind() {
                         driver: "blk".into(),
                         source: "0000:00:02.0".into(),
                         fstype: "ext4".into(),
-                        mount_point: "disk".into(),
+                        mount_point: "sandbox/disk".into(),
                         ..Default::default()
                     })
                 }),
@@ -192,6 +192,20 @@ fn refusals_leave_nothing_behind() {
                 Box::new(|r| r.container_id = "../up".into()),
                 "container_id",
             ),
+            // A name of the layout's own directories is no container id.
+            (
+                Box::new(|r| r.container_id = "sandbox".into()),
+                "container_id",
+            ),
+            // Another container's directory, or the agent's, is no mount point.
+            (
+                Box::new(|r| r.storages[0].mount_point = "someone-else/rootfs".into()),
+                "storages[0].mount_point",
+            ),
+            (
+                Box::new(|r| r.storages[0].mount_point = ".vigil/pod/containers/x".into()),
+                "storages[0].mount_point",
+            ),
             (
                 Box::new(|r| {
                     r.OCI.as_mut().unwrap().Linux.as_mut().unwrap().Namespaces[0].Path =
@@ -255,7 +269,7 @@ fn refusals_leave_nothing_behind() {
         f.destroy().await;
         // Without a sandbox, container requests are NOT_FOUND.
         let none = Sandbox::new(SandboxConfig {
-            run_root: std::env::temp_dir().join("vigil-no-sandbox"),
+            kata_root: std::env::temp_dir().join("vigil-no-sandbox"),
             ..Default::default()
         });
         assert!(matches!(
@@ -334,7 +348,10 @@ fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
                 let mut r = f.request(&b, &["true"], false);
                 r.storages.push(Storage {
                     driver: "ephemeral".into(),
-                    mount_point: format!("shared/vol/escape{}/made-by-vigil", outside.display()),
+                    mount_point: format!(
+                        "shared/containers/vol/escape{}/made-by-vigil",
+                        outside.display()
+                    ),
                     ..Default::default()
                 });
                 (r, "storages[1].mount_point")

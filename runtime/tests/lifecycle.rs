@@ -444,10 +444,11 @@ fn shared_pid_namespace_and_sandbox_storages() {
         if !privileged("shared_pid_namespace_and_sandbox_storages") {
             return;
         }
+        // The layout under `[sandbox] run_root` (per sandbox id), for hosts that are not Kata's.
         let tmp = tempfile::tempdir().unwrap();
         let run_root = tmp.path().join("run");
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
-            run_root: run_root.clone(),
+            run_root: Some(run_root.clone()),
             ..Default::default()
         }));
         let sid = format!("pidns-{}", std::process::id());
@@ -458,13 +459,13 @@ fn shared_pid_namespace_and_sandbox_storages() {
                 storages: vec![
                     Storage {
                         driver: "ephemeral".into(),
-                        mount_point: "scratch".into(),
+                        mount_point: "sandbox/ephemeral/scratch".into(),
                         options: vec!["size=1m".into()],
                         ..Default::default()
                     },
                     Storage {
                         driver: "local".into(),
-                        mount_point: "local-dir".into(),
+                        mount_point: format!("shared/containers/{sid}/rootfs/local/dir"),
                         options: vec!["mode=0750".into()],
                         ..Default::default()
                     },
@@ -474,7 +475,7 @@ fn shared_pid_namespace_and_sandbox_storages() {
             .await
             .unwrap();
         let dir = run_root.join(&sid);
-        let rootfs = dir.join("shared/rootfs");
+        let rootfs = dir.join("shared/containers/busybox");
         busybox_rootfs(&rootfs);
         let fstype = |p: &Path| {
             std::fs::read_to_string("/proc/self/mountinfo")
@@ -487,10 +488,11 @@ fn shared_pid_namespace_and_sandbox_storages() {
                         .map(|r| r.split(' ').next().unwrap().to_string())
                 })
         };
-        assert_eq!(fstype(&dir.join("scratch")).as_deref(), Some("tmpfs"));
+        let scratch = dir.join("sandbox/ephemeral/scratch");
+        assert_eq!(fstype(&scratch).as_deref(), Some("tmpfs"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            std::fs::metadata(dir.join("local-dir"))
+            std::fs::metadata(dir.join(format!("shared/containers/{sid}/rootfs/local/dir")))
                 .unwrap()
                 .permissions()
                 .mode()
@@ -547,8 +549,8 @@ fn shared_pid_namespace_and_sandbox_storages() {
             .destroy_sandbox(DestroySandboxRequest::new())
             .await
             .unwrap();
-        assert!(fstype(&dir.join("scratch")).is_none());
-        assert!(!dir.exists());
+        assert!(fstype(&scratch).is_none());
+        assert!(!dir.exists(), "a run_root sandbox's directory goes with it");
         for id in &ids {
             assert_container_gone(&dir, id);
         }

@@ -13,12 +13,12 @@ use vigil_protos::agent::*;
 use vigil_protos::oci;
 
 use super::{
-    check_id, clean_dir, lock, process::new_io, Container, ContainerOps, SandboxState, Status,
-    DESTROY_TIMEOUT,
+    check_id, lock, process::new_io, Container, ContainerOps, SandboxState, Status, DESTROY_TIMEOUT,
 };
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::hooks::AgentHooks;
+use crate::layout::Layout;
 use crate::mount::{unmount_all, Mounted};
 use crate::spec::{self, SpecContext};
 use crate::staging::Staging;
@@ -27,6 +27,7 @@ use crate::Sandbox;
 impl Sandbox {
     pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
         check_id(&req.container_id, "container_id")?;
+        Layout::check_container_id(&req.container_id)?;
         if !req.exec_id.is_empty() {
             check_id(&req.exec_id, "exec_id")?;
         }
@@ -159,7 +160,8 @@ impl Sandbox {
         };
         let storages: Vec<&Owned> = sandbox.storage_roots.iter().chain(roots.iter()).collect();
         let agent_files: Vec<&Owned> = resolv.iter().collect();
-        let mut staging = Staging::new(bundle, &shared, &storages, &agent_files);
+        let container_dir = sandbox.layout.container_dir(id);
+        let mut staging = Staging::new(bundle, &container_dir, &shared, &storages, &agent_files);
         let spec = spec::container_spec(&spec_in, &ctx, &mut staging);
         mounts.append(&mut staging.mounts);
         spec
@@ -173,14 +175,13 @@ impl Sandbox {
     ) -> Result<Arc<Container>> {
         let id = req.container_id.clone();
         let bundle_path = sandbox.layout.bundle_path(&id);
-        if bundle_path.exists() {
-            clean_dir(&bundle_path)?;
-        }
+        // Whatever an agent that died left for this id goes first.
+        sandbox.layout.remove_container(&id)?;
         let bundle = sandbox.layout.create_bundle(&id)?;
         let mut mounts = Vec::new();
         let fail = |mounts: &mut Vec<Mounted>, e: RuntimeError| {
             unmount_all(mounts);
-            let _ = clean_dir(&bundle_path);
+            let _ = sandbox.layout.remove_container(&id);
             e
         };
         let mut spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {

@@ -11,7 +11,7 @@ mod process;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +37,12 @@ use process::{send_signal, Process};
 /// are the strict ones; the agent fills this from its measured configuration (`[sandbox]`).
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Parent of the sandbox run directories (one per sandbox id) and of the runtime's state.
-    pub run_root: PathBuf,
+    /// Where Kata's guest directories are (`shared/containers`, `sandbox`, `<container id>`;
+    /// see `layout`): the paths Kata's runtimes send. Default `/run/kata-containers`.
+    pub kata_root: PathBuf,
+    /// For hosts that are not Kata's: the same directories under `<run_root>/<sandbox id>`
+    /// instead of `kata_root`. Unset by default.
+    pub run_root: Option<PathBuf>,
     /// Whether container specs may carry OCI hooks.
     pub allow_hooks: bool,
     /// Bytes of unread output kept per stream; older output is dropped past this.
@@ -61,7 +65,8 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> SandboxConfig {
         SandboxConfig {
-            run_root: PathBuf::from("/run/vigil/sandbox"),
+            kata_root: PathBuf::from("/run/kata-containers"),
+            run_root: None,
             allow_hooks: false,
             output_limit: 1 << 20,
             cgroup_parent: "vigil".into(),
@@ -72,6 +77,24 @@ impl Default for SandboxConfig {
             allow_privileged: false,
             devices: Vec::new(),
             allow_setuid_copy: false,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// The root of sandbox `id`'s layout, and whether it is the sandbox's alone.
+    fn layout_root(&self, id: &str) -> (PathBuf, bool) {
+        match &self.run_root {
+            Some(r) => (r.join(id), true),
+            None => (self.kata_root.clone(), false),
+        }
+    }
+
+    /// Where the runtime library keeps its state (agent-private).
+    fn state_root(&self) -> PathBuf {
+        match &self.run_root {
+            Some(r) => r.join(".runtime"),
+            None => self.kata_root.join(".vigil/runtime"),
         }
     }
 }
@@ -155,7 +178,7 @@ struct ContainerOps {
 impl Sandbox {
     /// A sandbox manager on youki's libcontainer, keeping its state under `config.run_root`.
     pub fn new(config: SandboxConfig) -> Sandbox {
-        let runtime = Arc::new(LibcontainerRuntime::new(config.run_root.join(".runtime")));
+        let runtime = Arc::new(LibcontainerRuntime::new(config.state_root()));
         Sandbox::with_runtime(config, runtime)
     }
 
@@ -288,13 +311,10 @@ impl Sandbox {
                 id: s.id.clone(),
             });
         }
-        let dir = self.config.run_root.join(&req.sandbox_id);
-        if dir.exists() {
-            // Left over from an agent that died: start clean rather than inherit its files.
-            clean_dir(&dir)?;
-        }
         let pod_namespaces = PodNamespaces::create(&req.hostname)?;
-        let layout = Layout::create(&self.config.run_root, &req.sandbox_id)?;
+        // What an agent that died left there is removed first: nothing is inherited.
+        let (root, per_sandbox) = self.config.layout_root(&req.sandbox_id);
+        let layout = Layout::create(&root, per_sandbox)?;
         if !req.dns.is_empty() {
             let p = layout.resolv_conf_path();
             let mut text = req.dns.join("\n");
@@ -308,7 +328,7 @@ impl Sandbox {
         let (mounts, storage_roots) = match added {
             Ok(a) => a,
             Err(e) => {
-                let _ = clean_dir(&dir);
+                layout.remove();
                 return Err(e);
             }
         };
@@ -344,9 +364,7 @@ impl Sandbox {
             }
         }
         errors.extend(mount::unmount_all(&mut lock(&state.mounts)));
-        if let Err(e) = clean_dir(state.layout.dir()) {
-            errors.push(e.to_string());
-        }
+        errors.extend(state.layout.remove());
         if errors.is_empty() {
             Ok(Empty::new())
         } else {
@@ -513,7 +531,7 @@ impl Sandbox {
             Err(e) => errors.push(e.to_string()),
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
-        if let Err(e) = clean_dir(&c.bundle) {
+        if let Err(e) = sandbox.layout.remove_container(&c.id) {
             errors.push(e.to_string());
         }
         if deleted.is_ok() {
@@ -682,25 +700,5 @@ fn check_id(id: &str, field: &str) -> Result<()> {
             field,
             format!("{id:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"),
         ))
-    }
-}
-
-/// Unmounts anything left under `dir`, then removes it. Refuses to delete while a mount is
-/// still there: deleting through a bind mount would delete its source.
-fn clean_dir(dir: &Path) -> Result<()> {
-    for m in mount::mounts_under(dir) {
-        mount::detach_path(&m);
-    }
-    let left = mount::mounts_under(dir);
-    if !left.is_empty() {
-        return Err(RuntimeError::Internal(format!(
-            "not removing {}: still mounted: {left:?}",
-            dir.display()
-        )));
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RuntimeError::internal(dir.display(), e)),
     }
 }

@@ -306,7 +306,7 @@ mod tests {
 
     fn refused(storage: Storage) -> (String, String) {
         let t = tempfile::tempdir().unwrap();
-        let layout = Layout::create(t.path(), "sb").unwrap();
+        let layout = Layout::create(t.path(), false).unwrap();
         let shared = layout.shared().unwrap();
         match StorageDrivers::builtin().add_all(&[storage], &layout, None, &[&shared], "storages") {
             Err(RuntimeError::InvalidArgument { field, reason }) => (field, reason),
@@ -320,7 +320,7 @@ mod tests {
             driver: driver.into(),
             source: source.into(),
             fstype: fstype.into(),
-            mount_point: "m".into(),
+            mount_point: "sandbox/m".into(),
             ..Default::default()
         }
     }

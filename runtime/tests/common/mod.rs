@@ -33,14 +33,15 @@ pub fn privileged(test: &str) -> bool {
 pub struct Fixture {
     destroyed: bool,
     pub tmp: tempfile::TempDir,
-    pub run_root: PathBuf,
+    /// The sandbox's Kata layout root (`[sandbox] kata_root`, in the test's temp dir).
+    pub kata_root: PathBuf,
     pub rootfs: PathBuf,
     pub sandbox: Arc<Sandbox>,
     pub sandbox_id: String,
 }
 
-/// A busybox rootfs at `rootfs`: in the tests, in the sandbox's shared directory, where the
-/// host's shared file system puts container images in Kata.
+/// A busybox rootfs at `rootfs`: in the tests, in the sandbox's shared directory
+/// (`shared/containers`), where the host's shared file system puts container images in Kata.
 pub fn busybox_rootfs(rootfs: &Path) {
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
@@ -52,8 +53,8 @@ pub fn busybox_rootfs(rootfs: &Path) {
     std::fs::write(rootfs.join("etc/resolv.conf"), "").unwrap();
 }
 
-/// A CreateContainer request: `rootfs` bind-mounted as a storage into the container's bundle,
-/// and a runc-like minimal spec.
+/// A CreateContainer request: `rootfs` bind-mounted as a storage at the container's own
+/// `<id>/rootfs` (where the relative Root.Path "rootfs" points), and a runc-like minimal spec.
 pub fn request_with(
     rootfs: &Path,
     id: &str,
@@ -65,7 +66,7 @@ pub fn request_with(
         storages: vec![Storage {
             driver: "bind".into(),
             source: rootfs.to_string_lossy().into_owned(),
-            mount_point: format!("containers/{id}/rootfs"),
+            mount_point: format!("{id}/rootfs"),
             ..Default::default()
         }],
         OCI: Some(spec(args, terminal)).into(),
@@ -89,9 +90,9 @@ impl Fixture {
         tweak: impl FnOnce(&mut CreateSandboxRequest),
     ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
-        let run_root = tmp.path().join("run");
+        let kata_root = tmp.path().join("kata");
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
-            run_root: run_root.clone(),
+            kata_root: kata_root.clone(),
             output_limit: 64 * 1024,
             ..config
         }));
@@ -104,20 +105,21 @@ impl Fixture {
         };
         tweak(&mut req);
         sandbox.create_sandbox(req).await.unwrap();
-        let rootfs = run_root.join(&sandbox_id).join("shared/busybox-rootfs");
+        let rootfs = kata_root.join("shared/containers/busybox-rootfs");
         busybox_rootfs(&rootfs);
         Fixture {
             destroyed: false,
             tmp,
-            run_root,
+            kata_root,
             rootfs,
             sandbox,
             sandbox_id,
         }
     }
 
+    /// The root of the sandbox's layout.
     pub fn dir(&self) -> PathBuf {
-        self.run_root.join(&self.sandbox_id)
+        self.kata_root.clone()
     }
 
     pub fn request(&self, id: &str, args: &[&str], terminal: bool) -> CreateContainerRequest {
@@ -125,7 +127,7 @@ impl Fixture {
     }
 
     pub fn shared(&self) -> PathBuf {
-        self.dir().join("shared")
+        self.dir().join("shared/containers")
     }
 
     pub async fn run(&self, id: &str, args: &[&str]) {
@@ -233,12 +235,7 @@ impl Fixture {
             .destroy_sandbox(DestroySandboxRequest::new())
             .await
             .unwrap();
-        assert!(!self.dir().exists(), "sandbox directory left behind");
-        assert!(
-            mounts_under(&self.run_root).is_empty(),
-            "mounts left: {:?}",
-            mounts_under(&self.run_root)
-        );
+        assert_sandbox_gone(&self.dir());
     }
 }
 
@@ -271,7 +268,7 @@ impl Drop for Fixture {
                 }
             }
         }
-        for m in mounts_under(&self.run_root).iter().rev() {
+        for m in mounts_under(&self.kata_root).iter().rev() {
             let c = std::ffi::CString::new(m.as_str()).unwrap();
             // SAFETY: plain syscall.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -404,13 +401,30 @@ pub fn assert_container_gone(sandbox_dir: &Path, id: &str) {
         "cgroups left: {:?}",
         cgroup_dirs(id)
     );
-    let bundle = sandbox_dir.join("containers").join(id);
+    for dir in [
+        sandbox_dir.join(".vigil/pod/containers").join(id),
+        sandbox_dir.join(id),
+    ] {
+        assert!(
+            mounts_under(&dir).is_empty(),
+            "mounts left: {:?}",
+            mounts_under(&dir)
+        );
+        assert!(!dir.exists(), "left behind: {}", dir.display());
+    }
+}
+
+/// Nothing of the sandbox is left in its layout root: none of the directories it owns, no
+/// mount.
+pub fn assert_sandbox_gone(root: &Path) {
+    for owned in ["shared", "sandbox", ".vigil/pod"] {
+        assert!(!root.join(owned).exists(), "{owned} left behind");
+    }
     assert!(
-        mounts_under(&bundle).is_empty(),
+        mounts_under(root).is_empty(),
         "mounts left: {:?}",
-        mounts_under(&bundle)
+        mounts_under(root)
     );
-    assert!(!bundle.exists(), "bundle left: {}", bundle.display());
 }
 
 pub fn alive(pid: i32) -> bool {
