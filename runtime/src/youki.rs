@@ -36,6 +36,9 @@ static CWD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct LibcontainerRuntime {
     state_root: PathBuf,
     watchdog: Watchdog,
+    /// The agent's root is the initramfs ("rootfs"), which pivot_root cannot leave: containers
+    /// then move their root into place and chroot instead (Kata's agent decides the same way).
+    no_pivot: bool,
 }
 
 impl LibcontainerRuntime {
@@ -43,6 +46,7 @@ impl LibcontainerRuntime {
         LibcontainerRuntime {
             state_root: state_root.into(),
             watchdog: Watchdog::start(),
+            no_pivot: root_is_initramfs(),
         }
     }
 
@@ -249,6 +253,7 @@ impl ContainerRuntime for LibcontainerRuntime {
         let container = self
             .builder(id, io)?
             .as_init(bundle)
+            .with_no_pivot(self.no_pivot)
             .with_systemd(false)
             .with_detach(true)
             .build()
@@ -456,4 +461,19 @@ impl Executor for ControllingTtyExecutor {
     fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
     }
+}
+
+/// Whether `/` is the kernel's initramfs (file system type "rootfs" in the mount table).
+fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines().any(|l| {
+                let mut halves = l.splitn(2, " - ");
+                let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+                    return false;
+                };
+                left.split(' ').nth(4) == Some("/") && right.split(' ').next() == Some("rootfs")
+            })
+        })
+        .unwrap_or(false)
 }
