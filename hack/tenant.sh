@@ -8,6 +8,9 @@
 # permissive initial policy.rego), resources/ (the signed policy released only to sample
 # evidence whose init-data digest is this initdata's). Prints the initdata digest (hex), which
 # the VMM must bind at launch (for the mock TEE: agent.mock_launch_binding=DIGEST).
+# Optional, from the environment: TENANT_EXTRA_ENDPOINTS (more allow-list entries, e.g.
+# '"ReadStreamRequest", "WaitProcessRequest"'), TENANT_EXTRA_REGO (more rules for the tenant
+# policy), TENANT_EXTRA_CONFIG (more agent config sections, e.g. [image]).
 
 make_tenant() {
     local work=$1 kbs_url=$2 server_addr=$3 extra_kbs=${4:-}
@@ -27,6 +30,7 @@ CreateContainerRequest if {
     input.OCI.Process.Args == ["/pause"]
 }
 REGO
+    printf '%s\n' "${TENANT_EXTRA_REGO:-}" >>"$work/tenant-policy.rego"
     "$bin/kbs-tenant" sign --key "$work/keys/tenant.key" --policy "$work/tenant-policy.rego" \
         --version 3 --out "$work/policy.jws"
     local signer
@@ -43,7 +47,7 @@ server_addr = "$server_addr"
 [endpoints]
 allowed = ["GuestDetailsRequest", "CreateSandboxRequest", "DestroySandboxRequest",
            "CreateContainerRequest", "StartContainerRequest", "SetPolicyRequest",
-           "ListInterfacesRequest"]
+           "ListInterfacesRequest"${TENANT_EXTRA_ENDPOINTS:+, $TENANT_EXTRA_ENDPOINTS}]
 
 [policy]
 signer = """
@@ -58,6 +62,7 @@ deadline_secs = 60
 [attestation.kbs]
 kbs_url = "$kbs_url"
 $extra_kbs
+${TENANT_EXTRA_CONFIG:-}
 '''
 "policy.rego" = '''
 package agent_policy

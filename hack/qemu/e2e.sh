@@ -4,7 +4,8 @@
 # KBS test server on the host (reached only through QEMU user networking, 10.0.2.100:8080 ->
 # 127.0.0.1:PORT), fetches the tenant's signed policy, then opens its API. From the host, over
 # vsock (vhost-device-vsock, hybrid vsock socket): Check, an allowed call, a call blocked by
-# the allow-list and one blocked by the policy, each with its exact status; then Ctrl-Alt-Del
+# the allow-list and one blocked by the policy, each with its exact status; the request sequence
+# of Kata's runtime for a two-container pod (tests/e2e/tests/kata_pod.rs); then Ctrl-Alt-Del
 # through QMP (SIGINT to init): the agent shuts down and powers the VM off, and QEMU must exit.
 # Prints boot -> first answered request.
 #
@@ -64,6 +65,27 @@ if [ -z "$kbs_port" ]; then
     wait_for_line "$work/kbs.out" 30 "listening on" || die "the KBS test server did not start"
     kbs_port=$(grep -m1 "listening on" "$work/kbs.out" | sed 's/.*://')
 fi
+# Kata's pod sequence (tests/e2e/tests/kata_pod.rs kata_pod_in_the_guest), built now and run
+# once the guest listens: the RPCs it sends, and tenant rules that allow exactly its app
+# container and CopyFile under Kata's shared directory.
+(cd "$REPO_ROOT" && cargo test --locked -p vigil-tests --test kata_pod --no-run >&2)
+export TENANT_EXTRA_ENDPOINTS='"CopyFileRequest", "CloseStdinRequest", "ReadStreamRequest",
+           "WaitProcessRequest", "StatsContainerRequest", "SignalProcessRequest", "RemoveContainerRequest"'
+export TENANT_EXTRA_REGO='default StartContainerRequest := true
+default CloseStdinRequest := true
+default ReadStreamRequest := true
+default WaitProcessRequest := true
+default StatsContainerRequest := true
+default SignalProcessRequest := true
+default RemoveContainerRequest := true
+default CopyFileRequest := false
+CopyFileRequest if {
+    startswith(input.path, "/run/kata-containers/shared/containers/")
+}
+CreateContainerRequest if {
+    input.OCI.Annotations["io.kubernetes.cri.container-name"] == "app"
+    input.OCI.Root.Path == concat("/", ["/run/kata-containers/shared/containers", input.container_id, "rootfs"])
+}'
 # The tenant: keys, a signed policy released to this initdata only, and initdata carrying
 # the agent's config. Plain HTTP to a non-loopback address needs insecure_http (logged).
 source "$REPO_ROOT/hack/tenant.sh"
@@ -136,6 +158,12 @@ expect_status ExecProcess '{"container_id": "c1", "exec_id": "e1"}' UNIMPLEMENTE
 expect_status CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args": ["/bin/sh"]}}}' \
     PERMISSION_DENIED "CreateContainerRequest is blocked by policy"
 grep -aq "step 3/5: tenant policy verified" "$console" || fail "no verified KBS policy on the console"
+# Kata's runtime's requests for a two-container pod, replayed in the guest (cgroup v2).
+t_pod=$(now)
+out=$(cd "$REPO_ROOT" && VIGIL_KATA_POD_ADDR=$addr cargo test --locked -q -p vigil-tests \
+    --test kata_pod -- --ignored --exact kata_pod_in_the_guest 2>&1) || fail "Kata pod replay: $out"
+grep -q "test result: ok. 1 passed" <<<"$out" || fail "the Kata pod replay did not run: $out"
+log "ok: Kata pod replay (pause + app container, Kata's paths, stats in ns on cgroup v2) in $(elapsed_ms "$t_pod" "$(now)") ms"
 
 # Clean shutdown: Ctrl-Alt-Del -> SIGINT to init -> the agent closes the API and powers off.
 "$QEMU_HACK_DIR/qmp.py" "$run_dir/qmp.sock" ctrl-alt-delete >/dev/null ||

@@ -21,8 +21,18 @@ pub async fn call(
     method: &str,
     request: serde_json::Value,
 ) -> Answer {
+    call_within(client, method, request, CALL_TIMEOUT).await
+}
+
+/// [`call`] with its own bound (slow guests, long waits).
+pub async fn call_within(
+    client: &ttrpc::r#async::Client,
+    method: &str,
+    request: serde_json::Value,
+    timeout: Duration,
+) -> Answer {
     let rpc = vigilctl::find_rpc(method).unwrap_or_else(|e| panic!("{e}"));
-    match vigilctl::call_json(client, rpc, &request, CALL_TIMEOUT).await {
+    match vigilctl::call_json(client, rpc, &request, timeout).await {
         Ok(v) => Ok(v),
         Err(vigilctl::ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
         Err(e) => panic!("{method}: transport failure: {e}"),
@@ -225,5 +235,43 @@ impl HybridVsock {
             }
         });
         HybridVsock { path, _task: task }
+    }
+}
+
+/// If a container test fails half-way, the agent is stopped with containers still running:
+/// kills what is in each container's cgroup (`<cgroup_parent>/<id>`) and detaches every mount
+/// under `dir` (deepest first), so nothing outlives the test.
+pub struct ContainerCleanup {
+    pub cgroup_parent: &'static str,
+    pub containers: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl Drop for ContainerCleanup {
+    fn drop(&mut self) {
+        for cid in &self.containers {
+            let procs = Path::new("/sys/fs/cgroup/pids")
+                .join(self.cgroup_parent)
+                .join(cid)
+                .join("cgroup.procs");
+            for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain kill of a process of the test's own container.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let c = std::ffi::CString::new(m).unwrap();
+            // SAFETY: plain syscall.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
