@@ -80,18 +80,25 @@ fn allowed() -> SandboxConfig {
     }
 }
 
+/// A sandbox that allows hooks, with a markers directory and [`RUNTIME_HOOK`] as a script
+/// in the test's temporary directory.
+async fn hook_sandbox(name: &str) -> (Fixture, PathBuf, PathBuf) {
+    let f = Fixture::with_config(name, allowed()).await;
+    let markers = f.tmp.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let hook = f.tmp.path().join("hook.sh");
+    script(&hook, RUNTIME_HOOK);
+    (f, markers, hook)
+}
+
 #[test]
 fn each_hook_kind_runs_at_its_point_in_its_namespace() {
     run_serially(async {
         if !privileged("each_hook_kind_runs_at_its_point_in_its_namespace") {
             return;
         }
-        let f = Fixture::with_config("hooks", allowed()).await;
+        let (f, markers, rh) = hook_sandbox("hooks").await;
         let cid = format!("hooks-{}", std::process::id());
-        let markers = f.tmp.path().join("markers");
-        std::fs::create_dir(&markers).unwrap();
-        let rh = f.tmp.path().join("hook.sh");
-        script(&rh, RUNTIME_HOOK);
         script(&f.rootfs.join("hooks/start.sh"), START_HOOK);
         let hooks = oci::Hooks {
             Prestart: vec![runtime_hook(&rh, "prestart", &markers)],
@@ -187,12 +194,8 @@ fn failing_and_hanging_hooks_follow_the_oci_runtime_spec() {
         if !privileged("failing_and_hanging_hooks_follow_the_oci_runtime_spec") {
             return;
         }
-        let f = Fixture::with_config("hookfail", allowed()).await;
+        let (f, markers, rh) = hook_sandbox("hookfail").await;
         let pid = std::process::id();
-        let markers = f.tmp.path().join("markers");
-        std::fs::create_dir(&markers).unwrap();
-        let rh = f.tmp.path().join("hook.sh");
-        script(&rh, RUNTIME_HOOK);
         let with_hooks = |cid: &str, hooks: oci::Hooks| {
             let mut req = f.request(cid, &["sleep", "1000"], false);
             req.OCI.as_mut().unwrap().Hooks = Some(hooks).into();
