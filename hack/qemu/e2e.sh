@@ -161,8 +161,10 @@ grep -aq "step 3/5: tenant policy verified" "$console" || fail "no verified KBS 
 # Kata's runtime's requests for a two-container pod, replayed in the guest (cgroup v2).
 t_pod=$(now)
 out=$(cd "$REPO_ROOT" && VIGIL_KATA_POD_ADDR=$addr cargo test --locked -q -p vigil-tests \
-    --test kata_pod -- --ignored --exact kata_pod_in_the_guest 2>&1) || fail "Kata pod replay: $out"
+    --test kata_pod -- --ignored --exact kata_pod_in_the_guest --nocapture 2>&1) ||
+    fail "Kata pod replay: $out"
 grep -q "test result: ok. 1 passed" <<<"$out" || fail "the Kata pod replay did not run: $out"
+grep -q "stats read on cgroup v2" <<<"$out" || fail "the guest's stats were not cgroup v2: $out"
 log "ok: Kata pod replay (pause + app container, Kata's paths, stats in ns on cgroup v2) in $(elapsed_ms "$t_pod" "$(now)") ms"
 
 # Clean shutdown: Ctrl-Alt-Del -> SIGINT to init -> the agent closes the API and powers off.

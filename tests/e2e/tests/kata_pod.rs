@@ -207,7 +207,8 @@ impl Pod {
     }
 }
 
-/// containerd's default capability set, which CRI gives every container.
+/// containerd's default capability set, which CRI gives every container: the host's data,
+/// written out here rather than taken from the agent's own default.
 fn default_capabilities() -> Value {
     let caps = [
         "CAP_CHOWN",
@@ -563,7 +564,24 @@ async fn replay(c: &ttrpc::r#async::Client, pod: &Pod) {
         2,
         "{stats}"
     );
-    assert!(field(&stats["cgroup_stats"], &["memory_stats", "usage", "usage"]) > 0);
+    let m = &stats["cgroup_stats"]["memory_stats"];
+    let (usage, peak) = (
+        field(m, &["usage", "usage"]),
+        field(m, &["usage", "max_usage"]),
+    );
+    assert!(usage > 0 && peak >= usage, "{m}");
+    // Each hierarchy's own figures, as Kata's shims map them (metrics.go setMemoryStatsV1/V2).
+    let v2 = m["stats"].get("anon").is_some();
+    let (cache_key, hierarchy) = if v2 { ("file", false) } else { ("cache", true) };
+    eprintln!("stats read on cgroup v{}", if v2 { 2 } else { 1 });
+    assert_eq!(field(m, &["cache"]), field(m, &["stats", cache_key]), "{m}");
+    assert_eq!(m["use_hierarchy"], hierarchy, "{m}");
+    if v2 {
+        assert_eq!(
+            m["kernel_usage"]["usage"], 0,
+            "v2 has no separate kernel counter: {m}"
+        );
+    }
 
     // Stopping the pod: SIGTERM to the pause container's init process by its exec id
     // (signalProcess with all = false), which it handles; then RemoveContainer for each
