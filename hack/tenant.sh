@@ -1,7 +1,9 @@
 # Sourced by hack/demo.sh and hack/qemu/e2e.sh: the tenant side of an attested vigil
 # deployment, made with kbs-tenant. Needs $bin (kbs-tenant's directory) to be set.
 #
-#   make_tenant WORK KBS_URL SERVER_ADDR [EXTRA_KBS_TOML]
+#   make_tenant WORK KBS_URL SERVER_ADDR [EXTRA_KBS_TOML] [EXTRA_CONFIG_TOML]
+#
+# EXTRA_CONFIG_TOML: more sections for the agent config (e.g. [workload_api]), appended last.
 #
 # Writes into WORK: keys/ (tenant key pair), tenant-policy.rego and policy.jws (signed,
 # version 3), initdata.toml (the agent config with the pinned signer and KBS, plus a
@@ -9,11 +11,11 @@
 # evidence whose init-data digest is this initdata's). Prints the initdata digest (hex), which
 # the VMM must bind at launch (for the mock TEE: agent.mock_launch_binding=DIGEST).
 # Optional, from the environment: TENANT_EXTRA_ENDPOINTS (more allow-list entries, e.g.
-# '"ReadStreamRequest", "WaitProcessRequest"'), TENANT_EXTRA_REGO (more rules for the tenant
-# policy), TENANT_EXTRA_CONFIG (more agent config sections, e.g. [image]).
+# '"ReadStreamRequest", "WaitProcessRequest"') and TENANT_EXTRA_REGO (more rules for the
+# tenant policy).
 
 make_tenant() {
-    local work=$1 kbs_url=$2 server_addr=$3 extra_kbs=${4:-}
+    local work=$1 kbs_url=$2 server_addr=$3 extra_kbs=${4:-} extra_config=${5:-}
     "$bin/kbs-tenant" keygen --alg es256 --out "$work/keys" >/dev/null
     cat >"$work/tenant-policy.rego" <<'REGO'
 package agent_policy
@@ -62,7 +64,7 @@ deadline_secs = 60
 [attestation.kbs]
 kbs_url = "$kbs_url"
 $extra_kbs
-${TENANT_EXTRA_CONFIG:-}
+$extra_config
 '''
 "policy.rego" = '''
 package agent_policy

@@ -82,6 +82,10 @@ pub struct ConfigFile {
     pub attestation: Option<AttestationSection>,
     #[serde(default)]
     pub sandbox: SandboxSection,
+    #[serde(default)]
+    pub guest: GuestSection,
+    pub workload_api: Option<crate::workload_api::WorkloadApiSection>,
+    pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +134,15 @@ pub struct SandboxSection {
     pub devices: Option<Vec<PathBuf>>,
     /// Whether CopyFile keeps setuid, setgid and sticky bits. Default false (cleared).
     pub allow_setuid_copy: Option<bool>,
+}
+
+/// `[guest]`: guest operations the host may ask for only with the measured config's consent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSection {
+    /// AddSwap / AddSwapPath: swapped-out pages go to a host-readable disk, outside the TEE's
+    /// protection, so swap is refused unless this is true.
+    pub allow_swap: Option<bool>,
 }
 
 /// Bounds for `output_limit_bytes`: below 4 KiB a single read chunk overflows it; above
@@ -219,14 +232,7 @@ impl SandboxSection {
     }
 }
 
-/// Which request types the host may send at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowList {
-    /// No config file, or `allowed = ["*"]`.
-    All,
-    /// Request message names; empty when the file has no `[endpoints]` section.
-    Only(Vec<String>),
-}
+pub use crate::gate::AllowList;
 
 /// The effective configuration: the file (if any) after validation.
 #[derive(Debug)]
@@ -243,6 +249,12 @@ pub struct Config {
     pub signer: Option<vigil_kbc::envelope::VerifyingKey>,
     /// `[sandbox]`, validated into the container runtime's settings.
     pub sandbox: vigil_runtime::SandboxConfig,
+    /// `[guest]`, with the pod's directories.
+    pub guest: vigil_guest::GuestConfig,
+    /// `[workload_api]`; absent: the workload API is off.
+    pub workload_api: Option<crate::workload_api::WorkloadApiConfig>,
+    /// `[sealed_secrets]`; absent: a sealed value in a container fails CreateContainer.
+    pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsConfig>,
 }
 
 impl Config {
@@ -255,7 +267,13 @@ impl Config {
             policy: PolicySection::default(),
             attestation: AttestationSection::default(),
             signer: None,
+            guest: guest_config(
+                &GuestSection::default(),
+                &vigil_runtime::SandboxConfig::default(),
+            ),
             sandbox: vigil_runtime::SandboxConfig::default(),
+            workload_api: None,
+            sealed_secrets: None,
         }
     }
 
@@ -302,6 +320,27 @@ impl Config {
                 path: path.to_owned(),
                 message,
             })?;
+        // Both hand out secrets from the attested session, and only a measured config may
+        // decide what workloads get.
+        let attested = attestation.tee.is_attested();
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let workload_api = attested_only(
+            file.workload_api.as_ref(),
+            "workload_api",
+            attested,
+            crate::workload_api::WorkloadApiSection::validate,
+        )
+        .map_err(parse_err)?;
+        let sealed_secrets = attested_only(
+            file.sealed_secrets.as_ref(),
+            "sealed_secrets",
+            attested,
+            crate::sealed_secrets::SealedSecretsSection::validate,
+        )
+        .map_err(parse_err)?;
         Ok(Config {
             source: Some(path.to_owned()),
             agent: file.agent,
@@ -309,7 +348,10 @@ impl Config {
             policy,
             attestation,
             signer,
+            guest: guest_config(&file.guest, &sandbox),
             sandbox,
+            workload_api,
+            sealed_secrets,
         })
     }
 
@@ -343,6 +385,32 @@ impl Config {
             .server_addr
             .as_deref()
             .unwrap_or(DEFAULT_SERVER_ADDR)
+    }
+}
+
+fn guest_config(
+    g: &GuestSection,
+    sandbox: &vigil_runtime::SandboxConfig,
+) -> vigil_guest::GuestConfig {
+    vigil_guest::GuestConfig {
+        allow_swap: g.allow_swap.unwrap_or(false),
+        pod_dirs: sandbox.pod_dirs(),
+    }
+}
+
+/// A section only attested modes may have, validated; in an unattested config, an error.
+fn attested_only<T, V>(
+    section: Option<&T>,
+    name: &str,
+    attested: bool,
+    validate: impl Fn(&T) -> Result<V, String>,
+) -> Result<Option<V>, String> {
+    match section {
+        None => Ok(None),
+        Some(_) if !attested => Err(format!(
+            "[{name}] needs an attested mode ([attestation] tee): it hands out secrets from the attested KBS session"
+        )),
+        Some(s) => validate(s).map(Some),
     }
 }
 
@@ -476,6 +544,17 @@ mod tests {
         assert!(names.iter().any(|n| n == "CreateContainerRequest"));
         let all = Config::load(&dir.join("all-endpoints.toml")).unwrap();
         assert_eq!(all.allow_list, AllowList::All);
+    }
+
+    #[test]
+    fn workload_sections_only_in_attested_configs() {
+        for section in [
+            "[workload_api]\nlisten = \"127.0.0.1:8006\"\n",
+            "[sealed_secrets]\nsigner_resources = [\"a/b/c\"]\n",
+        ] {
+            let msg = parse(section).unwrap_err().to_string();
+            assert!(msg.contains("needs an attested mode"), "{msg}");
+        }
     }
 
     #[test]

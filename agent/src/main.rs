@@ -15,11 +15,14 @@ use vigil_agent::startup::{self, Options};
 /// [agent] (server_addr, log_level, log_format) and [endpoints] allowed =
 /// ["CreateContainerRequest", ...] (request message names; a file without [endpoints] allows
 /// nothing; ["*"] allows everything), plus optional [policy] (Rego agent policy, signer, logs),
-/// [attestation] (TEE mode, KBS) and [sandbox] (kata_root: Kata's guest directories, default
+/// [attestation] (TEE mode, KBS), [sandbox] (kata_root: Kata's guest directories, default
 /// /run/kata-containers; or run_root for the same under <run_root>/<sandbox id>; allow_hooks,
 /// output_limit_bytes,
 /// cgroup_parent, and what containers may ask of the guest: capabilities (bounding set,
-/// default containerd's), allow_privileged, devices (guest device paths), allow_setuid_copy).
+/// default containerd's), allow_privileged, devices (guest device paths), allow_setuid_copy),
+/// and in attested configs [workload_api] (CoCo's guest REST API for the pod's containers:
+/// listen, allowed_resources, endpoints) and [sealed_secrets] (signers for sealed.<JWS> values
+/// unsealed at CreateContainer).
 ///
 /// The mode follows the hardware: with a TEE guest interface present (/dev/sev-guest,
 /// /dev/tdx_guest, configfs-tsm), initdata is mandatory, its digest must be in the launch
@@ -81,7 +84,11 @@ fn main() {
                 return 1;
             }
         };
-        // Readiness line on stdout for scripts and tests to wait on.
+        // Readiness line on stdout for scripts and tests to wait on (the workload API's
+        // address first: readers stop at the readiness line).
+        if let Some(api) = &running.workload_api {
+            println!("vigil-agent: workload API on http://{}", api.addr());
+        }
         println!("vigil-agent: listening on {}", running.addr);
         let _ = std::io::stdout().flush();
         signals.wait().await;

@@ -10,18 +10,17 @@ use vigil_attester::TeePaths;
 use vigil_kbc::KbsSession;
 
 use crate::attestation::{self, PolicyFetchError};
-use crate::audit::DecisionLog;
 use crate::cmdline::KernelCmdline;
 use crate::config::{Config, LogFormat, LogLevel, CMDLINE_CONFIG_KEY};
-use crate::gate::{self, EndpointSet, Gate, Rules};
-use crate::guest::GuestInfo;
+use crate::gate::{self, DecisionLog, EndpointSet, Gate, Rules};
 use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
 use crate::pid1;
 use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
 use crate::service::AgentApi;
+use crate::workload;
 
 /// Kernel parameter naming the initdata file or block device.
-pub const CMDLINE_INITDATA: &str = "agent.initdata";
+pub use crate::mode::CMDLINE_INITDATA;
 /// The initdata `[data]` entry that holds the agent's config.
 pub const INITDATA_CONFIG_KEY: &str = "vigil.toml";
 
@@ -104,10 +103,15 @@ pub struct Running {
     /// The boot's attested KBS session, for every later user of the KBS; `None` in
     /// unattested modes.
     pub kbs: Option<KbsSession>,
+    /// The workload API, when the measured config turns it on.
+    pub workload_api: Option<crate::workload_api::WorkloadApi>,
 }
 
 impl Running {
     pub async fn shutdown(mut self) {
+        if let Some(api) = self.workload_api.take() {
+            api.shutdown();
+        }
         if let Err(e) = self.server.shutdown().await {
             tracing::warn!(error = %e, "shutting the listener down");
         }
@@ -198,13 +202,16 @@ pub async fn start(
     // 4. The gate, compiled before anything can reach it.
     let t = Instant::now();
     let gate = Arc::new(compile_gate(config, opts, initial)?);
+    let workload_access = workload::access(kbs.as_ref(), &gate);
     let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
     let mut sandbox = vigil_runtime::Sandbox::new(config.sandbox.clone());
     if let Some(claims) = child_claims {
         sandbox = sandbox.with_child_claims(claims);
     }
-    // Services that need the KBS (none yet) take a clone of `kbs`, the boot's one session.
-    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin).with_sandbox(sandbox);
+    let guest = vigil_guest::Guest::new(&config.guest);
+    let api = AgentApi::new(guest, gate.clone(), admin)
+        .with_sandbox(sandbox)
+        .with_sealed_secrets(workload::sealed_secrets(config, workload_access.as_ref()));
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
         .map_err(|e| fail("compile gate")(e.to_string()))?;
     tracing::info!(ms = ms(t), "step 4/5: gate compiled");
@@ -215,15 +222,23 @@ pub async fn start(
         .server_addr
         .clone()
         .unwrap_or_else(|| config.server_addr().to_string());
-    let server = crate::server::listen(&addr, services)
+    let mut server = crate::server::listen(&addr, services)
         .await
         .map_err(|e| fail("open API")(e.to_string()))?;
+    let workload_api = match workload::open(config, workload_access.as_ref(), gate.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            let _ = server.shutdown().await;
+            return Err(fail("open API")(e));
+        }
+    };
     tracing::info!(addr = %addr, ms = ms(t), "step 5/5: API open");
     Ok(Running {
         server,
         addr,
         gate,
         kbs,
+        workload_api,
     })
 }
 

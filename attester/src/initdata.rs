@@ -11,7 +11,8 @@
 //!
 //! The digest is the hash of the raw bytes as delivered: no canonicalisation, so the guest
 //! must hash exactly what it received. Kata delivers initdata on a block device: the magic
-//! `initdata`, a little-endian u64 length, then that many bytes of gzip'd TOML.
+//! `initdata`, a little-endian u64 length, then that many bytes of gzip'd TOML; the tenant hands
+//! it to Kata's runtime as the pod annotation [`ANNOTATION`], standard base64 of the gzip'd TOML.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -24,6 +25,8 @@ pub const VERSION: &str = "0.1.0";
 pub const BLOCK_MAGIC: &[u8; 8] = b"initdata";
 /// Largest initdata accepted (compressed or not); far above any real one.
 pub const MAX_BYTES: usize = 8 << 20;
+/// The pod annotation through which Kata's runtime takes initdata (base64 of gzip'd TOML).
+pub const ANNOTATION: &str = "io.katacontainers.config.hypervisor.cc_init_data";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InitDataError {
@@ -39,6 +42,8 @@ pub enum InitDataError {
     Algorithm(String),
     #[error("initdata is {0} bytes, over the {MAX_BYTES}-byte limit")]
     TooLarge(usize),
+    #[error("initdata annotation: {0}")]
+    Annotation(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +60,15 @@ impl HashAlgorithm {
             "sha384" => Ok(HashAlgorithm::Sha384),
             "sha512" => Ok(HashAlgorithm::Sha512),
             other => Err(InitDataError::Algorithm(other.into())),
+        }
+    }
+
+    /// The name initdata's `algorithm` key uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sha384 => "sha384",
+            HashAlgorithm::Sha512 => "sha512",
         }
     }
 
@@ -78,7 +92,7 @@ pub struct InitData {
     pub digest: Vec<u8>,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct Document {
     version: String,
@@ -121,6 +135,74 @@ impl InitData {
     pub fn entry(&self, key: &str) -> Option<&str> {
         self.data.get(key).map(String::as_str)
     }
+
+    /// Writes an initdata document with these `[data]` entries, as a tenant tool does. The
+    /// text is checked to parse back to exactly these entries, so what is measured is what
+    /// the guest will read.
+    pub fn render(
+        algorithm: HashAlgorithm,
+        data: &BTreeMap<String, String>,
+    ) -> Result<InitData, InitDataError> {
+        let doc = Document {
+            version: VERSION.to_string(),
+            algorithm: algorithm.name().to_string(),
+            data: data.clone(),
+        };
+        let text = toml::to_string(&doc).map_err(|e| InitDataError::Toml(e.to_string()))?;
+        if text.len() > MAX_BYTES {
+            return Err(InitDataError::TooLarge(text.len()));
+        }
+        let parsed = InitData::parse(&text)?;
+        if parsed.data != *data {
+            return Err(InitDataError::Toml(
+                "the rendered document does not read back to the same entries".into(),
+            ));
+        }
+        Ok(parsed)
+    }
+}
+
+/// Kata's pod annotation value for `toml` ([`ANNOTATION`]): standard base64 of the gzip'd text.
+pub fn to_annotation(toml: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(gzip(toml))
+}
+
+/// The TOML text inside an annotation value made by [`to_annotation`] (or by hand with
+/// `gzip | base64 -w0`, as Kata's documentation shows).
+pub fn from_annotation(value: &str) -> Result<String, InitDataError> {
+    use base64::Engine as _;
+    let value = value.trim();
+    if value.len() > MAX_BYTES * 2 {
+        return Err(InitDataError::TooLarge(value.len()));
+    }
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|e| InitDataError::Annotation(format!("not standard base64: {e}")))?;
+    gunzip(&gz).map_err(|e| match e {
+        InitDataError::Block(m) => InitDataError::Annotation(m),
+        other => other,
+    })
+}
+
+fn gzip(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).expect("writing to memory");
+    gz.finish().expect("writing to memory")
+}
+
+/// At most [`MAX_BYTES`] of gunzip'd UTF-8 text.
+fn gunzip(body: &[u8]) -> Result<String, InitDataError> {
+    let mut text = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_BYTES as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| InitDataError::Block(format!("gzip: {e}")))?;
+    if text.len() > MAX_BYTES {
+        return Err(InitDataError::TooLarge(text.len()));
+    }
+    String::from_utf8(text).map_err(|_| InitDataError::NotUtf8)
 }
 
 /// The TOML text inside Kata's block layout. A device is larger than its content, so bytes
@@ -144,23 +226,12 @@ pub fn unpack_block(bytes: &[u8]) -> Result<String, InitDataError> {
             bytes.len() - header
         ))
     })?;
-    let mut text = Vec::new();
-    flate2::read::GzDecoder::new(body)
-        .take(MAX_BYTES as u64 + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| InitDataError::Block(format!("gzip: {e}")))?;
-    if text.len() > MAX_BYTES {
-        return Err(InitDataError::TooLarge(text.len()));
-    }
-    String::from_utf8(text).map_err(|_| InitDataError::NotUtf8)
+    gunzip(body)
 }
 
 /// Kata's block layout for `toml` (for tests and tools that make initdata devices).
 pub fn pack_block(toml: &str) -> Vec<u8> {
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(toml.as_bytes()).expect("writing to memory");
-    let body = gz.finish().expect("writing to memory");
+    let body = gzip(toml);
     let mut out = Vec::with_capacity(16 + body.len());
     out.extend_from_slice(BLOCK_MAGIC);
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -197,6 +268,45 @@ mod tests {
         let d = InitData::from_bytes(&block).unwrap();
         assert_eq!(d.toml, DOC);
         assert_eq!(d.digest, InitData::parse(DOC).unwrap().digest);
+    }
+
+    #[test]
+    fn render_reads_back_and_annotation_round_trips() {
+        let mut data = BTreeMap::new();
+        // Content that would break naive quoting: quotes, triple quotes, backslashes.
+        data.insert(
+            "vigil.toml".to_string(),
+            "[agent]\nserver_addr = \"unix:///x\"\n# ''' and \"\"\" and \\n\n".to_string(),
+        );
+        data.insert(
+            "policy.rego".to_string(),
+            "package agent_policy\n".to_string(),
+        );
+        for alg in [
+            HashAlgorithm::Sha256,
+            HashAlgorithm::Sha384,
+            HashAlgorithm::Sha512,
+        ] {
+            let d = InitData::render(alg, &data).unwrap();
+            assert_eq!(d.algorithm, alg);
+            assert_eq!(d.data, data);
+            assert_eq!(d.digest, alg.digest(d.toml.as_bytes()));
+            assert_eq!(InitData::parse(&d.toml).unwrap().data, data);
+        }
+        let text = InitData::render(HashAlgorithm::Sha384, &data).unwrap().toml;
+        let annotation = to_annotation(&text);
+        // Kata's runtime reads standard base64 of a gzip stream.
+        assert!(annotation.starts_with("H4sI"), "{annotation}");
+        assert_eq!(from_annotation(&annotation).unwrap(), text);
+        assert_eq!(from_annotation(&format!(" {annotation}\n")).unwrap(), text);
+        assert!(matches!(
+            from_annotation("not base64!"),
+            Err(InitDataError::Annotation(m)) if m.contains("base64")
+        ));
+        assert!(matches!(
+            from_annotation("aGVsbG8="),
+            Err(InitDataError::Annotation(m)) if m.contains("gzip")
+        ));
     }
 
     #[test]

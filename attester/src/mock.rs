@@ -2,9 +2,13 @@
 //!
 //! It is never chosen by detection: only `TeeSelection::Mock` (config `tee = "mock"`) makes
 //! one. Its evidence uses Trustee's sample format so a Trustee KBS in sample mode accepts it:
-//! `svn` and `report_data` as the sample verifier reads them, plus `init_data`, the
-//! configured launch binding in standard base64, which Trustee releases whose sample
-//! verifier check init data compare with the expected initdata digest (others ignore it).
+//! `svn` and `report_data`, the only members Trustee's sample verifier reads. It also carries
+//! `init_data`, the configured launch binding in standard base64, for people reading the
+//! evidence: no verifier checks it (Trustee's sample verifier ignores it). On the KBS side the
+//! initdata check for sample evidence is the KBS policy over the digest of the `init-data`
+//! TOML the client sends in its attest request; in the guest, the agent's launch-binding
+//! check compares [`MockAttester::launch_binding`] with the initdata digest before any KBS
+//! contact.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -18,7 +22,8 @@ pub struct SampleEvidence {
     pub svn: String,
     /// Standard base64 of the raw, unpadded report data.
     pub report_data: String,
-    /// Standard base64 of the launch binding the mock was configured with.
+    /// Standard base64 of the launch binding the mock was configured with. Informational:
+    /// Trustee's sample verifier does not read it.
     #[serde(default)]
     pub init_data: String,
 }

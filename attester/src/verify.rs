@@ -1,9 +1,10 @@
 //! Verifier side: read an evidence document and return what a KBS checks.
 //!
 //! Used by the KBS test server and by users' own checks. It extracts the runtime
-//! `report_data` and the launch binding (SNP `HOST_DATA`, TDX `MRCONFIGID`, sample
-//! `init_data`); comparing them with the expected nonce hash and initdata digest is the
-//! caller's job ([`crate::binding::check`] for the latter).
+//! `report_data` and the launch binding (SNP `HOST_DATA`, TDX `MRCONFIGID`; for sample
+//! evidence the mock's informational `init_data`, which Trustee's sample verifier ignores and
+//! a KBS must not rely on); comparing them with the expected nonce hash and initdata digest is
+//! the caller's job ([`crate::binding::check`] for the latter).
 //!
 //! Hardware signatures: an SNP report whose document carries a VCEK/VLEK is checked against
 //! it, and that certificate against AMD's built-in roots; a failure is an error. Without a
@@ -22,7 +23,8 @@ pub struct EvidenceClaims {
     /// The runtime report data: 64 bytes for SNP and TDX (zero-padded), raw for sample.
     pub report_data: Vec<u8>,
     /// The launch-time binding field: SNP `HOST_DATA` (32), TDX `MRCONFIGID` (48), sample
-    /// `init_data` (as configured; empty if the document has none).
+    /// `init_data` (as configured, empty if absent; unsigned and ignored by Trustee, so not a
+    /// binding a KBS can rely on).
     pub launch_binding: Vec<u8>,
     /// TEE-specific details.
     pub details: TeeClaims,

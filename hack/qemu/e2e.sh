@@ -12,6 +12,10 @@
 # Then a second boot with initdata edited after launch (the binding still names the original)
 # must print the binding error on the console and power off without ever listening.
 #
+# Then a third boot for the workload's secrets (hack/qemu/workload-e2e.sh): a busybox container
+# gets its sealed secrets unsealed and fetches an allowed secret from the workload API on the
+# guest's loopback, and is refused one the measured config does not allow.
+#
 # Usage: e2e.sh [--agent PATH] [--vigilctl PATH] [--timeout SECS]
 #   --agent, --vigilctl  use these binaries instead of building them
 #   --timeout            bound for each wait (boot to readiness, shutdown) [default: 180]
@@ -128,15 +132,6 @@ esac
 t_listening=$(now)
 
 addr="hvsock://$run_dir/vsock.sock:$AGENT_VSOCK_PORT"
-call() { "$vigilctl" --addr "$addr" call "$@"; }
-
-# expect_ok RPC REQUEST JQ-LIKE-SUBSTRING: the call succeeds and its JSON contains the text.
-expect_ok() {
-    local out
-    out=$(call "$1" "$2" 2>&1) || fail "$1 failed: $out"
-    grep -q -- "$3" <<<"$out" || fail "$1 answered without '$3': $out"
-    log "ok: $1 -> $(tr -d '\n ' <<<"$out" | cut -c1-100)"
-}
 # expect_status RPC REQUEST CODE MESSAGE: the call fails with exactly this status.
 expect_status() {
     local out
@@ -203,6 +198,15 @@ wait "$boot_pid" || qemu_rc=$?
 boot_pid=""
 [ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc after the fatal start-up"
 log "ok: edited initdata -> $(grep -a "vigil-agent: error" "$bad_console" | tr -d '\r' | cut -c1-120), powered off"
+
+# --- Guest operations (vigil-guest): one more boot with hot-plug room; see guest-ops.sh. ---
+"$QEMU_HACK_DIR/guest-ops.sh" --agent "$agent" --vigilctl "$vigilctl" \
+    --kernel-dir "$kernel_dir" --timeout "$timeout" || die "guest operations failed (hack/out/guest-ops/)"
+# --- end of guest operations ---
+
+# Workload secrets: the workload API and sealed secrets, from a container in the guest.
+source "$QEMU_HACK_DIR/workload-e2e.sh"
+workload_e2e
 
 log "PASS"
 printf 'timing: boot -> agent listening %s ms; boot -> first answered request %s ms; boot -> QEMU exit after shutdown %s ms\n' \

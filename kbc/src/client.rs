@@ -301,6 +301,17 @@ impl KbsClient {
         Ok((Session { cookie, token, key }, t))
     }
 
+    /// A token from a new handshake that leaves the session in force alone, with the PKCS#8
+    /// PEM of that handshake's own TEE key.
+    pub(crate) async fn detached_token(&self) -> Result<(String, zeroize::Zeroizing<String>)> {
+        let (session, _) = self.attest().await?;
+        let token = session.token.ok_or_else(|| Error::BadResponse {
+            step: Step::Attest,
+            detail: "the attestation answer carried no token".into(),
+        })?;
+        Ok((token, session.key.to_pkcs8_pem()))
+    }
+
     /// Evidence from the TEE for `report_data` (already in the TEE's final form), produced
     /// on a blocking thread: the provider may issue a device ioctl.
     pub(crate) async fn evidence_for(&self, report_data: Vec<u8>) -> Result<String> {
@@ -354,13 +365,29 @@ impl KbsClient {
                 )
                 .await?;
             if resp.status == StatusCode::UNAUTHORIZED {
+                let (error_type, detail) = error_information(&resp.body);
+                // Trustee answers 401 for a policy denial and a missing resource too; a new
+                // handshake cannot change those answers, so they end the request here.
+                if error_type
+                    .as_deref()
+                    .is_some_and(crate::error::reattest_cannot_help)
+                {
+                    return Err(Error::Rejected {
+                        step: Step::Resource,
+                        status: resp.status.as_u16(),
+                        error_type,
+                        detail,
+                    });
+                }
                 refused += 1;
                 if refused > self.cfg.max_auth_retries {
                     return Err(Error::Unauthorized {
                         handshakes: refused,
+                        error_type,
+                        detail,
                     });
                 }
-                tracing::warn!(path, "KBS answered 401 for a resource; attesting again");
+                tracing::warn!(path, error_type = error_type.as_deref().unwrap_or(""), %detail, "KBS answered 401 for a resource; attesting again");
                 session = self.session_replacing(Some(&session)).await?;
                 continue;
             }
@@ -526,17 +553,25 @@ fn expect_ok(step: Step, resp: RawResponse) -> Result<RawResponse> {
     if resp.status.is_success() {
         return Ok(resp);
     }
-    let (error_type, detail) =
-        match serde_json::from_slice::<kbs_types::ErrorInformation>(&resp.body) {
-            Ok(info) => (Some(info.error_type), info.detail),
-            Err(_) => (None, printable_prefix(&resp.body)),
-        };
+    let (error_type, detail) = error_information(&resp.body);
     Err(Error::Rejected {
         step,
         status: resp.status.as_u16(),
         error_type,
         detail,
     })
+}
+
+/// `type` and `detail` of Trustee's `ErrorInformation` error body; without one, the start of
+/// the body as the detail. Both are bounded and printable (the KBS is not trusted).
+fn error_information(body: &[u8]) -> (Option<String>, String) {
+    match serde_json::from_slice::<kbs_types::ErrorInformation>(body) {
+        Ok(info) => (
+            Some(printable_prefix(info.error_type.as_bytes())),
+            printable_prefix(info.detail.as_bytes()),
+        ),
+        Err(_) => (None, printable_prefix(body)),
+    }
 }
 
 /// At most 256 characters of a body, control characters replaced, for

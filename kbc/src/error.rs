@@ -68,9 +68,14 @@ pub enum Error {
     /// The evidence provider failed or returned something unusable.
     #[error("attest: evidence: {0}")]
     Evidence(String),
-    /// Resource requests kept getting 401 after re-attesting.
-    #[error("resource: still unauthorized (HTTP 401) after {handshakes} handshake(s); giving up")]
-    Unauthorized { handshakes: u32 },
+    /// Resource requests kept getting 401 after re-attesting; the last 401's error body.
+    #[error("resource: still unauthorized (HTTP 401) after {handshakes} handshake(s); giving up; last answer: {}{detail}", error_type.as_deref().map(|t| format!("{t}: ")).unwrap_or_default())]
+    Unauthorized {
+        handshakes: u32,
+        /// `type` of the last 401's `ErrorInformation`, when it had one.
+        error_type: Option<String>,
+        detail: String,
+    },
     /// The JWE response could not be decrypted.
     #[error("decrypt: {0}")]
     Decrypt(#[from] JweError),
@@ -107,6 +112,16 @@ impl Error {
             Error::Verify(_) => "verify",
         }
     }
+}
+
+/// Whether a 401 of this `ErrorInformation.type` is final: Trustee answers 401 (not 403 or
+/// 404) when its resource policy denies the request (`PolicyDeny`) and when the resource is
+/// missing or its storage fails (`PluginInternalError`). A new handshake presents the same
+/// evidence and cannot change either answer; any other 401 (no or expired token, unknown
+/// session) is worth one more handshake, within `max_auth_retries`.
+pub fn reattest_cannot_help(error_type: &str) -> bool {
+    let name = error_type.rsplit('/').next().unwrap_or(error_type);
+    matches!(name, "PolicyDeny" | "PluginInternalError")
 }
 
 /// Result alias for client operations.
@@ -150,5 +165,38 @@ mod tests {
         };
         assert!(!e.is_retryable());
         assert_eq!(e.step_name(), "transport");
+    }
+
+    #[test]
+    fn final_401_types_and_unauthorized_keeps_the_last_answer() {
+        let prefix = "https://github.com/confidential-containers/kbs/errors/";
+        assert!(reattest_cannot_help(&format!("{prefix}PolicyDeny")));
+        assert!(reattest_cannot_help(&format!(
+            "{prefix}PluginInternalError"
+        )));
+        assert!(reattest_cannot_help("PolicyDeny"));
+        for again in [
+            "TokenNotFound",
+            "TokenVerifierError",
+            "UnAuthenticatedCookie",
+            "",
+        ] {
+            assert!(
+                !reattest_cannot_help(&format!("{prefix}{again}")),
+                "{again}"
+            );
+        }
+        let e = Error::Unauthorized {
+            handshakes: 3,
+            error_type: Some(format!("{prefix}TokenVerifierError")),
+            detail: "Token Verifier error".into(),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("resource: "), "{text}");
+        assert!(
+            text.contains("TokenVerifierError: Token Verifier error"),
+            "{text}"
+        );
+        assert!(!e.is_retryable());
     }
 }

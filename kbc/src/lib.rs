@@ -7,6 +7,7 @@
 //!   every user of the KBS after start-up; re-attests on 401 within the configured bound.
 //! * [`envelope`]: the signed policy envelope (JWS compact, ES256/EdDSA),
 //!   free of network dependencies so the agent's SetPolicy path can use it.
+//! * [`sealed`]: CoCo sealed secrets (`sealed.<JWS>`, "vault" type naming a KBS resource).
 //! * [`jwe`], [`jcs`], [`tee_key`]: the protocol building blocks, public so the
 //!   test KBS and fuzz targets exercise the same code paths.
 
@@ -16,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod jcs;
 pub mod jwe;
+pub mod sealed;
 pub mod session;
 pub mod tee_key;
 

@@ -70,6 +70,14 @@ impl KbsSession {
         self.client.token()
     }
 
+    /// A KBS attestation token from a new handshake, and the private TEE key (PKCS#8 PEM) it
+    /// was issued for: what CoCo's attestation agent hands a workload as
+    /// `{"token", "tee_keypair"}`. The session in force is left alone, so the key handed out
+    /// never decrypts what this session fetches.
+    pub async fn fresh_token(&self) -> Result<(String, zeroize::Zeroizing<String>)> {
+        self.client.detached_token().await
+    }
+
     /// Fresh TEE evidence (JSON text) over `runtime_digest`, which is brought to the TEE's
     /// report-data form first (zero-padded to 64 bytes for SNP and TDX, kept as it is for the
     /// mock). At most 64 bytes.

@@ -44,6 +44,15 @@ impl TeeKey {
         &self.secret
     }
 
+    /// The private key as PKCS#8 PEM, the form CoCo's attestation agent hands a workload as
+    /// `tee_keypair` beside a KBS token (for decrypting what the KBS encrypts to it).
+    pub fn to_pkcs8_pem(&self) -> zeroize::Zeroizing<String> {
+        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+        self.secret
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("a P-256 key always has a PKCS#8 encoding")
+    }
+
     /// The public key as the JWK the KBS expects in `tee-pubkey`.
     pub fn public_jwk(&self) -> TeePubKey {
         public_key_to_jwk(&self.secret.public_key())
@@ -146,6 +155,14 @@ mod tests {
         assert_eq!(v.as_object().unwrap().len(), 5);
         let back = jwk_to_public_key(&jwk).unwrap();
         assert_eq!(back, k.secret().public_key());
+        use p256::pkcs8::DecodePrivateKey as _;
+        let pem = k.to_pkcs8_pem();
+        assert!(
+            pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{}",
+            &pem[..30]
+        );
+        assert_eq!(SecretKey::from_pkcs8_pem(&pem).unwrap(), *k.secret());
     }
 
     #[test]

@@ -83,6 +83,11 @@ impl Layout {
         })
     }
 
+    /// The directories under `root` where a pod's volumes are mounted (`shared/`, `sandbox/`).
+    pub(crate) fn volume_dirs(root: &Path) -> Vec<PathBuf> {
+        vec![root.join(SHARED_TOP), root.join(SANDBOX)]
+    }
+
     /// The root of the layout (`/run/kata-containers`, or `<run_root>/<sandbox id>`).
     pub(crate) fn dir(&self) -> &Path {
         self.root.path()
@@ -131,6 +136,11 @@ impl Layout {
     /// A container's own directory (`<root>/<cid>`), where a relative Root.Path points.
     pub(crate) fn container_dir(&self, container: &str) -> PathBuf {
         self.root.path().join(container)
+    }
+
+    /// A container's own directory, relative to the root: what goes with the container.
+    pub(crate) fn container_rel(&self, container: &str) -> PathBuf {
+        PathBuf::from(container)
     }
 
     pub(crate) fn bundle_path(&self, container: &str) -> PathBuf {

@@ -36,8 +36,8 @@ static CWD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub struct LibcontainerRuntime {
     state_root: PathBuf,
     watchdog: Watchdog,
-    /// The agent's root is the initramfs ("rootfs"), which pivot_root cannot leave: containers
-    /// then move their root into place and chroot instead (Kata's agent decides the same way).
+    /// The guest runs from its initramfs, where pivot_root(2) is refused (EINVAL): containers
+    /// then get their root by moving the mount and chroot, as Kata's agent does in that case.
     no_pivot: bool,
 }
 
@@ -243,6 +243,22 @@ fn kill_stuck_helpers() {
     }
 }
 
+/// Whether `/` is the kernel's initial ramfs (file system type `rootfs` in mountinfo).
+fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| mountinfo_root_is_rootfs(&m))
+}
+
+fn mountinfo_root_is_rootfs(mountinfo: &str) -> bool {
+    // Fields: id parent major:minor root mount-point options... - fstype source super-options;
+    // the last line for "/" is the mount on top.
+    mountinfo
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/"))
+        .and_then(|l| l.split(" - ").nth(1))
+        .and_then(|tail| tail.split(' ').next())
+        .is_some_and(|fstype| fstype == "rootfs")
+}
+
 fn lc_err(what: String) -> impl FnOnce(libcontainer::error::LibcontainerError) -> RuntimeError {
     move |e| RuntimeError::Internal(format!("{what}: {e}"))
 }
@@ -253,9 +269,9 @@ impl ContainerRuntime for LibcontainerRuntime {
         let container = self
             .builder(id, io)?
             .as_init(bundle)
-            .with_no_pivot(self.no_pivot)
             .with_systemd(false)
             .with_detach(true)
+            .with_no_pivot(self.no_pivot)
             .build()
             .map_err(lc_err(format!("creating container {id}")))?;
         container
@@ -463,17 +479,21 @@ impl Executor for ControllingTtyExecutor {
     }
 }
 
-/// Whether `/` is the kernel's initramfs (file system type "rootfs" in the mount table).
-fn root_is_initramfs() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| {
-            info.lines().any(|l| {
-                let mut halves = l.splitn(2, " - ");
-                let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
-                    return false;
-                };
-                left.split(' ').nth(4) == Some("/") && right.split(' ').next() == Some("rootfs")
-            })
-        })
-        .unwrap_or(false)
+#[cfg(test)]
+mod tests {
+    use super::mountinfo_root_is_rootfs;
+
+    #[test]
+    fn initramfs_root_is_told_from_a_disk_root() {
+        let initramfs = "1 1 0:2 / / rw shared:1 - rootfs rootfs rw,size=230000k\n\
+                         20 1 0:19 / /proc rw,nosuid - proc proc rw\n";
+        assert!(mountinfo_root_is_rootfs(initramfs));
+        let disk = "26 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+                    27 26 0:5 / /dev rw - devtmpfs udev rw\n";
+        assert!(!mountinfo_root_is_rootfs(disk));
+        // A root mounted over the initramfs (switch_root without a new namespace): the top one.
+        let over = "1 1 0:2 / / rw - rootfs rootfs rw\n30 1 254:1 / / rw - ext4 /dev/vda1 rw\n";
+        assert!(!mountinfo_root_is_rootfs(over));
+        assert!(!mountinfo_root_is_rootfs(""));
+    }
 }

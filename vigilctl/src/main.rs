@@ -5,7 +5,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use vigil_protos::ENDPOINTS;
 
+mod initdata_cmd;
 mod policy_cmd;
+mod secret_cmd;
 
 /// Call the vigil agent API (or any Kata agent) by hand, like Kata's agent-ctl.
 ///
@@ -19,6 +21,9 @@ mod policy_cmd;
 ///   vigilctl --addr hvsock:///run/vm/vsock.sock:1024 call CreateContainer @req.json
 ///   vigilctl policy check policy.rego
 ///   vigilctl policy sign --key tenant.key --version 4 policy.rego -o policy.jws
+///   vigilctl initdata pack --config vigil.toml --policy policy.rego -o initdata.toml
+///   vigilctl initdata pack --config vigil.toml --digest --tee snp
+///   vigilctl secret seal --resource default/app/db-password --key tenant.key
 #[derive(Parser, Debug)]
 #[command(name = "vigilctl", version, verbatim_doc_comment)]
 struct Cli {
@@ -40,6 +45,14 @@ enum Command {
     /// Check, evaluate, replay, sign and verify agent policies (no agent needed)
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Make initdata (the measured agent config and initial policy), print its digest or
+    /// Kata's pod annotation, and check initdata against a launch value (no agent needed)
+    #[command(subcommand)]
+    Initdata(initdata_cmd::InitdataCommand),
+    /// Seal a KBS resource as a CoCo sealed secret (sealed.<JWS>) for container env values
+    /// and secret files, verify one, or print a key's JWK (no agent needed)
+    #[command(subcommand)]
+    Secret(secret_cmd::SecretCommand),
     /// Call one RPC and print its JSON response
     Call {
         /// Method name (CreateContainer, Check) or path (/grpc.AgentService/CreateContainer)
@@ -69,6 +82,8 @@ fn main() {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Initdata(cmd) => initdata_cmd::run(cmd),
+        Command::Secret(cmd) => secret_cmd::run(cmd),
         Command::List => {
             for e in ENDPOINTS.iter() {
                 println!("{}\t{}\t{}", e.path(), e.request, e.response);

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
 use tokio::sync::mpsc;
+use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::*;
 
-use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::hooks::AgentHooks;
 use crate::layout::Layout;
@@ -29,7 +29,7 @@ use crate::pod_ns::PodNamespaces;
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake};
 use crate::spec::{self, SpecLimits};
 use crate::stdio;
-use crate::storage::StorageDrivers;
+use crate::storage::{Held, SandboxStorages, StorageDrivers};
 use crate::youki::LibcontainerRuntime;
 use process::{send_signal, Process};
 
@@ -90,6 +90,17 @@ impl SandboxConfig {
         }
     }
 
+    /// The directories of a pod's volumes, the only ones guest operations on volumes
+    /// (GetVolumeStats, ResizeVolume, UpdateEphemeralMounts) may answer for: the layout's
+    /// `shared/` and `sandbox/` under `kata_root`; with `run_root`, that whole directory (the
+    /// sandbox id, which names the pod's directory under it, is not known before CreateSandbox).
+    pub fn pod_dirs(&self) -> Vec<PathBuf> {
+        match &self.run_root {
+            Some(r) => vec![r.clone()],
+            None => Layout::volume_dirs(&self.kata_root),
+        }
+    }
+
     /// Where the runtime library keeps its state (agent-private).
     fn state_root(&self) -> PathBuf {
         match &self.run_root {
@@ -106,7 +117,9 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Sandbox {
     config: SandboxConfig,
     runtime: Arc<dyn ContainerRuntime>,
-    drivers: StorageDrivers,
+    drivers: Arc<StorageDrivers>,
+    /// Where devices the host hot-plugged are found (storages' disks, containers' devices).
+    devices: DeviceTree,
     claims: Arc<dyn ChildClaims>,
     current: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
     oom_tx: mpsc::UnboundedSender<String>,
@@ -122,9 +135,9 @@ struct SandboxState {
     guest_hooks: vigil_protos::oci::Hooks,
     /// The IPC and UTS namespaces every container of the pod joins.
     pod_namespaces: PodNamespaces,
-    mounts: Mutex<Vec<Mounted>>,
-    /// What the sandbox's storages provide: bind sources and rootfs paths may lie beneath.
-    storage_roots: Vec<Owned>,
+    /// The storages of the sandbox and its containers, by mount point (see `storage`); an
+    /// async lock, because setting one up may wait for a hot-plugged device.
+    storages: tokio::sync::Mutex<SandboxStorages>,
     containers: Mutex<Containers>,
     destroyed: AtomicBool,
 }
@@ -171,7 +184,10 @@ impl Container {
 
 struct ContainerOps {
     status: Status,
+    /// The bundle's staged mounts (rootfs, bind sources).
     mounts: Vec<Mounted>,
+    /// The sandbox storages the container holds.
+    storages: Held,
     removed: bool,
 }
 
@@ -188,12 +204,38 @@ impl Sandbox {
         Sandbox {
             config,
             runtime,
-            drivers: StorageDrivers::builtin(),
+            drivers: Arc::new(StorageDrivers::builtin(DeviceTree::default())),
+            devices: DeviceTree::default(),
             claims: Arc::new(NoReaper),
             current: tokio::sync::Mutex::new(None),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
+    }
+
+    /// Finds hot-plugged devices in `devices` (sysfs and /dev roots) instead of the guest's
+    /// own `/sys` and `/dev`: for tests that stand a fake sysfs tree in for a hypervisor.
+    pub fn with_device_tree(mut self, devices: DeviceTree) -> Sandbox {
+        Arc::make_mut(&mut self.drivers).set_device_tree(devices.clone());
+        self.devices = devices;
+        self
+    }
+
+    /// Serves storages of the driver's types with `driver` (a driver built from what the
+    /// agent configures; a later one for a type replaces the earlier).
+    #[cfg_attr(not(test), allow(dead_code))] // the guest-pull driver's registration point
+    pub(crate) fn with_storage_driver(
+        mut self,
+        driver: Arc<dyn crate::storage::StorageDriver>,
+    ) -> Sandbox {
+        Arc::make_mut(&mut self.drivers).register(driver);
+        self
+    }
+
+    /// The storage drivers served, by Kata's `driver` names (GetGuestDetails'
+    /// `storage_handlers`).
+    pub fn storage_drivers(&self) -> Vec<String> {
+        self.drivers.names().iter().map(|n| n.to_string()).collect()
     }
 
     /// Makes container processes (and the runtime's helper children) off-limits to the
@@ -321,16 +363,24 @@ impl Sandbox {
             text.push('\n');
             std::fs::write(&p, text).map_err(|e| RuntimeError::internal(p.display(), e))?;
         }
-        let added = layout.shared().and_then(|shared| {
-            self.drivers
-                .add_all(&req.storages, &layout, None, &[&shared], "storages")
-        });
-        let (mounts, storage_roots) = match added {
-            Ok(a) => a,
-            Err(e) => {
+        // On a blocking thread: finding a hot-plugged disk may wait for it.
+        let (drivers, storages) = (self.drivers.clone(), req.storages.clone());
+        let set_up = tokio::task::spawn_blocking(move || {
+            let mut table = SandboxStorages::default();
+            let added = layout.shared().and_then(|shared| {
+                drivers.add_all(&mut table, &storages, &layout, None, &[&shared], "storages")
+            });
+            (layout, added.map(|_| table))
+        })
+        .await;
+        let (layout, storages) = match set_up {
+            Ok((layout, Ok(table))) => (layout, table),
+            Ok((layout, Err(e))) => {
                 layout.remove();
                 return Err(e);
             }
+            // The task panicked with the layout: the next CreateSandbox cleans it up.
+            Err(e) => return Err(RuntimeError::internal("storage task", e)),
         };
         *slot = Some(Arc::new(SandboxState {
             id: req.sandbox_id.clone(),
@@ -339,8 +389,7 @@ impl Sandbox {
             shared_pidns: req.sandbox_pidns,
             guest_hooks,
             pod_namespaces,
-            mounts: Mutex::new(mounts),
-            storage_roots,
+            storages: tokio::sync::Mutex::new(storages),
             containers: Mutex::new(Containers::default()),
             destroyed: AtomicBool::new(false),
         }));
@@ -363,7 +412,7 @@ impl Sandbox {
                 errors.push(format!("container {}: {e}", c.id));
             }
         }
-        errors.extend(mount::unmount_all(&mut lock(&state.mounts)));
+        errors.extend(state.storages.lock().await.unmount_all());
         errors.extend(state.layout.remove());
         if errors.is_empty() {
             Ok(Empty::new())
@@ -531,6 +580,13 @@ impl Sandbox {
             Err(e) => errors.push(e.to_string()),
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
+        errors.extend(
+            sandbox
+                .storages
+                .lock()
+                .await
+                .release(std::mem::take(&mut ops.storages)),
+        );
         if let Err(e) = sandbox.layout.remove_container(&c.id) {
             errors.push(e.to_string());
         }
@@ -646,6 +702,35 @@ impl Sandbox {
         Ok(Empty::new())
     }
 
+    /// GetDiagnosticData. Kata's one `log_type`, `termination_log`: the container's
+    /// termination message.
+    pub async fn get_diagnostic_data(
+        &self,
+        req: GetDiagnosticDataRequest,
+    ) -> Result<GetDiagnosticDataResponse> {
+        if req.log_type != "termination_log" {
+            return Err(RuntimeError::invalid(
+                "log_type",
+                format!(
+                    "{:?} is not a diagnostic this agent collects (termination_log)",
+                    req.log_type
+                ),
+            ));
+        }
+        let c = self.container(&req.container_id).await?;
+        let shared = self.sandbox().await?.layout.shared()?;
+        let bundle = c.bundle.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            crate::diagnostic::termination_log(&bundle, &shared)
+        })
+        .await
+        .map_err(|e| RuntimeError::internal("diagnostic task", e))??;
+        Ok(GetDiagnosticDataResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
     /// Runs a blocking runtime call off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -700,5 +785,61 @@ fn check_id(id: &str, field: &str) -> Result<()> {
             field,
             format!("{id:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Added, MountPoint, StorageContext, StorageDriver};
+
+    /// A driver of its own type, counting its uses.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl StorageDriver for Counting {
+        fn driver_types(&self) -> &'static [&'static str] {
+            &["counting"]
+        }
+        fn add(&self, _: &Storage, at: &MountPoint, _: &StorageContext) -> Result<Added> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let fd = at.plain_dir()?;
+            Ok(Added {
+                mount: None,
+                root: crate::confine::Owned::new(at.shown.clone(), fd),
+                watcher: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registered_driver_serves_its_type_and_is_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let driver = Arc::new(Counting(Default::default()));
+        let sandbox = Sandbox::new(SandboxConfig {
+            kata_root: t.path().to_path_buf(),
+            ..Default::default()
+        })
+        .with_storage_driver(driver.clone())
+        .with_device_tree(DeviceTree::default());
+        assert!(sandbox.storage_drivers().contains(&"counting".to_string()));
+        assert!(sandbox.storage_drivers().contains(&"blk".to_string()));
+        sandbox
+            .create_sandbox(CreateSandboxRequest {
+                sandbox_id: "sb".into(),
+                storages: vec![Storage {
+                    driver: "counting".into(),
+                    mount_point: "sandbox/counted".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(driver.0.load(Ordering::SeqCst), 1);
+        assert!(t.path().join("sandbox/counted").is_dir());
+        sandbox
+            .destroy_sandbox(DestroySandboxRequest::new())
+            .await
+            .unwrap();
     }
 }

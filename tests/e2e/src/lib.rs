@@ -3,6 +3,9 @@
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`; `hack/test.sh` does it).
 
+pub mod attested;
+pub mod container;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -75,6 +78,9 @@ pub struct Agent {
     pub addr: String,
     pub socket: PathBuf,
     pub dir: tempfile::TempDir,
+    /// What the agent printed on stdout before its readiness line (e.g. the workload API's
+    /// address).
+    pub stdout_lines: Vec<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
@@ -150,7 +156,14 @@ impl Agent {
         // exited instead.
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.any(|l| l.map(|l| l.contains("listening on")).unwrap_or(false));
+        let mut stdout_lines = Vec::new();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("listening on") => break true,
+                Some(Ok(l)) => stdout_lines.push(l),
+                _ => break false,
+            }
+        };
         if !ready {
             let status = child.wait().expect("wait");
             let stderr = stderr_reader.join().unwrap_or_default();
@@ -165,7 +178,16 @@ impl Agent {
             addr,
             socket,
             dir,
+            stdout_lines,
             stderr: Some(stderr_reader),
+        })
+    }
+
+    /// `IP:PORT` of the workload API, from the line the agent prints when it opens it.
+    pub fn workload_addr(&self) -> Option<String> {
+        self.stdout_lines.iter().find_map(|l| {
+            l.strip_prefix("vigil-agent: workload API on http://")
+                .map(str::to_string)
         })
     }
 
@@ -235,43 +257,5 @@ impl HybridVsock {
             }
         });
         HybridVsock { path, _task: task }
-    }
-}
-
-/// If a container test fails half-way, the agent is stopped with containers still running:
-/// kills what is in each container's cgroup (`<cgroup_parent>/<id>`) and detaches every mount
-/// under `dir` (deepest first), so nothing outlives the test.
-pub struct ContainerCleanup {
-    pub cgroup_parent: &'static str,
-    pub containers: Vec<String>,
-    pub dir: PathBuf,
-}
-
-impl Drop for ContainerCleanup {
-    fn drop(&mut self) {
-        for cid in &self.containers {
-            let procs = Path::new("/sys/fs/cgroup/pids")
-                .join(self.cgroup_parent)
-                .join(cid)
-                .join("cgroup.procs");
-            for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: plain kill of a process of the test's own container.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let c = std::ffi::CString::new(m).unwrap();
-            // SAFETY: plain syscall.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
     }
 }

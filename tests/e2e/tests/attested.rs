@@ -581,7 +581,8 @@ fn policy_optional_never_falls_back_on_verification_failures_or_refusals() {
             "401",
         ),
         ("evidence refused", Fault::RefuseEvidence, None, 3, "attest"),
-        ("403 not released", Fault::None, None, 3, "403"),
+        // Trustee's answer when its policy does not release a resource: 401 PolicyDeny.
+        ("not released", Fault::None, None, 3, "PolicyDeny"),
     ];
     for (name, fault, signer, min_version, cause) in cases {
         w.kbs.set_fault(fault);
@@ -591,7 +592,7 @@ fn policy_optional_never_falls_back_on_verification_failures_or_refusals() {
             ..optional_knobs(&w)
         };
         let (file, binding) = w.publish(&w.initdata(&k), 3);
-        if name == "403 not released" {
+        if name == "not released" {
             w.kbs.put_resource(
                 RESOURCE,
                 w.envelope(&w.key, 3),

@@ -2,16 +2,19 @@
 //! ttrpc with `vigilctl` calls in Kata's JSON shape. Needs root (namespaces, cgroups, mounts)
 //! and `/bin/busybox` (Debian's `busybox-static`); skips with a printed reason when not root.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use vigil_tests::container::{busybox_rootfs, bytes, Cleanup};
 use vigil_tests::{Agent, AgentSetup};
 use vigilctl::ClientError;
 
 const T: Duration = Duration::from_secs(30);
 /// The test's `[sandbox] cgroup_parent`, so its cgroups are told apart from a real agent's.
 const CGROUP_PARENT: &str = "vigil-e2e";
+/// The busybox applets the containers' commands use.
+const APPLETS: &[&str] = &["sh", "sleep", "echo", "hostname", "cat"];
 
 async fn call(
     client: &ttrpc::r#async::Client,
@@ -26,27 +29,8 @@ async fn call(
     }
 }
 
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("/bin/busybox: install the busybox-static package");
-    for applet in ["sh", "sleep", "echo", "hostname", "cat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    rootfs
-}
-
 fn process(args: &[&str]) -> Value {
     json!({"Args": args, "Env": ["PATH=/bin"], "Cwd": "/", "User": {"UID": 0, "GID": 0}})
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.as_array()
-        .map(|a| a.iter().map(|b| b.as_u64().unwrap() as u8).collect())
-        .unwrap_or_default()
 }
 
 /// Starts the agent with every endpoint allowed and Kata's guest directories under
@@ -91,36 +75,6 @@ async fn create_busybox_container(
     .unwrap();
 }
 
-/// If the test fails half-way, the agent is stopped with its container still running: kill
-/// what is in the container's cgroup and detach the sandbox's mounts, so nothing outlives it.
-struct Cleanup {
-    container: String,
-    sandbox_dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let procs = Path::new("/sys/fs/cgroup/pids")
-            .join(CGROUP_PARENT)
-            .join(&self.container)
-            .join("cgroup.procs");
-        for pid in std::fs::read_to_string(procs).unwrap_or_default().lines() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                // SAFETY: plain kill of a process of the test's own container.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if Path::new(m).starts_with(&self.sandbox_dir) {
-                let c = std::ffi::CString::new(m).unwrap();
-                // SAFETY: plain syscall.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-    }
-}
-
 #[test]
 fn container_lifecycle_through_the_agent() {
     // SAFETY: geteuid has no preconditions.
@@ -134,7 +88,8 @@ fn container_lifecycle_through_the_agent() {
     let sid = format!("e2e-{}", std::process::id());
     let cid = format!("e2e-c-{}", std::process::id());
     let _cleanup = Cleanup {
-        container: cid.clone(),
+        cgroup_parent: CGROUP_PARENT.into(),
+        containers: vec![cid.clone()],
         sandbox_dir: sandbox_dir.clone(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -156,7 +111,7 @@ fn container_lifecycle_through_the_agent() {
         let shared = sandbox_dir.join("shared/containers");
         assert!(shared.is_dir(), "sandbox not under [sandbox] kata_root");
         // The image arrives in the sandbox's shared directory (Kata's shared file system).
-        let rootfs = busybox_rootfs(&shared);
+        let rootfs = busybox_rootfs(&shared, APPLETS);
         create_busybox_container(&c, &cid, &rootfs, &["sleep", "1000"]).await;
         call(&c, "StartContainer", ids.clone()).await.unwrap();
 
@@ -215,7 +170,9 @@ fn container_lifecycle_through_the_agent() {
         };
         let escapes = [
             (json!({"storages": [{"driver": "bind", "source": "/", "mount_point": "escape/rootfs"}]}), "storages[0].source"),
-            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "sandbox/disk"}]}), "storages[0].driver"),
+            // A host PCI address is not a guest PCI path: no guest disk is looked up.
+            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "sandbox/disk"}]}), "storages[0].source"),
+            (json!({"storages": [{"driver": "erofs.multi-layer", "source": "x", "mount_point": "sandbox/disk"}]}), "storages[0].driver"),
             (json!({"OCI": spec_with(json!({"Mounts": [{"destination": "/cfg", "source": "configfs", "type_": "configfs"}]}))}), "OCI.Mounts[0].type"),
             (json!({"OCI": spec_with(json!({"Linux": {"Devices": [{"Path": "/dev/sev-guest", "Type": "c", "Major": 10, "Minor": 124}]}}))}), "OCI.Linux.Devices[0]"),
             (json!({"OCI": spec_with(json!({"Linux": {"Resources": {"Devices": [{"Allow": true, "Type": "a", "Access": "rwm"}]}}}))}), "OCI.Linux.Resources.Devices[0]"),
@@ -335,7 +292,8 @@ fn agent_logs_never_reach_container_stdio() {
     let sid = format!("logs-{}", std::process::id());
     let cid = format!("logs-c-{}", std::process::id());
     let _cleanup = Cleanup {
-        container: cid.clone(),
+        cgroup_parent: CGROUP_PARENT.into(),
+        containers: vec![cid.clone()],
         sandbox_dir: kata_root.clone(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -344,7 +302,7 @@ fn agent_logs_never_reach_container_stdio() {
         call(&c, "CreateSandbox", json!({"sandbox_id": sid}))
             .await
             .unwrap();
-        let rootfs = busybox_rootfs(&kata_root.join("shared/containers"));
+        let rootfs = busybox_rootfs(&kata_root.join("shared/containers"), APPLETS);
         let init = [
             "sh",
             "-c",

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vigil_tests::{call_within, Agent, AgentSetup, Answer, ContainerCleanup};
+use vigil_tests::container::{bytes, Cleanup};
+use vigil_tests::{call_within, Agent, AgentSetup, Answer};
 
 /// Bound on each call: the QEMU guest runs under TCG, where the app's CPU work is slow.
 const T: Duration = Duration::from_secs(120);
@@ -303,12 +304,6 @@ const READONLY: [&str; 6] = [
     "/proc/sysrq-trigger",
     "/proc/scsi",
 ];
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.as_array()
-        .map(|a| a.iter().map(|b| b.as_u64().unwrap() as u8).collect())
-        .unwrap_or_default()
-}
 
 /// ReadStdout or ReadStderr until the agent says end of stream (Kata's "eof"), as the shim's
 /// ioCopy does.
@@ -667,10 +662,10 @@ fn kata_pod_replayed_against_the_agent() {
         interface: "eth0",
         pause_oom_score_adj: pause_oom_score_adj(),
     };
-    let _cleanup = ContainerCleanup {
-        cgroup_parent: CGROUP_PARENT,
+    let _cleanup = Cleanup {
+        cgroup_parent: CGROUP_PARENT.into(),
         containers: vec![pod.sid.clone(), pod.app.clone()],
-        dir: kata_root.clone(),
+        sandbox_dir: kata_root.clone(),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,13 +9,14 @@ use serde_json::Value;
 pub struct Claims {
     /// The evidence's runtime report_data field.
     pub report_data: Vec<u8>,
-    /// The launch-time field bound to initdata (SNP HOST_DATA, TDX MRCONFIGID,
-    /// sample `init_data`).
+    /// The launch-time field bound to initdata (SNP HOST_DATA, TDX MRCONFIGID). For sample
+    /// evidence, the mock's `init_data` member, which nothing checks (Trustee's sample
+    /// verifier ignores it).
     pub launch_binding: Vec<u8>,
 }
 
-/// Size of the hardware launch binding field for `tee` (sample evidence has no fixed size:
-/// it carries the whole initdata digest).
+/// Size of the hardware launch binding field for `tee`; `None` for sample evidence, which
+/// has no launch field a verifier checks.
 pub fn launch_binding_len(tee: Tee) -> Option<usize> {
     match tee {
         Tee::Snp => Some(32),

@@ -1,9 +1,13 @@
 //! A KBS protocol **test** server for vigil: speaks Trustee's KBS protocol
-//! (RCAR, version 0.4.0) on a local address and really checks what a KBS
+//! (RCAR, version 0.4.0) on a local address and really checks what Trustee's KBS
 //! checks — protocol version, single-use per-session nonces, session cookie
-//! and expiry, report_data binding, evidence format, init-data digest against
-//! the evidence's launch binding, and per-resource release rules — then serves
-//! resources JWE-encrypted to the attested TEE key.
+//! and expiry, report_data binding, evidence format, the init-data digest
+//! against SNP `HOST_DATA` / TDX `MRCONFIGID` (sample evidence has no such
+//! field: as in Trustee, the digest of the init-data sent is a claim for the
+//! release rules), and per-resource release rules — then serves resources
+//! JWE-encrypted to the attested TEE key. Refusals carry Trustee's statuses and
+//! `ErrorInformation` types (a policy denial and a missing resource are 401
+//! `PolicyDeny` and `PluginInternalError`, as Trustee answers).
 //!
 //! It is **not** a production KBS: it has no attestation service, verifies no
 //! hardware signatures, keeps sessions in memory and is meant for tests and
@@ -129,7 +133,7 @@ pub struct Stats {
     pub attest_failed: u64,
     /// Resources served.
     pub resources_served: u64,
-    /// Resource requests refused (401/403/404).
+    /// Resource requests refused (401, or 400 for a malformed path).
     pub resources_refused: u64,
 }
 
@@ -156,8 +160,38 @@ struct Session {
     attested: Option<Attested>,
 }
 
+/// While a hold is on, resource requests wait; `arrived` counts those that came.
+struct Hold {
+    release: tokio::sync::watch::Receiver<bool>,
+    arrived: Arc<AtomicU64>,
+}
+
+/// Resource answers held back until [`ResourceHold::release`] (or drop), so that a test can
+/// make requests overlap without timing.
+pub struct ResourceHold {
+    release: tokio::sync::watch::Sender<bool>,
+    arrived: Arc<AtomicU64>,
+}
+
+impl ResourceHold {
+    /// Resource requests that arrived since the hold began (each waits until release).
+    pub fn arrived(&self) -> u64 {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held request (and later ones) through.
+    pub fn release(self) {}
+}
+
+impl Drop for ResourceHold {
+    fn drop(&mut self) {
+        let _ = self.release.send(true);
+    }
+}
+
 struct Inner {
     cfg: ServerConfig,
+    hold: Mutex<Option<Hold>>,
     sessions: Mutex<HashMap<String, Session>>,
     store: Mutex<ResourceStore>,
     clock_offset: Mutex<Duration>,
@@ -209,6 +243,7 @@ impl KbsTestServer {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
+            hold: Mutex::new(None),
             store: Mutex::new(ResourceStore::new(cfg.resources_dir.clone())),
             cfg,
             sessions: Mutex::new(HashMap::new()),
@@ -287,6 +322,20 @@ impl KbsTestServer {
     /// Add or replace an in-memory resource (the "admin call").
     pub fn put_resource(&self, path: &str, bytes: Vec<u8>, rule: ReleaseRule) {
         self.inner.store.lock().unwrap().put(path, bytes, rule);
+    }
+
+    /// Holds resource answers until the returned hold is released (library use only).
+    pub fn hold_resources(&self) -> ResourceHold {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let arrived = Arc::new(AtomicU64::new(0));
+        *self.inner.hold.lock().unwrap() = Some(Hold {
+            release: rx,
+            arrived: arrived.clone(),
+        });
+        ResourceHold {
+            release: tx,
+            arrived,
+        }
     }
 
     /// Move the server's clock forward (expires sessions and tokens without sleeping).
@@ -380,6 +429,13 @@ async fn handle(state: &Inner, req: Request<Incoming>) -> Resp {
         },
         (Method::GET, p) if p.starts_with("/kbs/v0/resource/") => {
             let (parts, _) = req.into_parts();
+            let held = state.hold.lock().unwrap().as_ref().map(|h| {
+                h.arrived.fetch_add(1, Ordering::SeqCst);
+                h.release.clone()
+            });
+            if let Some(mut release) = held {
+                let _ = release.wait_for(|r| *r).await;
+            }
             resource(state, &parts, &p["/kbs/v0/resource/".len()..])
         }
         (Method::POST, p) if p.starts_with("/kbs/v0/resource/") => {
@@ -634,20 +690,26 @@ fn attest_inner(
             }
             let d = evidence::InitDataDigest::of(&init.body)
                 .map_err(|e| refuse(StatusCode::BAD_REQUEST, "InvalidRequest", e))?;
-            // Sample evidence carries the whole digest (as Trustee's sample verifier compares
-            // it); hardware fields hold it truncated or zero-padded to their size.
-            let len = match tee {
-                Tee::Sample => d.digest.len(),
-                _ => evidence::launch_binding_len(tee)
-                    .ok_or_else(|| failed(format!("no launch binding field known for {tee}")))?,
-            };
-            if claims.launch_binding != d.binding(len) {
-                return Err(failed(format!(
-                    "init-data {} digest does not match the evidence launch binding",
-                    d.algorithm
-                )));
+            // As Trustee's verifiers: SNP HOST_DATA and TDX MRCONFIGID must hold the digest of
+            // the init-data sent (truncated or zero-padded to the field). Sample evidence has
+            // no such field (Trustee's sample verifier reads only svn and report_data; any
+            // init_data member is ignored): the digest of the sent TOML becomes a claim, and
+            // the release rules (Trustee: its resource policy) decide on it.
+            match evidence::launch_binding_len(tee) {
+                Some(len) => {
+                    if claims.launch_binding != d.binding(len) {
+                        return Err(failed(format!(
+                            "init-data {} digest does not match the evidence launch binding",
+                            d.algorithm
+                        )));
+                    }
+                    tracing::info!(%tee, algorithm = %d.algorithm, "attest: init-data matches launch binding");
+                }
+                None if tee == Tee::Sample => {
+                    tracing::info!(%tee, algorithm = %d.algorithm, "attest: init-data digest recorded (sample evidence binds none)");
+                }
+                None => return Err(failed(format!("no launch binding field known for {tee}"))),
             }
-            tracing::info!(%tee, algorithm = %d.algorithm, "attest: init-data matches launch binding");
             Some(hex::encode(&d.digest))
         }
     };
@@ -814,10 +876,12 @@ fn resource_inner(
             "fault injection: always 401",
         ));
     }
+    // Trustee answers 401 for these too: a policy denial is `PolicyDeny`, and a resource its
+    // storage cannot produce (missing included) is `PluginInternalError`.
     let lookup = state.store.lock().unwrap().lookup(path).map_err(|e| {
         refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ResourceStore",
+            StatusCode::UNAUTHORIZED,
+            "PluginInternalError",
             format!("reading {path}: {e}"),
         )
     })?;
@@ -825,16 +889,16 @@ fn resource_inner(
         Lookup::Found(b, r) => (b, r),
         Lookup::NotFound => {
             return Err(refuse(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFound",
-                format!("no resource {path}"),
+                StatusCode::UNAUTHORIZED,
+                "PluginInternalError",
+                format!("resource not found: {path}"),
             ))
         }
-        Lookup::NoRule(why) => return Err(refuse(StatusCode::FORBIDDEN, "PolicyDeny", why)),
+        Lookup::NoRule(why) => return Err(refuse(StatusCode::UNAUTHORIZED, "PolicyDeny", why)),
     };
     rule.check(&who).map_err(|why| {
         refuse(
-            StatusCode::FORBIDDEN,
+            StatusCode::UNAUTHORIZED,
             "PolicyDeny",
             format!("{path}: {why}"),
         )

@@ -13,8 +13,11 @@ use std::time::Duration;
 ///
 /// Speaks Trustee's KBS protocol 0.4.0 (auth / attest / resource) and checks
 /// protocol version, single-use session nonces, session cookie expiry, the
-/// report_data binding, the evidence format, the init-data digest against the
-/// evidence launch binding, and per-resource release rules. It has no
+/// report_data binding, the evidence format, the init-data digest against SNP
+/// HOST_DATA / TDX MRCONFIGID (sample evidence has none: as in Trustee, the
+/// digest of the init-data sent is checked by the release rules only), and
+/// per-resource release rules, answering refusals as Trustee does (401
+/// PolicyDeny, 401 PluginInternalError for a missing resource). It has no
 /// attestation service and no reference values: SNP report signatures are
 /// checked only against the VCEK carried in the evidence, TDX quote signatures
 /// are not checked, sample evidence is unsigned by design. State is in memory.

@@ -16,7 +16,10 @@
 //! * `tees`: TEE types (`sample`, `snp`, `tdx`, ...) that may receive it; required, non-empty.
 //! * `init_data_digests`: lower-case hex of the full initdata digest (sha256/384/512 of
 //!   the TOML body as sent); when present and non-empty, the attestation must have
-//!   carried init-data with one of these digests. Absent or empty: not checked.
+//!   carried init-data with one of these digests (for SNP/TDX the evidence's launch field
+//!   must also have held it; for sample evidence this rule is the only init-data check, as in
+//!   Trustee, whose policy decides on the digest of the init-data sent). Absent or empty:
+//!   not checked.
 //!
 //! A resource without a rule is never released. Both files are read on
 //! every request, so edits take effect without a restart; a rules file that

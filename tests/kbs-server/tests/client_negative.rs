@@ -150,9 +150,12 @@ async fn evidence_in_wrong_format_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn init_data_digest_mismatch_fails_at_attest() {
+async fn sample_evidence_init_data_is_not_checked_the_release_rule_decides() {
+    // As Trustee's sample verifier: sample evidence binds no initdata (its init_data member is
+    // ignored), so attestation succeeds whatever it says; the release rule then decides on
+    // the digest of the init-data the client sent.
     let server = server().await;
-    // The host launched the VM with other initdata than the guest presents.
+    server.put_resource(POLICY_PATH, b"p".to_vec(), sample_rule());
     let other = INIT_DATA.replace("agent_policy", "something_else");
     let mut c = KbsClient::new(
         fast_config(&server.url()),
@@ -161,11 +164,20 @@ async fn init_data_digest_mismatch_fails_at_attest() {
     )
     .unwrap()
     .with_init_data(INIT_DATA);
-    let e = c.handshake().await.unwrap_err();
+    assert_eq!(c.get_resource(POLICY_PATH).await.unwrap(), b"p");
+    let mut c = KbsClient::new(
+        fast_config(&server.url()),
+        Tee::Sample,
+        mock_evidence(binding_for(INIT_DATA)),
+    )
+    .unwrap()
+    .with_init_data(other);
+    c.handshake().await.unwrap();
+    let e = c.get_resource(POLICY_PATH).await.unwrap_err();
     let (step, status, kind) = rejected(&e);
-    assert_eq!((step, status), (Step::Attest, 401));
-    assert!(kind.ends_with("/AttestationFailed"));
-    assert!(e.to_string().contains("init-data"), "{e}");
+    assert_eq!((step, status), (Step::Resource, 401));
+    assert!(kind.ends_with("/PolicyDeny"), "{kind}");
+    assert!(e.to_string().contains("init-data digest"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,13 +202,21 @@ async fn resource_not_released_by_rule() {
     let mut c = good_client(&server.url());
     for path in ["r/t/snp-only", "r/t/other-initdata"] {
         let e = c.get_resource(path).await.unwrap_err();
+        // Trustee's answer to a policy denial: 401 PolicyDeny. A new handshake cannot change
+        // it, so the client gives up at once, with the KBS's explanation.
         let (step, status, kind) = rejected(&e);
-        assert_eq!((step, status), (Step::Resource, 403), "{path}");
+        assert_eq!((step, status), (Step::Resource, 401), "{path}");
         assert!(kind.ends_with("/PolicyDeny"));
+        assert!(e.to_string().contains("release rule"), "{e}");
         assert!(!e.is_retryable());
     }
-    let (step, status, _) = rejected(&c.get_resource("r/t/missing").await.unwrap_err());
-    assert_eq!((step, status), (Step::Resource, 404));
+    let e = c.get_resource("r/t/missing").await.unwrap_err();
+    let (step, status, kind) = rejected(&e);
+    assert_eq!((step, status), (Step::Resource, 401));
+    assert!(kind.ends_with("/PluginInternalError"), "{kind}");
+    assert!(e.to_string().contains("not found"), "{e}");
+    // One handshake for all three refusals: none of them re-attested.
+    assert_eq!(server.stats().auth, 1);
     // Without init-data, a rule that lists digests does not release.
     let mut c = KbsClient::new(
         fast_config(&server.url()),
@@ -207,7 +227,7 @@ async fn resource_not_released_by_rule() {
     server.put_resource(POLICY_PATH, b"x".to_vec(), sample_rule());
     assert_eq!(
         rejected(&c.get_resource(POLICY_PATH).await.unwrap_err()).1,
-        403
+        401
     );
 }
 
@@ -279,8 +299,14 @@ async fn endless_401_is_bounded() {
         .unwrap()
         .with_init_data(INIT_DATA);
     let e = c.get_resource(POLICY_PATH).await.unwrap_err();
-    assert!(matches!(e, Error::Unauthorized { handshakes: 3 }), "{e}");
+    assert!(
+        matches!(&e, Error::Unauthorized { handshakes: 3, error_type: Some(t), .. }
+            if t.ends_with("/UnAuthenticatedCookie")),
+        "{e}"
+    );
+    // The last 401's explanation is kept, not dropped.
     assert!(e.to_string().starts_with("resource: "));
+    assert!(e.to_string().contains("fault injection: always 401"), "{e}");
     assert_eq!(server.stats().auth, 3);
 }
 

@@ -230,21 +230,23 @@ async fn tampered_report_data_and_tee_key_swap_are_refused() {
         (r.status, r.error_kind().as_str()),
         (401, "AttestationFailed")
     );
-    // Init-data swapped after the fact.
-    let (cookie, nonce, key) = raw.challenge().await;
-    let mut body = attest_body(&nonce, &key);
-    body["init-data"]["body"] = Value::String(INIT_DATA.replace("0.1.0", "0.1.1"));
-    let r = raw.attest(Some(&cookie), &body).await;
-    assert_eq!(
-        (r.status, r.error_kind().as_str()),
-        (401, "AttestationFailed")
-    );
     let (cookie, nonce, key) = raw.challenge().await;
     let mut body = attest_body(&nonce, &key);
     body["init-data"]["format"] = Value::String("json".into());
     let r = raw.attest(Some(&cookie), &body).await;
     assert_eq!((r.status, r.error_kind().as_str()), (400, "InvalidRequest"));
     assert_eq!(server.stats().attest_ok, 0);
+    // Init-data swapped after the fact. Sample evidence binds no init-data (as Trustee's
+    // sample verifier, the evidence's init_data member is ignored), so attestation passes;
+    // the digest of what was sent is what the release rule then refuses, with Trustee's
+    // 401 PolicyDeny.
+    server.put_resource(POLICY_PATH, b"data".to_vec(), sample_rule());
+    let (cookie, nonce, key) = raw.challenge().await;
+    let mut body = attest_body(&nonce, &key);
+    body["init-data"]["body"] = Value::String(INIT_DATA.replace("0.1.0", "0.1.1"));
+    assert_eq!(raw.attest(Some(&cookie), &body).await.status, 200);
+    let r = raw.resource(Some(&cookie), None, POLICY_PATH).await;
+    assert_eq!((r.status, r.error_kind().as_str()), (401, "PolicyDeny"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

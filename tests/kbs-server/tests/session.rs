@@ -102,3 +102,40 @@ async fn signed_policy_and_fresh_evidence_through_the_session() {
     assert_eq!(rd, [7u8; 48]);
     assert!(session.evidence(&[0u8; 65]).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_token_is_a_new_handshake_that_leaves_the_session_alone() {
+    use p256::pkcs8::DecodePrivateKey as _;
+    let (server, session) = world().await;
+    session.get_resource("default/key/one").await.unwrap();
+    let session_token = session.token().unwrap();
+    let (token, key_pem) = session.fresh_token().await.unwrap();
+    assert_ne!(token, session_token);
+    assert_eq!(
+        session.token().unwrap(),
+        session_token,
+        "the session in force changed"
+    );
+    assert_eq!(server.stats().auth, 2);
+    // The token and its key work on their own: a resource fetched with the token is
+    // encrypted to that key.
+    let key = p256::SecretKey::from_pkcs8_pem(&key_pem).unwrap();
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let body = reqwest::Client::new()
+        .get(format!("{}/kbs/v0/resource/default/key/two", server.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(vigil_kbc::jwe::decrypt(&body, &key).unwrap(), b"secret-2");
+    // ...and the session still fetches with its own.
+    assert_eq!(
+        session.get_resource("default/key/two").await.unwrap(),
+        b"secret-2"
+    );
+}

@@ -24,9 +24,9 @@ pub fn sample_evidence(report_data: &[u8], binding: &[u8]) -> String {
     .to_string()
 }
 
-/// The launch binding a host that launched with `init_data` would report (sample: 32 bytes).
+/// The launch binding a host that launched with `init_data` would report (the mock carries
+/// the whole digest in its `init_data` member, which no sample verifier checks).
 pub fn binding_for(init_data: &str) -> Vec<u8> {
-    // The mock (sample) evidence carries the whole initdata digest.
     kbs_test_server::evidence::InitDataDigest::of(init_data)
         .unwrap()
         .digest

@@ -1,6 +1,7 @@
 //! What the gate records about each decision: per-endpoint counters (always) and the audit
 //! log (on by default; one JSON line per decision, never request contents, plus one line
-//! each time a policy comes into force).
+//! each time a policy comes into force). The workload API records its calls here too
+//! (`"api": "workload"` lines, [`WorkloadCounters`]).
 //!
 //! The audit line is written by a background thread, so the request path only pays for a
 //! counter increment and a non-blocking channel send. If the writer falls behind by more
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use vigil_policy::{Outcome, RotatingLog};
 use vigil_protos::{Endpoint, ENDPOINTS};
 
-use crate::gate::{verdict_reason, DecidedBy, Rules, Verdict};
-use crate::policy::CompiledPolicy;
+use super::compiled::CompiledPolicy;
+use super::verdict::{verdict_reason, DecidedBy, Rules, Verdict};
 
 const AUDIT_QUEUE: usize = 16 * 1024;
 
@@ -25,6 +26,8 @@ enum AuditMessage {
     Record(AuditRecord),
     /// A line written as it is (policy changes).
     Line(String),
+    /// A workload API call (see [`WorkloadCall`]).
+    Workload(WorkloadCall),
     /// Answered once every earlier record is written.
     Flush(SyncSender<()>),
 }
@@ -37,6 +40,108 @@ struct AuditRecord {
     policy: Option<Arc<CompiledPolicy>>,
 }
 
+/// The workload API's endpoints, as audit records and metrics name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadEndpoint {
+    /// `GET /cdh/resource/{repo}/{type}/{tag}`
+    Resource,
+    /// `GET /aa/evidence`
+    Evidence,
+    /// `GET /aa/token`
+    Token,
+    /// `GET /info`
+    Info,
+    /// Anything else (answered 404, or refused before routing).
+    Other,
+}
+
+impl WorkloadEndpoint {
+    const ALL: [WorkloadEndpoint; 5] = [
+        WorkloadEndpoint::Resource,
+        WorkloadEndpoint::Evidence,
+        WorkloadEndpoint::Token,
+        WorkloadEndpoint::Info,
+        WorkloadEndpoint::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadEndpoint::Resource => "/cdh/resource",
+            WorkloadEndpoint::Evidence => "/aa/evidence",
+            WorkloadEndpoint::Token => "/aa/token",
+            WorkloadEndpoint::Info => "/info",
+            WorkloadEndpoint::Other => "other",
+        }
+    }
+}
+
+/// One workload API call, as audited: never the resource's contents, the evidence, the token
+/// or the key; the resource path only (bounded, printable).
+#[derive(Debug)]
+pub struct WorkloadCall {
+    pub endpoint: WorkloadEndpoint,
+    pub resource: Option<String>,
+    /// Allowed: answered 200; denied: refused by the measured config (allow-list, endpoint
+    /// off, not from loopback); error: bad input or a failure behind the API.
+    pub outcome: Outcome,
+    pub status: u16,
+    pub reason: String,
+}
+
+/// Counters of the workload API, shared with the API (which updates them) and rendered with
+/// the gate's in GetMetrics.
+#[derive(Default)]
+pub struct WorkloadCounters {
+    /// [endpoint][allowed, denied, error]
+    calls: [[AtomicU64; 3]; 5],
+    /// Resource fetches that went to the KBS (concurrent requests for one resource share one).
+    pub kbs_fetches: AtomicU64,
+    /// Requests waiting for a fetch another request started.
+    pub fetch_waiters: AtomicU64,
+}
+
+impl WorkloadCounters {
+    /// (allowed, denied, error) for an endpoint.
+    pub fn counts(&self, endpoint: WorkloadEndpoint) -> (u64, u64, u64) {
+        load3(&self.calls[endpoint as usize])
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str("# HELP vigil_workload_api_requests_total Workload API calls per endpoint and outcome.\n");
+        out.push_str("# TYPE vigil_workload_api_requests_total counter\n");
+        for e in WorkloadEndpoint::ALL {
+            let (a, d, x) = self.counts(e);
+            for (outcome, n) in [("allowed", a), ("denied", d), ("error", x)] {
+                let _ = writeln!(
+                    out,
+                    "vigil_workload_api_requests_total{{endpoint=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    e.as_str()
+                );
+            }
+        }
+        for (name, kind, help, value) in [
+            (
+                "vigil_workload_api_kbs_fetches_total",
+                "counter",
+                "Resource fetches the workload API and sealed secrets sent to the KBS.",
+                &self.kbs_fetches,
+            ),
+            (
+                "vigil_workload_api_fetch_waiters",
+                "gauge",
+                "Requests waiting on a resource fetch another request started.",
+                &self.fetch_waiters,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
 /// Counters and the audit log writer.
 pub struct DecisionLog {
     /// [endpoint id][allowed, denied, error]
@@ -47,6 +152,7 @@ pub struct DecisionLog {
     /// Kata's input log: the policy input of every request the policy sees. Written
     /// synchronously: it is a debugging aid, off by default, and may hold secrets.
     input: Option<RotatingLog>,
+    workload: Arc<WorkloadCounters>,
 }
 
 impl DecisionLog {
@@ -57,6 +163,24 @@ impl DecisionLog {
             dropped: AtomicU64::new(0),
             write_errors: Arc::new(AtomicU64::new(0)),
             input: None,
+            workload: Arc::default(),
+        }
+    }
+
+    /// The workload API's counters (the API updates them; GetMetrics renders them).
+    pub fn workload_counters(&self) -> Arc<WorkloadCounters> {
+        self.workload.clone()
+    }
+
+    /// Counts and audits one workload API call. Like gate decisions, the record is queued,
+    /// never waited for.
+    pub fn record_workload(&self, call: WorkloadCall) {
+        self.workload.calls[call.endpoint as usize][slot(call.outcome)]
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.audit {
+            if tx.try_send(AuditMessage::Workload(call)).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -114,6 +238,11 @@ impl DecisionLog {
                                 errors.fetch_add(1, Ordering::Relaxed);
                             }
                         }
+                        AuditMessage::Workload(call) => {
+                            if log.write_line(&workload_line(&call)).is_err() {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                         AuditMessage::Flush(done) => {
                             let _ = done.send(());
                         }
@@ -125,13 +254,8 @@ impl DecisionLog {
     }
 
     pub(crate) fn record(&self, endpoint: &'static Endpoint, verdict: &Verdict, rules: &Rules) {
-        let slot = match verdict.outcome {
-            Outcome::Allowed => 0,
-            Outcome::Denied => 1,
-            Outcome::Error => 2,
-        };
         if let Some(c) = self.counts.get(endpoint.id.0 as usize) {
-            c[slot].fetch_add(1, Ordering::Relaxed);
+            c[slot(verdict.outcome)].fetch_add(1, Ordering::Relaxed);
         }
         if let Some(tx) = &self.audit {
             let policy_decided = !matches!(verdict.by, DecidedBy::AllowList | DecidedBy::NoPolicy);
@@ -193,12 +317,7 @@ impl DecisionLog {
 
     /// (allowed, denied, error) for an endpoint.
     pub fn counts(&self, endpoint: &Endpoint) -> (u64, u64, u64) {
-        let c = &self.counts[endpoint.id.0 as usize];
-        (
-            c[0].load(Ordering::Relaxed),
-            c[1].load(Ordering::Relaxed),
-            c[2].load(Ordering::Relaxed),
-        )
+        load3(&self.counts[endpoint.id.0 as usize])
     }
 
     /// The counters in Prometheus text format.
@@ -231,7 +350,39 @@ impl DecisionLog {
             "vigil_audit_write_errors_total {}",
             self.write_errors.load(Ordering::Relaxed)
         );
+        self.workload.render(out);
     }
+}
+
+/// The counter of a triple for `outcome`.
+fn slot(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Allowed => 0,
+        Outcome::Denied => 1,
+        Outcome::Error => 2,
+    }
+}
+
+/// (allowed, denied, error) from a counter triple.
+fn load3(c: &[AtomicU64; 3]) -> (u64, u64, u64) {
+    (
+        c[0].load(Ordering::Relaxed),
+        c[1].load(Ordering::Relaxed),
+        c[2].load(Ordering::Relaxed),
+    )
+}
+
+fn workload_line(call: &WorkloadCall) -> String {
+    serde_json::json!({
+        "time": vigil_policy::rfc3339_now(),
+        "api": "workload",
+        "endpoint": call.endpoint.as_str(),
+        "resource": call.resource,
+        "decision": call.outcome.as_str(),
+        "status": call.status,
+        "reason": call.reason,
+    })
+    .to_string()
 }
 
 fn audit_line(rec: &AuditRecord) -> String {
