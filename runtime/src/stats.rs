@@ -23,7 +23,7 @@
 //! ¹ Where Kata's agent reports a figure that cannot be right, vigil reports the right one:
 //! on v2 Kata reads v1's key names (`throttled_time`, `cache`) and reports 0, reports a
 //! `failcnt` of 0 and a swap limit of 0 for "max". A file the kernel does not have (no swap
-//! accounting, no `memory.peak` before Linux 6.2) reads as 0, as in Kata; a missing
+//! accounting, no `memory.peak` before Linux 5.19) reads as 0, as in Kata; a missing
 //! `memory.kmem.limit_in_bytes` is 0 here (Kata: 2⁶⁴−1).
 //! ² Kata's agent sends no network stats (its shims read the host side of the pod's
 //! interfaces); vigil's pod shares the guest's network namespace, so these are the pod's.

@@ -329,6 +329,54 @@ fn field(v: &Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("{} missing in {v}", path.join(".")))
 }
 
+/// What differs between the hierarchies in a container's `cgroup_stats`, as Kata's agent fills
+/// it: per-CPU usage only on v1 (summing to the total), user + kernel time equal to the total
+/// on v2 (one counter, split by the kernel), the block I/O ops each hierarchy names, and no
+/// huge pages used by a workload that asked for none.
+fn hierarchy_figures(cg: &Value) {
+    let v2 = cg["memory_stats"]["stats"].get("anon").is_some();
+    let cpu = &cg["cpu_stats"]["cpu_usage"];
+    let total = field(cpu, &["total_usage"]);
+    let split = field(cpu, &["usage_in_usermode"]) + field(cpu, &["usage_in_kernelmode"]);
+    let percpu: Vec<u64> = cpu["percpu_usage"]
+        .as_array()
+        .unwrap_or_else(|| panic!("percpu_usage missing in {cpu}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    if v2 {
+        assert!(percpu.is_empty(), "v2 has no per-CPU usage: {cpu}");
+        // cpu.stat's user_usec and system_usec add up to usage_usec (to the microsecond each).
+        assert!(total.abs_diff(split) <= total / 100 + 2_000, "{cpu}");
+    } else {
+        assert_eq!(percpu.iter().sum::<u64>(), total, "{cpu}");
+    }
+    let ops: &[&str] = if v2 {
+        &["read", "write", "rios", "wios", "dbytes", "dios"]
+    } else {
+        &["read", "write", "sync", "async", "total"]
+    };
+    for e in cg["blkio_stats"]["io_service_bytes_recursive"]
+        .as_array()
+        .unwrap_or_else(|| panic!("io_service_bytes_recursive missing in {cg}"))
+    {
+        let op = e["op"].as_str().unwrap_or_default();
+        assert!(
+            ops.contains(&op),
+            "op {op:?} is not v{}'s: {e}",
+            1 + v2 as u8
+        );
+    }
+    let hugetlb = cg["hugetlb_stats"].as_object().unwrap();
+    for (size, h) in hugetlb {
+        assert!(
+            size.ends_with("B") && size[..size.len() - 2].parse::<u32>().is_ok(),
+            "hugetlb size {size:?}"
+        );
+        assert_eq!(field(h, &["usage"]), 0, "{size}: {h}");
+    }
+}
+
 /// The whole sequence, checking each answer.
 async fn replay(c: &ttrpc::r#async::Client, pod: &Pod) {
     let (sid, app) = (pod.sid.as_str(), pod.app.as_str());
@@ -540,6 +588,9 @@ async fn replay(c: &ttrpc::r#async::Client, pod: &Pod) {
     );
     assert_eq!(field(cg, &["memory_stats", "usage", "limit"]), 134217728);
     assert_eq!(field(cg, &["pids_stats", "current"]), 0);
+    // The spec has no pids limit (constrainGRPCSpec empties it): Kata's 0 for "max".
+    assert_eq!(field(cg, &["pids_stats", "limit"]), 0, "{stats}");
+    hierarchy_figures(cg);
     let net = stats["network_stats"].as_array().unwrap();
     let iface = net
         .iter()
