@@ -1,6 +1,7 @@
 //! A workload's view of its secrets, end to end: an attested agent (mock TEE, KBS test
-//! server) runs a busybox container whose environment and secret volume hold sealed secrets,
-//! unsealed in the guest before it starts; inside, `wget` from 127.0.0.1 gets a secret the
+//! server) runs a busybox container whose environment and secret volume hold sealed secrets
+//! (the volume as Kata's Go shim sends it over virtio-fs: a shared file behind a
+//! `watchable-bind` storage), unsealed in the guest before it starts; inside, `wget` from 127.0.0.1 gets a secret the
 //! measured config allows and is refused one it does not. The policy (through Kata's input
 //! log) saw the sealed values only.
 //!
@@ -147,6 +148,11 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
         let shared = kata_root.join("shared/containers");
         let rootfs = busybox_rootfs(&shared.join(&cid), &["sh", "cat", "echo", "wget"]);
         let secrets = shared.join(format!("{cid}-4be1d07a93c6f258-creds"));
+        // Over virtio-fs the Go shim hands a secret volume over as a watchable-bind storage
+        // (container.go): the mount names the copy the agent keeps at watchable/<name>.
+        let watched = shared.join(format!("watchable/{cid}-4be1d07a93c6f258-creds"));
+        let watchable = json!([{"driver": "watchable-bind", "source": secrets, "fstype": "bind",
+                                "options": ["ro"], "mount_point": watched}]);
         for req in copy_secret_volume(&secrets, &[("tls.key", &sealed_file), ("user", "admin")]) {
             call(&c, "CopyFile", req).await.unwrap();
         }
@@ -157,7 +163,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
                 "Root": {"Path": rootfs},
                 "Mounts": [
                     {"destination": "/proc", "source": "proc", "type_": "proc"},
-                    {"destination": "/etc/creds", "source": secrets, "type_": "bind", "options": ["rbind", "ro"]},
+                    {"destination": "/etc/creds", "source": watched, "type_": "bind", "options": ["rbind", "ro"]},
                 ],
                 // No network namespace: the container shares the pod's (here the test's).
                 "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
@@ -168,7 +174,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
         // container exists afterwards.
         let SigningKey::Es256(stranger) = SigningKey::generate(Algorithm::Es256) else { unreachable!() };
         let forged = sealed::seal("default/secrets/db", &stranger, "tenant").unwrap();
-        let refused = call(&c, "CreateContainer", json!({"container_id": bad,
+        let refused = call(&c, "CreateContainer", json!({"container_id": bad, "storages": watchable,
             "OCI": spec(vec!["sh", "-c", "echo $X"], vec![format!("X={forged}")])})).await;
         match &refused {
             Err((ttrpc::Code::INVALID_ARGUMENT, m)) => {
@@ -179,7 +185,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
         let gone = call(&c, "StatsContainer", json!({"container_id": bad})).await;
         assert!(matches!(gone, Err((ttrpc::Code::NOT_FOUND, _))), "{gone:?}");
 
-        call(&c, "CreateContainer", json!({"container_id": cid, "exec_id": cid,
+        call(&c, "CreateContainer", json!({"container_id": cid, "exec_id": cid, "storages": watchable,
             "OCI": spec(vec!["sh", "-c", &script], vec!["PATH=/bin".into(), format!("DB_PASSWORD={sealed_env}")])}))
             .await
             .unwrap();
