@@ -71,8 +71,9 @@ if [ -z "$kbs_port" ]; then
 fi
 # Kata's pod sequence (tests/e2e/tests/kata_pod.rs kata_pod_in_the_guest), built now and run
 # once the guest listens: the RPCs it sends, and tenant rules that allow exactly its app
-# container and CopyFile under Kata's shared directory.
-(cd "$REPO_ROOT" && cargo test --locked -p vigil-tests --test kata_pod --no-run >&2)
+# container and CopyFile under Kata's shared directory. Built as hack/test.sh builds the
+# workspace's tests (same features), so after it nothing is compiled again.
+(cd "$REPO_ROOT" && cargo test --workspace --locked --test kata_pod --no-run >&2)
 export TENANT_EXTRA_ENDPOINTS='"CopyFileRequest", "CloseStdinRequest", "ReadStreamRequest",
            "WaitProcessRequest", "StatsContainerRequest", "SignalProcessRequest", "RemoveContainerRequest"'
 export TENANT_EXTRA_REGO='default StartContainerRequest := true
@@ -155,7 +156,7 @@ expect_status CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args"
 grep -aq "step 3/5: tenant policy verified" "$console" || fail "no verified KBS policy on the console"
 # Kata's runtime's requests for a two-container pod, replayed in the guest (cgroup v2).
 t_pod=$(now)
-out=$(cd "$REPO_ROOT" && VIGIL_KATA_POD_ADDR=$addr cargo test --locked -q -p vigil-tests \
+out=$(cd "$REPO_ROOT" && VIGIL_KATA_POD_ADDR=$addr cargo test --workspace --locked -q \
     --test kata_pod -- --ignored --exact kata_pod_in_the_guest --nocapture 2>&1) ||
     fail "Kata pod replay: $out"
 grep -q "test result: ok. 1 passed" <<<"$out" || fail "the Kata pod replay did not run: $out"
