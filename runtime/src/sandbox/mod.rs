@@ -53,6 +53,9 @@ pub struct SandboxConfig {
     pub devices: Vec<PathBuf>,
     /// Whether CopyFile keeps setuid, setgid and sticky bits (else they are cleared).
     pub allow_setuid_copy: bool,
+    /// The executable started as the fork helper (see `fork_helper`): the agent itself
+    /// unless a test names another. Not configurable from the agent's config file.
+    pub fork_helper: PathBuf,
 }
 
 impl Default for SandboxConfig {
@@ -69,6 +72,7 @@ impl Default for SandboxConfig {
             allow_privileged: false,
             devices: Vec::new(),
             allow_setuid_copy: false,
+            fork_helper: PathBuf::from("/proc/self/exe"),
         }
     }
 }
@@ -267,7 +271,10 @@ fn reap(pidfd: &OwnedFd) -> std::io::Result<Option<i32>> {
 impl Sandbox {
     /// A sandbox manager on youki's libcontainer, keeping its state under `config.run_root`.
     pub fn new(config: SandboxConfig) -> Sandbox {
-        let runtime = Arc::new(LibcontainerRuntime::new(config.run_root.join(".runtime")));
+        let runtime = Arc::new(LibcontainerRuntime::with_fork_helper(
+            config.run_root.join(".runtime"),
+            config.fork_helper.clone(),
+        ));
         Sandbox::with_runtime(config, runtime)
     }
 
