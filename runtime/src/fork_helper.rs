@@ -255,6 +255,10 @@ pub fn run_if_helper() {
     if !is_helper_name || !fd3_is_our_parents_socket() {
         return;
     }
+    // Descriptors the agent's own parent left open without close-on-exec are not ours to pass
+    // on to containers.
+    // SAFETY: close_range with constant arguments; nothing in this process uses fds above 3.
+    unsafe { libc::syscall(libc::SYS_close_range, HELPER_FD + 1, libc::c_uint::MAX, 0) };
     // SAFETY: fd 3 was checked to be an open socket, and nothing else in this process owns it.
     let socket = unsafe { OwnedFd::from_raw_fd(HELPER_FD) };
     serve(&socket);
@@ -373,6 +377,10 @@ fn handle(req: Request, fds: Vec<OwnedFd>) -> Answer {
         ));
     }
     if pid == 0 {
+        // The processes the launcher makes must not hold the helper's socket (until they
+        // exec): the agent would then never see the end of a helper that died.
+        // SAFETY: closing the helper's socket in this child only; it is not used here.
+        unsafe { libc::close(HELPER_FD) };
         drop(read_end);
         let answer = launch(req, fds);
         let body = serde_json::to_vec(&answer).unwrap_or_default();
