@@ -3,8 +3,9 @@
 //!
 //! Invariants: decode(encode(x)) = x through the Kata JSON shape (bytes -> JSON -> bytes ->
 //! JSON gives the same JSON); the gate's policy input is exactly that JSON (CopyFile: Kata's
-//! summary, built without failing for any request that decodes); a request that does not
-//! decode has no policy input (the gate fails closed on it, never evaluates a default).
+//! summary, built for every request that decodes except a symlink whose target is not
+//! UTF-8); a request that does not decode has no policy input (the gate fails closed on it,
+//! never evaluates a default).
 //!
 //! Input: `[selector][protobuf payload]`; the selector picks the endpoint (any service).
 
@@ -40,13 +41,24 @@ pub fn request_codec(data: &[u8]) {
     if !gated {
         return;
     }
-    let input = CompiledPolicy::input(endpoint, payload).unwrap_or_else(|e| {
-        panic!(
-            "{}: no policy input for a decoded request: {e}",
-            endpoint.request
-        )
-    });
+    let input = CompiledPolicy::input(endpoint, payload);
     if endpoint.request == "CopyFileRequest" {
+        let input = match input {
+            Ok(input) => input,
+            Err(e) => {
+                // The one request that decodes yet has no policy input: a symlink whose target
+                // is not UTF-8 (Kata's summary carries it as a string). The gate then denies;
+                // gate_decision checks that no input never means allowed.
+                use protobuf::Message;
+                let req = vigil_protos::agent::CopyFileRequest::parse_from_bytes(payload).unwrap();
+                assert!(
+                    vigil_policy::file_type(req.file_mode) == "Symlink"
+                        && std::str::from_utf8(&req.data).is_err(),
+                    "CopyFileRequest: no policy input: {e}"
+                );
+                return;
+            }
+        };
         for key in [
             "path",
             "file_type",
@@ -64,6 +76,12 @@ pub fn request_codec(data: &[u8]) {
             "the file content never reaches the policy"
         );
     } else {
+        let input = input.unwrap_or_else(|e| {
+            panic!(
+                "{}: no policy input for a decoded request: {e}",
+                endpoint.request
+            )
+        });
         assert_eq!(
             input, json,
             "{}: policy input is not the Kata JSON",

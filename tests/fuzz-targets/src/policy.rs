@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vigil_agent::config::AllowList;
 use vigil_agent::gate::{Gate, Rules};
-use vigil_agent::policy::CompiledPolicy;
+use vigil_agent::policy::{CompiledPolicy, PolicyOrigin, PolicySource};
 use vigil_policy::{Limits, Outcome};
 use vigil_protos::{Endpoint, AGENT_SERVICE};
 
@@ -36,8 +36,13 @@ impl TestGate {
             .map(String::from)
             .collect();
         let policy = Arc::new(
-            CompiledPolicy::compile(POLICY, Some(1), Limits::default(), "fuzz policy")
-                .expect("the fuzz policy compiles"),
+            CompiledPolicy::compile(
+                POLICY,
+                Some(1),
+                Limits::default(),
+                PolicySource::new(PolicyOrigin::File, "fuzz policy"),
+            )
+            .expect("the fuzz policy compiles"),
         );
         let mut rules = Rules::from_allow_list(&AllowList::Only(names));
         rules.policy = Some(policy.clone());
