@@ -195,11 +195,12 @@ pub fn copy_file(data: &[u8]) {
         let before = jail.outside_view();
         let shared = jail.shared();
         let mut input = Input::new(data);
+        let keep_setuid = input.u8() & 1 == 1;
         let mut count = 0;
         while !input.is_empty() && count < 16 {
             count += 1;
             let req = request(&shared, &mut input);
-            let _ = vigil_runtime::copy_file(&shared, &req);
+            let _ = vigil_runtime::copy_file_into(&shared, &req, keep_setuid);
             let after = jail.outside_view();
             if after != before {
                 let changed: Vec<_> = after
