@@ -10,11 +10,10 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_vigil-fork-helper");
 
-/// Runs the helper binary with argv[0] `arg0` and `fd3` (if any) as its fd 3; returns its exit
-/// code and stderr.
-fn run(arg0: &str, fd3: Option<&OwnedFd>) -> (Option<i32>, String) {
+/// Starts the helper binary with argv[0] `arg0` and `fd3` (if any) as its fd 3.
+fn spawn(arg0: &str, fd3: Option<&OwnedFd>, stderr: Stdio) -> std::process::Child {
     let mut cmd = Command::new(HELPER);
-    cmd.arg0(arg0).stderr(Stdio::piped()).stdin(Stdio::null());
+    cmd.arg0(arg0).stderr(stderr).stdin(Stdio::null());
     if let Some(fd) = fd3 {
         let raw = fd.as_raw_fd();
         // SAFETY: dup2 only, between fork and exec.
@@ -27,7 +26,12 @@ fn run(arg0: &str, fd3: Option<&OwnedFd>) -> (Option<i32>, String) {
             });
         }
     }
-    let mut child = cmd.spawn().unwrap();
+    cmd.spawn().unwrap()
+}
+
+/// Runs the helper to its end; returns its exit code and stderr.
+fn run(arg0: &str, fd3: Option<&OwnedFd>) -> (Option<i32>, String) {
+    let mut child = spawn(arg0, fd3, Stdio::piped());
     let mut err = String::new();
     child
         .stderr
@@ -82,20 +86,11 @@ fn the_helper_serves_its_parent_and_exits_when_the_parent_closes() {
         SockFlag::SOCK_CLOEXEC,
     )
     .unwrap();
-    let mut cmd = Command::new(HELPER);
-    let raw = theirs.as_raw_fd();
-    cmd.arg0(vigil_runtime::fork_helper::HELPER_ARG0)
-        .stdin(Stdio::null());
-    // SAFETY: dup2 only, between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = spawn(
+        vigil_runtime::fork_helper::HELPER_ARG0,
+        Some(&theirs),
+        Stdio::inherit(),
+    );
     drop(theirs);
     // A request the helper must answer (with an error: there is no such container).
     let dir = tempfile::tempdir().unwrap();
