@@ -15,25 +15,8 @@ use crate::mode::Mode;
 /// real VMM would program HOST_DATA or MRCONFIGID. Never read from the guest's own initdata.
 pub const CMDLINE_MOCK_BINDING: &str = "agent.mock_launch_binding";
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TeeMode {
-    /// Unattested, Kata-compatible: local config and policy only.
-    #[default]
-    None,
-    /// The mock TEE (development and CI only); accepted only when named.
-    Mock,
-    Snp,
-    Tdx,
-    /// SNP or TDX, whichever the devices show; never the mock.
-    Auto,
-}
-
-impl TeeMode {
-    pub fn is_attested(self) -> bool {
-        self != TeeMode::None
-    }
-}
+/// `[attestation] tee`, defined with the mode rule it feeds.
+pub use crate::mode::TeeMode;
 
 /// `[attestation]` in the config file.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -82,6 +82,8 @@ pub struct ConfigFile {
     pub attestation: Option<AttestationSection>,
     #[serde(default)]
     pub sandbox: SandboxSection,
+    #[serde(default)]
+    pub guest: GuestSection,
     pub workload_api: Option<crate::workload_api::WorkloadApiSection>,
     pub sealed_secrets: Option<crate::sealed_secrets::SealedSecretsSection>,
 }
@@ -129,6 +131,18 @@ pub struct SandboxSection {
     /// Whether CopyFile keeps setuid, setgid and sticky bits. Default false (cleared).
     pub allow_setuid_copy: Option<bool>,
 }
+
+/// `[guest]`: guest operations the host may ask for only with the measured config's consent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSection {
+    /// AddSwap / AddSwapPath: swapped-out pages go to a host-readable disk, outside the TEE's
+    /// protection, so swap is refused unless this is true.
+    pub allow_swap: Option<bool>,
+}
+
+/// Where Kata's runtime puts the pod's files in the guest (shared dirs, sandbox, volumes).
+pub const KATA_POD_DIR: &str = "/run/kata-containers";
 
 /// Bounds for `output_limit_bytes`: below 4 KiB a single read chunk overflows it; above
 /// 256 MiB one chatty process could take the guest's memory.
@@ -207,14 +221,7 @@ impl SandboxSection {
     }
 }
 
-/// Which request types the host may send at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowList {
-    /// No config file, or `allowed = ["*"]`.
-    All,
-    /// Request message names; empty when the file has no `[endpoints]` section.
-    Only(Vec<String>),
-}
+pub use crate::gate::AllowList;
 
 /// The effective configuration: the file (if any) after validation.
 #[derive(Debug)]
@@ -231,6 +238,8 @@ pub struct Config {
     pub signer: Option<vigil_kbc::envelope::VerifyingKey>,
     /// `[sandbox]`, validated into the container runtime's settings.
     pub sandbox: vigil_runtime::SandboxConfig,
+    /// `[guest]`, with the pod's directories.
+    pub guest: vigil_guest::GuestConfig,
     /// `[workload_api]`; absent: the workload API is off.
     pub workload_api: Option<crate::workload_api::WorkloadApiConfig>,
     /// `[sealed_secrets]`; absent: a sealed value in a container fails CreateContainer.
@@ -247,6 +256,10 @@ impl Config {
             policy: PolicySection::default(),
             attestation: AttestationSection::default(),
             signer: None,
+            guest: guest_config(
+                &GuestSection::default(),
+                &vigil_runtime::SandboxConfig::default(),
+            ),
             sandbox: vigil_runtime::SandboxConfig::default(),
             workload_api: None,
             sealed_secrets: None,
@@ -324,6 +337,7 @@ impl Config {
             policy,
             attestation,
             signer,
+            guest: guest_config(&file.guest, &sandbox),
             sandbox,
             workload_api,
             sealed_secrets,
@@ -360,6 +374,16 @@ impl Config {
             .server_addr
             .as_deref()
             .unwrap_or(DEFAULT_SERVER_ADDR)
+    }
+}
+
+fn guest_config(
+    g: &GuestSection,
+    sandbox: &vigil_runtime::SandboxConfig,
+) -> vigil_guest::GuestConfig {
+    vigil_guest::GuestConfig {
+        allow_swap: g.allow_swap.unwrap_or(false),
+        pod_dirs: vec![sandbox.run_root.clone(), PathBuf::from(KATA_POD_DIR)],
     }
 }
 

@@ -3,15 +3,12 @@
 //! Start-up is [`startup::start`]; the gate every request passes is [`gate`].
 
 pub mod attestation;
-pub mod audit;
 pub mod cmdline;
 pub mod config;
 pub mod gate;
-pub mod guest;
 pub mod log_sink;
 pub mod metrics;
 pub mod mode;
-pub mod network;
 pub mod pid1;
 pub mod policy;
 pub mod resources;

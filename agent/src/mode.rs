@@ -27,7 +27,30 @@ use serde::Deserialize;
 use vigil_attester::platform::Platform;
 use vigil_attester::DetectedTee;
 
-use crate::attestation::TeeMode;
+/// Kernel parameter naming the initdata file or block device.
+pub const CMDLINE_INITDATA: &str = "agent.initdata";
+
+/// `[attestation] tee` in the config file: what the configuration asks for, which the rule
+/// below holds against the hardware.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeMode {
+    /// Unattested, Kata-compatible: local config and policy only.
+    #[default]
+    None,
+    /// The mock TEE (development and CI only); accepted only when named.
+    Mock,
+    Snp,
+    Tdx,
+    /// SNP or TDX, whichever the devices show; never the mock.
+    Auto,
+}
+
+impl TeeMode {
+    pub fn is_attested(self) -> bool {
+        self != TeeMode::None
+    }
+}
 
 /// The guest image's own settings. Part of the image, so trusted exactly as much as the
 /// agent binary beside it: both are covered by the launch measurement only when the image
@@ -143,7 +166,7 @@ pub fn admit_source(
              the launch field covers it",
             platform.describe(),
             other.describe(),
-            crate::startup::CMDLINE_INITDATA
+            CMDLINE_INITDATA
         )),
     }
 }

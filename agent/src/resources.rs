@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-use crate::audit::WorkloadCounters;
+use crate::gate::WorkloadCounters;
 
 /// Why a resource could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

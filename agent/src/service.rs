@@ -1,8 +1,8 @@
 //! The agent API handlers.
 //!
 //! Handlers stay one-liners: each returns `Result<_, AgentError>` and [`AgentError`] maps to a
-//! ttrpc status in one place. RPCs whose capability has not landed answer `UNIMPLEMENTED`
-//! honestly (`<Name> is not implemented`), never a fake success.
+//! ttrpc status in one place. Container RPCs go to the runtime (`vigil-runtime`), guest
+//! operations to the guest crate (`vigil-guest`).
 
 use std::sync::Arc;
 
@@ -12,19 +12,16 @@ use ttrpc::r#async::TtrpcContext;
 use vigil_protos::{agent::*, csi, health, health_ttrpc, types};
 
 use crate::gate::Gate;
-use crate::guest::GuestInfo;
 use crate::policy::{PolicyAdmin, SetPolicyError};
+use vigil_guest::{Guest, GuestConfig, GuestError};
 use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 /// Version of the agent API protocol reported by `Health.Version` (Kata's value).
 pub const API_VERSION: &str = "0.0.1";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// Every error a handler can return, and the ttrpc status it becomes.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{0} is not implemented")]
-    NotImplemented(&'static str),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -52,6 +49,18 @@ impl From<RuntimeError> for AgentError {
             RuntimeError::Timeout(_) => AgentError::DeadlineExceeded(text),
             // Kata's agent ends a stream with an error reading "read meet eof"; shims expect it.
             RuntimeError::EndOfStream | RuntimeError::Internal(_) => AgentError::Internal(text),
+        }
+    }
+}
+
+impl From<GuestError> for AgentError {
+    fn from(e: GuestError) -> AgentError {
+        match e {
+            GuestError::InvalidArgument(m) => AgentError::InvalidArgument(m),
+            GuestError::NotFound(m) => AgentError::NotFound(m),
+            GuestError::FailedPrecondition(m) => AgentError::FailedPrecondition(m),
+            GuestError::DeadlineExceeded(m) => AgentError::DeadlineExceeded(m),
+            GuestError::Internal(m) => AgentError::Internal(m),
         }
     }
 }
@@ -93,7 +102,6 @@ impl vigil_runtime::ChildClaims for crate::pid1::Reaper {
 impl From<AgentError> for ttrpc::Error {
     fn from(e: AgentError) -> ttrpc::Error {
         let code = match e {
-            AgentError::NotImplemented(_) => ttrpc::Code::UNIMPLEMENTED,
             AgentError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
             AgentError::NotFound(_) => ttrpc::Code::NOT_FOUND,
             AgentError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
@@ -108,26 +116,27 @@ impl From<AgentError> for ttrpc::Error {
 
 type RpcResult<T> = ttrpc::Result<T>;
 
+/// Optional capabilities this build of the agent has, reported in `AgentDetails`.
+pub const FEATURES: &[&str] = &["endpoint-allow-list", "agent-policy"];
+
 /// The state the handlers share.
 pub struct AgentApi {
-    guest: GuestInfo,
+    guest: Guest,
     gate: Arc<Gate>,
     policy: PolicyAdmin,
     started: std::time::Instant,
     sandbox: Sandbox,
-    network: crate::network::Network,
     sealed: crate::sealed_secrets::SealedSecrets,
 }
 
 impl AgentApi {
-    pub fn new(guest: GuestInfo, gate: Arc<Gate>, policy: PolicyAdmin) -> AgentApi {
+    pub fn new(guest: Guest, gate: Arc<Gate>, policy: PolicyAdmin) -> AgentApi {
         AgentApi {
             guest,
             gate,
             policy,
             started: std::time::Instant::now(),
             sandbox: Sandbox::new(SandboxConfig::default()),
-            network: crate::network::Network::new(),
             sealed: crate::sealed_secrets::SealedSecrets::new(None, None),
         }
     }
@@ -148,7 +157,34 @@ impl AgentApi {
     /// An API with default guest facts and no SetPolicy rights, serving behind `gate`.
     pub fn with_gate(gate: Arc<Gate>) -> AgentApi {
         let admin = PolicyAdmin::new(Default::default(), None, gate.clone());
-        AgentApi::new(GuestInfo::default(), gate, admin)
+        AgentApi::new(Guest::new(&GuestConfig::default()), gate, admin)
+    }
+
+    /// GetGuestDetails: the guest's memory hot-plug facts and what this agent supports.
+    fn guest_details(&self, req: &GuestDetailsRequest) -> Result<GuestDetailsResponse, AgentError> {
+        let memory = self
+            .guest
+            .hotplug
+            .memory_facts(req.mem_block_size, req.mem_hotplug_probe)?;
+        Ok(GuestDetailsResponse {
+            mem_block_size_bytes: memory.block_size,
+            support_mem_hotplug_probe: memory.probe,
+            agent_details: Some(AgentDetails {
+                version: AGENT_VERSION.into(),
+                init_daemon: std::process::id() == 1,
+                storage_handlers: self.sandbox.storage_drivers(),
+                device_handlers: vigil_guest::devices::TYPES
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+                // The runtime applies the spec's seccomp filter (libcontainer with libseccomp).
+                supports_seccomp: true,
+                extra_features: FEATURES.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
     }
 
     /// The generated service maps for `grpc.AgentService` and `grpc.Health`, not yet gated.
@@ -162,14 +198,14 @@ impl AgentApi {
 }
 
 /// Implements the agent service: the handlers given in full, the container, process and stdio
-/// RPCs as calls to the [`Sandbox`] method of the same name, plus an `UNIMPLEMENTED` handler
-/// for each RPC whose capability is not built yet (each moves out of that list when its issue
-/// lands). A macro around the whole impl, because `#[async_trait]` must see every method.
+/// RPCs as calls to the [`Sandbox`] method of the same name. A macro around the whole impl,
+/// because `#[async_trait]` must see every method. (The generated trait has a default body
+/// for every RPC, so a forgotten handler would still compile: `tests/service_map.rs` calls
+/// every RPC to prove each has one of ours.)
 macro_rules! agent_service {
     (
         impl for $ty:ty { $($implemented:item)* }
         sandbox { $($sb_name:ident($sb_req:ty) -> $sb_resp:ty;)* }
-        not_implemented { $($fn_name:ident($req:ty) -> $resp:ty;)* }
     ) => {
         #[async_trait]
         impl vigil_protos::agent_ttrpc::AgentService for $ty {
@@ -177,11 +213,6 @@ macro_rules! agent_service {
             $(
                 async fn $sb_name(&self, _ctx: &TtrpcContext, req: $sb_req) -> RpcResult<$sb_resp> {
                     Ok(self.sandbox.$sb_name(req).await.map_err(AgentError::from)?)
-                }
-            )*
-            $(
-                async fn $fn_name(&self, _ctx: &TtrpcContext, _req: $req) -> RpcResult<$resp> {
-                    Err(AgentError::NotImplemented(stringify!($req)).into())
                 }
             )*
         }
@@ -195,7 +226,7 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: GuestDetailsRequest,
     ) -> RpcResult<GuestDetailsResponse> {
-        Ok(self.guest.details(&req)?)
+        Ok(self.guest_details(&req)?)
     }
 
     async fn set_policy(&self, _ctx: &TtrpcContext, req: SetPolicyRequest) -> RpcResult<Empty> {
@@ -225,11 +256,11 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: UpdateInterfaceRequest,
     ) -> RpcResult<types::Interface> {
-        Ok(self.network.update_interface(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.update_interface(req).await.map_err(AgentError::from)?)
     }
 
     async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> RpcResult<Routes> {
-        Ok(self.network.update_routes(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.update_routes(req).await.map_err(AgentError::from)?)
     }
 
     async fn list_interfaces(
@@ -237,11 +268,11 @@ agent_service! {
         _ctx: &TtrpcContext,
         _req: ListInterfacesRequest,
     ) -> RpcResult<Interfaces> {
-        Ok(self.network.list_interfaces().await.map_err(AgentError::from)?)
+        Ok(self.guest.network.list_interfaces().await.map_err(AgentError::from)?)
     }
 
     async fn list_routes(&self, _ctx: &TtrpcContext, _req: ListRoutesRequest) -> RpcResult<Routes> {
-        Ok(self.network.list_routes().await.map_err(AgentError::from)?)
+        Ok(self.guest.network.list_routes().await.map_err(AgentError::from)?)
     }
 
     async fn add_arp_neighbors(
@@ -249,7 +280,7 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: AddARPNeighborsRequest,
     ) -> RpcResult<Empty> {
-        Ok(self.network.add_arp_neighbors(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.add_arp_neighbors(req).await.map_err(AgentError::from)?)
     }
 
     async fn get_ip_tables(
@@ -257,7 +288,7 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: GetIPTablesRequest,
     ) -> RpcResult<GetIPTablesResponse> {
-        Ok(self.network.get_ip_tables(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.get_ip_tables(req).await.map_err(AgentError::from)?)
     }
 
     async fn set_ip_tables(
@@ -265,7 +296,56 @@ agent_service! {
         _ctx: &TtrpcContext,
         req: SetIPTablesRequest,
     ) -> RpcResult<SetIPTablesResponse> {
-        Ok(self.network.set_ip_tables(req).await.map_err(AgentError::from)?)
+        Ok(self.guest.network.set_ip_tables(req).await.map_err(AgentError::from)?)
+    }
+
+    async fn online_cpu_mem(&self, _ctx: &TtrpcContext, req: OnlineCPUMemRequest) -> RpcResult<Empty> {
+        Ok(self.guest.hotplug.online_cpu_mem(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn mem_hotplug_by_probe(&self, _ctx: &TtrpcContext, req: MemHotplugByProbeRequest) -> RpcResult<Empty> {
+        Ok(self.guest.hotplug.probe_memory(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn set_guest_date_time(&self, _ctx: &TtrpcContext, req: SetGuestDateTimeRequest) -> RpcResult<Empty> {
+        Ok(vigil_guest::clock::set_guest_date_time(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn reseed_random_dev(&self, _ctx: &TtrpcContext, req: ReseedRandomDevRequest) -> RpcResult<Empty> {
+        Ok(vigil_guest::entropy::reseed(&self.guest.random, &req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn add_swap(&self, _ctx: &TtrpcContext, req: AddSwapRequest) -> RpcResult<Empty> {
+        Ok(self.guest.swap.add_swap(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn add_swap_path(&self, _ctx: &TtrpcContext, req: AddSwapPathRequest) -> RpcResult<Empty> {
+        Ok(self.guest.swap.add_swap_path(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn get_volume_stats(&self, _ctx: &TtrpcContext, req: VolumeStatsRequest) -> RpcResult<csi::VolumeStatsResponse> {
+        Ok(self.guest.volumes.stats(&req).map_err(AgentError::from)?)
+    }
+
+    async fn resize_volume(&self, _ctx: &TtrpcContext, req: ResizeVolumeRequest) -> RpcResult<Empty> {
+        Ok(self.guest.volumes.resize(req).await.map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn update_ephemeral_mounts(&self, _ctx: &TtrpcContext, req: UpdateEphemeralMountsRequest) -> RpcResult<Empty> {
+        Ok(self.guest.ephemeral.update(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn remove_stale_virtiofs_share_mounts(&self, _ctx: &TtrpcContext, _req: RemoveStaleVirtiofsShareMountsRequest) -> RpcResult<Empty> {
+        let shared = std::path::Path::new(vigil_guest::ephemeral::KATA_SHARED_DIR);
+        Ok(vigil_guest::ephemeral::refresh_shared_mounts(shared).map(|_| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn mem_agent_memcg_set(&self, _ctx: &TtrpcContext, req: MemAgentMemcgConfig) -> RpcResult<Empty> {
+        Ok(self.guest.memagent.memcg_set(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
+    }
+
+    async fn mem_agent_compact_set(&self, _ctx: &TtrpcContext, req: MemAgentCompactConfig) -> RpcResult<Empty> {
+        Ok(self.guest.memagent.compact_set(&req).map(|()| Empty::new()).map_err(AgentError::from)?)
     }
     }
 
@@ -288,23 +368,9 @@ agent_service! {
         destroy_sandbox(DestroySandboxRequest) -> Empty;
         copy_file(CopyFileRequest) -> Empty;
         get_oom_event(GetOOMEventRequest) -> OOMEvent;
+        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
     }
 
-    not_implemented {
-        update_ephemeral_mounts(UpdateEphemeralMountsRequest) -> Empty;
-        remove_stale_virtiofs_share_mounts(RemoveStaleVirtiofsShareMountsRequest) -> Empty;
-        get_diagnostic_data(GetDiagnosticDataRequest) -> GetDiagnosticDataResponse;
-        mem_agent_memcg_set(MemAgentMemcgConfig) -> Empty;
-        mem_agent_compact_set(MemAgentCompactConfig) -> Empty;
-        online_cpu_mem(OnlineCPUMemRequest) -> Empty;
-        reseed_random_dev(ReseedRandomDevRequest) -> Empty;
-        mem_hotplug_by_probe(MemHotplugByProbeRequest) -> Empty;
-        set_guest_date_time(SetGuestDateTimeRequest) -> Empty;
-        add_swap(AddSwapRequest) -> Empty;
-        add_swap_path(AddSwapPathRequest) -> Empty;
-        get_volume_stats(VolumeStatsRequest) -> csi::VolumeStatsResponse;
-        resize_volume(ResizeVolumeRequest) -> Empty;
-    }
 }
 
 #[async_trait]

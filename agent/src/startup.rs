@@ -10,11 +10,9 @@ use vigil_attester::TeePaths;
 use vigil_kbc::KbsSession;
 
 use crate::attestation::{self, PolicyFetchError};
-use crate::audit::DecisionLog;
 use crate::cmdline::KernelCmdline;
 use crate::config::{Config, LogFormat, LogLevel, CMDLINE_CONFIG_KEY};
-use crate::gate::{self, EndpointSet, Gate, Rules};
-use crate::guest::GuestInfo;
+use crate::gate::{self, DecisionLog, EndpointSet, Gate, Rules};
 use crate::mode::{self, ConfigSource, ImageSettings, Mode, IMAGE_SETTINGS};
 use crate::pid1;
 use crate::policy::{CompiledPolicy, PolicyAdmin, PolicyOrigin, PolicySource};
@@ -22,7 +20,7 @@ use crate::service::AgentApi;
 use crate::workload;
 
 /// Kernel parameter naming the initdata file or block device.
-pub const CMDLINE_INITDATA: &str = "agent.initdata";
+pub use crate::mode::CMDLINE_INITDATA;
 /// The initdata `[data]` entry that holds the agent's config.
 pub const INITDATA_CONFIG_KEY: &str = "vigil.toml";
 
@@ -146,7 +144,7 @@ pub async fn start(
     let t = Instant::now();
     let (loaded, mode) = configure(opts)?;
     let config = &loaded.config;
-    init_logging(opts, config);
+    let log = init_logging(opts, config);
     tracing::info!(
         source = %loaded.describe(),
         mode = ?mode,
@@ -206,11 +204,15 @@ pub async fn start(
     let gate = Arc::new(compile_gate(config, opts, initial)?);
     let workload_access = workload::access(kbs.as_ref(), &gate);
     let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
-    let mut sandbox = vigil_runtime::Sandbox::new(config.sandbox.clone());
+    let mut sandbox = vigil_runtime::Sandbox::new(vigil_runtime::SandboxConfig {
+        fork_helper_log: Some(log),
+        ..config.sandbox.clone()
+    });
     if let Some(claims) = child_claims {
         sandbox = sandbox.with_child_claims(claims);
     }
-    let api = AgentApi::new(GuestInfo::default(), gate.clone(), admin)
+    let guest = vigil_guest::Guest::new(&config.guest);
+    let api = AgentApi::new(guest, gate.clone(), admin)
         .with_sandbox(sandbox)
         .with_sealed_secrets(workload::sealed_secrets(config, workload_access.as_ref()));
     let services = gate::protect(Arc::new(api).service_map(), gate.clone())
@@ -537,7 +539,9 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-fn init_logging(opts: &Options, config: &Config) {
+/// Installs the agent's log; returns how the fork helper is to log the same way (see
+/// [`init_fork_helper_logging`]).
+fn init_logging(opts: &Options, config: &Config) -> String {
     let level = opts
         .log_level
         .or(config.agent.log_level)
@@ -546,6 +550,32 @@ fn init_logging(opts: &Options, config: &Config) {
         .log_format
         .or(config.agent.log_format)
         .unwrap_or_default();
+    install_logging(level, format);
+    let format = match format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    format!("{},{format}", level.as_str())
+}
+
+/// The fork helper's log (`vigil_runtime::fork_helper::run_if_helper`): `spec` is what
+/// [`init_logging`] returned in the agent. The container library logs from the processes the
+/// helper forks; with this, those lines reach the agent's log (never a workload's stdio, see
+/// `log_sink`). A spec it cannot read leaves the helper silent rather than guessing a level.
+pub fn init_fork_helper_logging(spec: &str) {
+    use clap::ValueEnum;
+    let Some((level, format)) = spec.split_once(',') else {
+        return;
+    };
+    if let (Ok(level), Ok(format)) = (
+        LogLevel::from_str(level, false),
+        LogFormat::from_str(format, false),
+    ) {
+        install_logging(level, format);
+    }
+}
+
+fn install_logging(level: LogLevel, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         // Not fd 2 itself: processes forked for containers have the workload's stderr there.
         .with_writer(crate::log_sink::LogSink::from_stderr())

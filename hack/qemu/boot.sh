@@ -18,6 +18,8 @@
 #   --append PARAMS      more kernel parameters, e.g. "agent.config_file=/etc/vigil/agent.toml"
 #   --console-log FILE   serial console to FILE instead of stdout
 #   --memory MB          [default: 512]
+#   --maxcpus N          vCPUs that may be hot-plugged up to (QMP device_add) [default: 1]
+#   --maxmem MB          memory that may be hot-plugged up to (pc-dimm, 2 slots)
 #   --machine TYPE       q35 or pc [default: q35]
 #   --firmware NAME      qboot (boots faster) or seabios [default: qboot if QEMU ships it]
 #   --initdata-disk IMG  read-only virtio-blk disk (/dev/vda in the guest), e.g. from
@@ -35,6 +37,7 @@ kernel=$OUT_DIR/kernel/current/vmlinux
 initrd=$OUT_DIR/initramfs.cpio
 run_dir=$OUT_DIR/run
 kbs_port="" append="" console_log="" memory=512 quiet=quiet machine=q35 initdata_disk="" firmware=""
+maxcpus=1 maxmem=""
 qemu_extra=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -45,6 +48,8 @@ while [ $# -gt 0 ]; do
         --append) append="$append $2"; shift 2 ;;
         --console-log) console_log=$2; shift 2 ;;
         --memory) memory=$2; shift 2 ;;
+        --maxcpus) maxcpus=$2; shift 2 ;;
+        --maxmem) maxmem=$2; shift 2 ;;
         --machine) machine=$2; shift 2 ;;
         --firmware) firmware=$2; shift 2 ;;
         --initdata-disk) initdata_disk=$2; shift 2 ;;
@@ -57,6 +62,8 @@ done
 for f in "$kernel" "$initrd"; do [ -f "$f" ] || die "no such file: $f"; done
 [[ -z $kbs_port || $kbs_port =~ ^[0-9]+$ ]] || die "--kbs-port wants a port number, not '$kbs_port'"
 [[ $memory =~ ^[0-9]+$ ]] || die "--memory wants megabytes, not '$memory'"
+[[ $maxcpus =~ ^[0-9]+$ ]] || die "--maxcpus wants a number, not '$maxcpus'"
+[[ -z $maxmem || $maxmem =~ ^[0-9]+$ ]] || die "--maxmem wants megabytes, not '$maxmem'"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (hack/qemu/setup.sh)"
 vhost=$(command -v vhost-device-vsock || echo "$HOME/.cargo/bin/vhost-device-vsock")
 [ -x "$vhost" ] || die "vhost-device-vsock missing (hack/qemu/setup.sh)"
@@ -147,12 +154,14 @@ case $machine in q35 | pc-q35-*) machine_opts=",sata=off,smbus=off" ;; esac
 cpu=max,erms=off,fsrm=off
 
 mem="${memory}M"
+mem_opts=$mem
+[ -z "$maxmem" ] || mem_opts="$mem,slots=2,maxmem=${maxmem}M"
 set +e
 qemu-system-x86_64 \
     -machine "$machine,accel=tcg,memory-backend=mem$machine_opts" \
     "${bios[@]+"${bios[@]}"}" \
     -object "memory-backend-memfd,id=mem,size=$mem,share=on" \
-    -cpu "$cpu" -smp 1 -m "$mem" \
+    -cpu "$cpu" -smp "1,maxcpus=$maxcpus" -m "$mem_opts" \
     -nodefaults -no-user-config -display none -no-reboot \
     "${serial[@]}" \
     -kernel "$kernel" -initrd "$initrd" -append "$cmdline" \

@@ -46,3 +46,14 @@ wait_for_line() {
     exec {fd}<&-
     return "$rc"
 }
+
+# The agent calls of the QEMU scripts. Each needs $vigilctl, $addr (the agent's address) and
+# a `fail MESSAGE` of the calling script.
+call() { "$vigilctl" --addr "$addr" call "$@"; }
+# expect_ok RPC REQUEST SUBSTRING: the call succeeds and its JSON contains the text.
+expect_ok() {
+    local out
+    out=$(call "$1" "$2" 2>&1) || fail "$1 failed: $out"
+    grep -q -- "$3" <<<"$out" || fail "$1 answered without '$3': $out"
+    log "ok: $1 -> $(tr -d '\n ' <<<"$out" | cut -c1-100)"
+}

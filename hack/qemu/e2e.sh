@@ -110,15 +110,6 @@ esac
 t_listening=$(now)
 
 addr="hvsock://$run_dir/vsock.sock:$AGENT_VSOCK_PORT"
-call() { "$vigilctl" --addr "$addr" call "$@"; }
-
-# expect_ok RPC REQUEST JQ-LIKE-SUBSTRING: the call succeeds and its JSON contains the text.
-expect_ok() {
-    local out
-    out=$(call "$1" "$2" 2>&1) || fail "$1 failed: $out"
-    grep -q -- "$3" <<<"$out" || fail "$1 answered without '$3': $out"
-    log "ok: $1 -> $(tr -d '\n ' <<<"$out" | cut -c1-100)"
-}
 # expect_status RPC REQUEST CODE MESSAGE: the call fails with exactly this status.
 expect_status() {
     local out
@@ -177,6 +168,11 @@ wait "$boot_pid" || qemu_rc=$?
 boot_pid=""
 [ $qemu_rc = 0 ] || fail "QEMU exited with status $qemu_rc after the fatal start-up"
 log "ok: edited initdata -> $(grep -a "vigil-agent: error" "$bad_console" | tr -d '\r' | cut -c1-120), powered off"
+
+# --- Guest operations (vigil-guest): one more boot with hot-plug room; see guest-ops.sh. ---
+"$QEMU_HACK_DIR/guest-ops.sh" --agent "$agent" --vigilctl "$vigilctl" \
+    --kernel-dir "$kernel_dir" --timeout "$timeout" || die "guest operations failed (hack/out/guest-ops/)"
+# --- end of guest operations ---
 
 # Workload secrets: the workload API and sealed secrets, from a container in the guest.
 source "$QEMU_HACK_DIR/workload-e2e.sh"

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Sends one QMP command to a running QEMU and prints the reply.
 
-Usage: qmp.py SOCKET COMMAND [ARGUMENTS-JSON]
+Usage: qmp.py SOCKET COMMAND [ARGUMENTS-JSON] [--event NAME]
   qmp.py run/qmp.sock send-key '{"keys":[{"type":"qcode","data":"ctrl"},...]}'
   qmp.py run/qmp.sock ctrl-alt-delete      (shorthand: the guest's init gets SIGINT)
-Exits 1 if QEMU answers with an error.
+  qmp.py run/qmp.sock device_add '{"driver":"pc-dimm",...}' --event ACPI_DEVICE_OST
+      (then waits, up to 120 s, for that event: e.g. the guest's ACPI _OST once it has
+      handled a hot-plug; the event is printed too)
+Exits 1 if QEMU answers with an error, 2 if the event does not come.
 """
 
 import json
@@ -13,6 +16,9 @@ import sys
 
 
 def main(argv):
+    event = None
+    if len(argv) >= 2 and argv[-2] == "--event":
+        event, argv = argv[-1], argv[:-2]
     if len(argv) not in (2, 3):
         sys.exit(__doc__.strip())
     path, command = argv[0], argv[1]
@@ -25,8 +31,10 @@ def main(argv):
     sock.connect(path)
     reader = sock.makefile("r")
 
+    seen = []
+
     def reply():
-        # Skip asynchronous events until the command's answer.
+        # Asynchronous events until the command's answer are kept (one may be awaited).
         while True:
             line = reader.readline()
             if not line:
@@ -34,6 +42,7 @@ def main(argv):
             msg = json.loads(line)
             if "return" in msg or "error" in msg:
                 return msg
+            seen.append(msg)
 
     if "QMP" not in json.loads(reader.readline()):
         sys.exit("qmp: no QMP greeting")
@@ -45,7 +54,27 @@ def main(argv):
     sock.sendall(json.dumps(msg).encode() + b"\n")
     answer = reply()
     print(json.dumps(answer))
-    sys.exit(1 if "error" in answer else 0)
+    if "error" in answer:
+        sys.exit(1)
+    if event is not None:
+        early = [m for m in seen if m.get("event") == event]
+        if early:
+            print(json.dumps(early[0]))
+            sys.exit(0)
+        sock.settimeout(120)
+        try:
+            while True:
+                line = reader.readline()
+                if not line:
+                    sys.exit("qmp: QEMU closed the connection before " + event)
+                msg = json.loads(line)
+                if msg.get("event") == event:
+                    print(json.dumps(msg))
+                    break
+        except socket.timeout:
+            print("qmp: no " + event + " event within 120 s", file=sys.stderr)
+            sys.exit(2)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,15 @@ impl Owned {
         &self.path
     }
 
+    /// The same object with a descriptor of its own.
+    pub(crate) fn try_clone(&self) -> Result<Owned> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| RuntimeError::internal(self.path.display(), e))?;
+        Ok(Owned::new(self.path.clone(), fd))
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

@@ -42,6 +42,22 @@ impl RuntimeError {
         RuntimeError::Internal(format!("{context}: {e}"))
     }
 
+    /// A guest operation's error (`vigil_guest`) with the same status; an invalid argument
+    /// keeps the field its message starts with (`storages[0].source: ...`), else `field`.
+    pub(crate) fn from_guest(e: vigil_guest::GuestError, field: &str) -> RuntimeError {
+        use vigil_guest::GuestError as G;
+        match e {
+            G::InvalidArgument(m) => match m.split_once(": ") {
+                Some((f, reason)) if !f.contains(' ') => RuntimeError::invalid(f, reason),
+                _ => RuntimeError::invalid(field, m),
+            },
+            // What the host named is not there: the request cannot be served as it stands.
+            G::NotFound(m) | G::FailedPrecondition(m) => RuntimeError::FailedPrecondition(m),
+            G::DeadlineExceeded(m) => RuntimeError::Timeout(m),
+            G::Internal(m) => RuntimeError::Internal(m),
+        }
+    }
+
     pub(crate) fn not_found(kind: &'static str, id: &str) -> RuntimeError {
         RuntimeError::NotFound {
             kind,

@@ -50,6 +50,11 @@ use crate::runtime::ProcessIo;
 /// argv[0] of the helper process.
 pub const HELPER_ARG0: &str = "vigil-fork-helper";
 
+/// The one environment variable the helper is started with: how it logs (the agent's level
+/// and format, in the agent's own words), so that what the container library logs while it
+/// creates a container reaches the agent's log as it did before the helper existed.
+pub const HELPER_LOG_ENV: &str = "VIGIL_FORK_HELPER_LOG";
+
 /// The helper's end of the socketpair.
 const HELPER_FD: RawFd = 3;
 
@@ -87,6 +92,7 @@ enum Answer {
 /// The agent's side: starts the helper on first use and sends it one request at a time.
 pub struct ForkHelper {
     program: PathBuf,
+    log: Option<String>,
     conn: Mutex<Option<Connection>>,
 }
 
@@ -106,10 +112,12 @@ impl Drop for Connection {
 }
 
 impl ForkHelper {
-    /// A helper that will run `program` (normally `/proc/self/exe`: the agent itself).
-    pub fn new(program: impl Into<PathBuf>) -> ForkHelper {
+    /// A helper that will run `program` (normally `/proc/self/exe`: the agent itself), with
+    /// `log` in its [`HELPER_LOG_ENV`] (none: it logs nothing).
+    pub fn new(program: impl Into<PathBuf>, log: Option<String>) -> ForkHelper {
         ForkHelper {
             program: program.into(),
+            log,
             conn: Mutex::new(None),
         }
     }
@@ -136,6 +144,9 @@ impl ForkHelper {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .env_clear();
+        if let Some(log) = &self.log {
+            cmd.env(HELPER_LOG_ENV, log);
+        }
         // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec. dup2
         // clears close-on-exec on the new descriptor.
         unsafe {
@@ -250,7 +261,9 @@ fn exchange(socket: RawFd, body: &[u8], fds: &[RawFd]) -> std::io::Result<Answer
 /// In `main`, before anything else: if this process was started as the fork helper, serve
 /// and exit; otherwise return at once. Checks argv[0] and that fd 3 is a seqpacket socket
 /// whose peer is our parent (see the module documentation: PID 1 can never pass).
-pub fn run_if_helper() {
+///
+/// `init_logging` runs before it serves, in the helper only, with its [`HELPER_LOG_ENV`] if it has one.
+pub fn run_if_helper(init_logging: impl FnOnce(&str)) {
     let is_helper_name = std::env::args_os().next().is_some_and(|a| a == HELPER_ARG0);
     if !is_helper_name || !fd3_is_our_parents_socket() {
         return;
@@ -259,6 +272,10 @@ pub fn run_if_helper() {
     // on to containers.
     // SAFETY: close_range with constant arguments; nothing in this process uses fds above 3.
     unsafe { libc::syscall(libc::SYS_close_range, HELPER_FD + 1, libc::c_uint::MAX, 0) };
+    // After the close: the log's own descriptor (a duplicate of stderr) is made here.
+    if let Ok(log) = std::env::var(HELPER_LOG_ENV) {
+        init_logging(&log);
+    }
     // SAFETY: fd 3 was checked to be an open socket, and nothing else in this process owns it.
     let socket = unsafe { OwnedFd::from_raw_fd(HELPER_FD) };
     serve(&socket);

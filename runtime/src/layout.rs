@@ -77,6 +77,11 @@ impl Layout {
         self.sub(RESOLV_CONF).map(Some)
     }
 
+    /// A container's bundle, relative to the sandbox directory.
+    pub(crate) fn bundle_rel(&self, container: &str) -> PathBuf {
+        Path::new(CONTAINERS).join(container)
+    }
+
     pub(crate) fn bundle_path(&self, container: &str) -> PathBuf {
         self.dir.path().join(CONTAINERS).join(container)
     }

@@ -8,12 +8,15 @@
 //! - [`SandboxConfig`]: where sandboxes live and what containers may ask of the guest; the
 //!   checks behind it ([`capability_name`], [`check_device_path`]) for config validation.
 
-mod beneath;
+/// Race-free lookups beneath a directory (the guest crate's, shared with its guest operations).
+use vigil_guest::beneath;
 mod confine;
 mod copy_file;
 mod devices;
+mod diagnostic;
 mod error;
 pub mod fork_helper;
+mod hotplug;
 mod layout;
 mod mount;
 mod runtime;

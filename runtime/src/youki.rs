@@ -36,18 +36,19 @@ impl LibcontainerRuntime {
     /// A runtime whose fork helper is this executable (`/proc/self/exe`): the agent, which
     /// serves as the helper when started as one (`fork_helper::run_if_helper` in its `main`).
     pub fn new(state_root: impl Into<PathBuf>) -> LibcontainerRuntime {
-        LibcontainerRuntime::with_fork_helper(state_root, "/proc/self/exe")
+        LibcontainerRuntime::with_fork_helper(state_root, "/proc/self/exe", None)
     }
 
     /// A runtime whose fork helper is `program` (a binary whose `main` starts with
-    /// `fork_helper::run_if_helper`).
+    /// `fork_helper::run_if_helper`), logging as `log` says (see `SandboxConfig::fork_helper_log`).
     pub fn with_fork_helper(
         state_root: impl Into<PathBuf>,
         program: impl Into<PathBuf>,
+        log: Option<String>,
     ) -> LibcontainerRuntime {
         LibcontainerRuntime {
             state_root: state_root.into(),
-            helper: ForkHelper::new(program),
+            helper: ForkHelper::new(program, log),
             no_pivot: root_is_initramfs(),
         }
     }

@@ -111,6 +111,7 @@ fn refusals_leave_nothing_behind() {
                 "storages[1].fstype",
             ),
             (
+                // A host PCI address is not a guest PCI path: no guest disk is looked up.
                 Box::new(|r| {
                     r.storages.push(Storage {
                         driver: "blk".into(),
@@ -120,7 +121,7 @@ fn refusals_leave_nothing_behind() {
                         ..Default::default()
                     })
                 }),
-                "storages[1].driver",
+                "storages[1].source",
             ),
             (
                 Box::new(|r| {
@@ -302,14 +303,7 @@ fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
             .unwrap()
             .Mounts
             .push(bind_mount("/vol", &vol));
-        f.sandbox.create_container(req).await.unwrap();
-        f.sandbox
-            .start_container(StartContainerRequest {
-                container_id: a.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        f.start(req).await;
         f.read_until(&a, "", "planted").await;
         assert_eq!(
             std::fs::read_link(vol.join("escape")).unwrap(),
@@ -535,14 +529,7 @@ fn a_rootfs_from_the_shared_directory_is_staged_without_devices() {
             ..Default::default()
         })
         .into();
-        f.sandbox.create_container(r).await.unwrap();
-        f.sandbox
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        f.start(r).await;
         let out = f.read_all(&id, "", true).await;
         assert!(out.contains("Permission denied"), "{out}");
         assert!(out.contains("dev-ok"), "{out}");

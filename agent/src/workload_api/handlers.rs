@@ -12,8 +12,8 @@ use zeroize::Zeroizing;
 
 use super::config::WorkloadApiConfig;
 use super::route::{self, body, Refusal, RequestLine, Route};
-use crate::audit::{WorkloadCall, WorkloadEndpoint};
 use crate::gate::Gate;
+use crate::gate::{WorkloadCall, WorkloadEndpoint};
 use crate::resources::ResourceSource;
 
 /// Evidence calls served at once (each may be a device ioctl on a blocking thread).

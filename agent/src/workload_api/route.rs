@@ -7,7 +7,7 @@ use hyper::{Method, StatusCode};
 use vigil_policy::Outcome;
 
 use super::config::WorkloadApiConfig;
-use crate::audit::WorkloadEndpoint;
+use crate::gate::WorkloadEndpoint;
 
 /// Longest path accepted (a resource path is three short segments).
 pub const MAX_PATH: usize = 512;

@@ -21,7 +21,7 @@ use vigil_policy::Outcome;
 
 use super::handlers::{self, Ctx, Reply};
 use super::route::body;
-use crate::audit::{WorkloadCall, WorkloadEndpoint};
+use crate::gate::{WorkloadCall, WorkloadEndpoint};
 
 /// Time a client has to send a request's headers (also the idle limit between requests).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);

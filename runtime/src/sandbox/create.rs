@@ -19,9 +19,33 @@ use super::{
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::mount::{unmount_all, Mounted};
-use crate::spec::{self, SpecContext};
+use crate::spec::{self, DeviceNum, SpecContext};
 use crate::staging::Staging;
+use crate::storage::Held;
 use crate::Sandbox;
+
+/// The container being created: the request, its spec as the guest sees it (hot-plugged
+/// devices renamed), and the guest numbers of those devices.
+pub(super) struct NewContainer<'a> {
+    req: &'a CreateContainerRequest,
+    spec: &'a oci::Spec,
+    hotplugged: &'a [DeviceNum],
+}
+
+/// What CreateContainer took of the sandbox's storages.
+struct ContainerStorages {
+    held: Held,
+    /// The roots of the request's storages, in order.
+    roots: Vec<Owned>,
+    /// The roots of the sandbox's own storages.
+    sandbox_roots: Vec<Owned>,
+}
+
+/// What a container being created has set up so far, undone if it fails.
+struct Acquired {
+    mounts: Vec<Mounted>,
+    storages: Held,
+}
 
 impl Sandbox {
     pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
@@ -30,12 +54,6 @@ impl Sandbox {
             .OCI
             .as_ref()
             .ok_or_else(|| RuntimeError::invalid("OCI", "missing"))?;
-        if !req.devices.is_empty() {
-            return Err(RuntimeError::invalid(
-                "devices",
-                "device hot-plug is not supported",
-            ));
-        }
         if !req.shared_mounts.is_empty() {
             return Err(RuntimeError::invalid(
                 "shared_mounts",
@@ -60,7 +78,30 @@ impl Sandbox {
                 });
             }
         }
-        let result = self.build_container(&sandbox, &req, oci_spec).await;
+        // The devices the host hot-plugged, as the guest sees them, in the spec; they join
+        // what this container's spec may name.
+        let mut guest_spec;
+        let (oci_spec, hotplugged) = if req.devices.is_empty() {
+            (oci_spec, Vec::new())
+        } else {
+            match crate::hotplug::resolve(&self.devices, &req.devices).await {
+                Ok(found) => {
+                    guest_spec = oci_spec.clone();
+                    crate::hotplug::apply(&mut guest_spec, &found);
+                    (&guest_spec, crate::hotplug::numbers(&found))
+                }
+                Err(e) => {
+                    lock(&sandbox.containers).creating.remove(&req.container_id);
+                    return Err(e);
+                }
+            }
+        };
+        let new = NewContainer {
+            req: &req,
+            spec: oci_spec,
+            hotplugged: &hotplugged,
+        };
+        let result = self.build_container(&sandbox, &new).await;
         let container = {
             let mut map = lock(&sandbox.containers);
             map.creating.remove(&req.container_id);
@@ -79,29 +120,53 @@ impl Sandbox {
         ))
     }
 
-    /// Everything on the host's side of the spec, checked and in place: storages mounted, the
-    /// rootfs and bind sources staged, the converted spec. On failure nothing is left.
+    /// The container's storages, set up (or, where the sandbox has them already, used again)
+    /// on a blocking thread: finding a hot-plugged disk may wait for it.
+    async fn add_storages(
+        &self,
+        sandbox: &Arc<SandboxState>,
+        req: &CreateContainerRequest,
+    ) -> Result<ContainerStorages> {
+        let (drivers, state) = (self.drivers.clone(), sandbox.clone());
+        let (storages, id) = (req.storages.clone(), req.container_id.clone());
+        tokio::task::spawn_blocking(move || {
+            let shared = state.layout.shared()?;
+            let mut table = state.storages.blocking_lock();
+            let sandbox_roots = table.sandbox_roots()?;
+            let sources: Vec<&Owned> = std::iter::once(&shared)
+                .chain(sandbox_roots.iter())
+                .collect();
+            let (held, roots) = drivers.add_all(
+                &mut table,
+                &storages,
+                &state.layout,
+                Some(&id),
+                &sources,
+                "storages",
+            )?;
+            Ok(ContainerStorages {
+                held,
+                roots,
+                sandbox_roots,
+            })
+        })
+        .await
+        .map_err(|e| RuntimeError::internal("storage task", e))?
+    }
+
+    /// Everything else on the host's side of the spec, checked and in place: the rootfs and
+    /// bind sources staged (beneath the shared directory and the storages), the converted spec.
     fn prepare(
         &self,
         sandbox: &SandboxState,
-        req: &CreateContainerRequest,
-        spec_in: &oci::Spec,
+        new: &NewContainer,
         bundle: &Owned,
+        storages: &ContainerStorages,
         mounts: &mut Vec<Mounted>,
     ) -> Result<oci_spec::runtime::Spec> {
+        let (req, spec_in) = (new.req, new.spec);
         let id = req.container_id.as_str();
         let shared = sandbox.layout.shared()?;
-        let sources: Vec<&Owned> = std::iter::once(&shared)
-            .chain(sandbox.storage_roots.iter())
-            .collect();
-        let (storage_mounts, roots) = self.drivers.add_all(
-            &req.storages,
-            &sandbox.layout,
-            Some(id),
-            &sources,
-            "storages",
-        )?;
-        mounts.extend(storage_mounts);
         let mut namespaces = std::collections::BTreeMap::new();
         match (req.sandbox_pidns, sandbox.shared_pidns) {
             (false, _) => {}
@@ -142,7 +207,8 @@ impl Sandbox {
                 });
             }
         }
-        let limits = self.limits();
+        let mut limits = self.limits();
+        limits.devices.extend_from_slice(new.hotplugged);
         let ctx = SpecContext {
             allow_hooks: self.config.allow_hooks,
             cgroups_path: format!("/{}/{}", self.config.cgroup_parent, id),
@@ -150,7 +216,11 @@ impl Sandbox {
             namespaces,
             limits: &limits,
         };
-        let storages: Vec<&Owned> = sandbox.storage_roots.iter().chain(roots.iter()).collect();
+        let storages: Vec<&Owned> = storages
+            .sandbox_roots
+            .iter()
+            .chain(storages.roots.iter())
+            .collect();
         let agent_files: Vec<&Owned> = resolv.iter().collect();
         let mut staging = Staging::new(bundle, &shared, &storages, &agent_files);
         let spec = spec::container_spec(&spec_in, &ctx, &mut staging);
@@ -161,9 +231,9 @@ impl Sandbox {
     pub(super) async fn build_container(
         &self,
         sandbox: &Arc<SandboxState>,
-        req: &CreateContainerRequest,
-        spec_in: &oci::Spec,
+        new: &NewContainer<'_>,
     ) -> Result<Arc<Container>> {
+        let (req, spec_in) = (new.req, new.spec);
         let id = req.container_id.clone();
         let bundle_path = sandbox.layout.bundle_path(&id);
         if bundle_path.exists() {
@@ -171,21 +241,28 @@ impl Sandbox {
         }
         let bundle = sandbox.layout.create_bundle(&id)?;
         let mut mounts = Vec::new();
-        let fail = |mounts: &mut Vec<Mounted>, e: RuntimeError| {
-            unmount_all(mounts);
-            let _ = clean_dir(&bundle_path);
-            e
-        };
-        let spec = match self.prepare(sandbox, req, spec_in, &bundle, &mut mounts) {
+        let storages = match self.add_storages(sandbox, req).await {
             Ok(s) => s,
-            Err(e) => return Err(fail(&mut mounts, e)),
+            Err(e) => {
+                let _ = clean_dir(&bundle_path);
+                return Err(e);
+            }
+        };
+        let prepared = self.prepare(sandbox, new, &bundle, &storages, &mut mounts);
+        let mut acquired = Acquired {
+            mounts,
+            storages: storages.held,
+        };
+        let spec = match prepared {
+            Ok(s) => s,
+            Err(e) => return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await),
         };
         let config_json = bundle_path.join("config.json");
         if let Err(e) = spec
             .save(&config_json)
             .map_err(|e| RuntimeError::internal(config_json.display(), e))
         {
-            return Err(fail(&mut mounts, e));
+            return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
         }
         let device_rules = spec
             .linux()
@@ -196,7 +273,7 @@ impl Sandbox {
         let process = spec_in.Process.as_ref().cloned().unwrap_or_default();
         let (child_io, parent_io) = match new_io(&process) {
             Ok(io) => io,
-            Err(e) => return Err(fail(&mut mounts, e)),
+            Err(e) => return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await),
         };
         let runtime = self.runtime.clone();
         let (cid, b) = (id.clone(), bundle_path.clone());
@@ -207,7 +284,7 @@ impl Sandbox {
             Ok(p) => p,
             Err(e) => {
                 self.delete_quietly(&id).await;
-                return Err(fail(&mut mounts, e));
+                return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
             }
         };
         // The library adds device rules of its own (tun/tap among them): put the agent's in
@@ -219,14 +296,14 @@ impl Sandbox {
         {
             self.delete_quietly(&id).await;
             drop(claim);
-            return Err(fail(&mut mounts, e));
+            return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
         }
         let oom_watched = self.watch_oom(&id).await;
         let init = match self.track(&id, pid, claim, parent_io, !oom_watched) {
             Ok(p) => p,
             Err(e) => {
                 self.delete_quietly(&id).await;
-                return Err(fail(&mut mounts, e));
+                return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
             }
         };
         Ok(Arc::new(Container {
@@ -234,7 +311,8 @@ impl Sandbox {
             bundle: bundle_path,
             ops: tokio::sync::Mutex::new(ContainerOps {
                 status: Status::Created,
-                mounts,
+                mounts: std::mem::take(&mut acquired.mounts),
+                storages: std::mem::take(&mut acquired.storages),
                 removed: false,
             }),
             processes: Mutex::new(HashMap::new()),
@@ -243,6 +321,27 @@ impl Sandbox {
             oom_watched,
             device_rules,
         }))
+    }
+
+    /// Undoes what a failed create had set up, and passes its error on.
+    async fn undo(
+        &self,
+        sandbox: &SandboxState,
+        acquired: &mut Acquired,
+        bundle_path: &std::path::Path,
+        e: RuntimeError,
+    ) -> RuntimeError {
+        unmount_all(&mut acquired.mounts);
+        let problems = sandbox
+            .storages
+            .lock()
+            .await
+            .release(std::mem::take(&mut acquired.storages));
+        for problem in problems {
+            tracing::warn!(%problem, "undoing a failed CreateContainer");
+        }
+        let _ = clean_dir(bundle_path);
+        e
     }
 
     async fn delete_quietly(&self, id: &str) {

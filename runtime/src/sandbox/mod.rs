@@ -17,17 +17,17 @@ use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
 use tokio::sync::{mpsc, watch};
+use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::*;
 use vigil_protos::oci;
 
-use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
 use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
 use crate::spec::{self, SpecLimits};
 use crate::stdio::{self, OutputBuffer, StdinWriter};
-use crate::storage::StorageDrivers;
+use crate::storage::{Held, SandboxStorages, StorageDrivers};
 use crate::youki::LibcontainerRuntime;
 
 /// Where and how the sandbox lives, and what containers may ask of the guest. The defaults
@@ -56,6 +56,11 @@ pub struct SandboxConfig {
     /// The executable started as the fork helper (see `fork_helper`): the agent itself
     /// unless a test names another. Not configurable from the agent's config file.
     pub fork_helper: PathBuf,
+    /// How the fork helper logs, handed to it in its environment as
+    /// [`HELPER_LOG_ENV`](crate::fork_helper::HELPER_LOG_ENV): opaque to the runtime (the agent
+    /// puts its level and format there). `None`: the helper and the container processes it
+    /// forks log nothing.
+    pub fork_helper_log: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -73,6 +78,7 @@ impl Default for SandboxConfig {
             devices: Vec::new(),
             allow_setuid_copy: false,
             fork_helper: PathBuf::from("/proc/self/exe"),
+            fork_helper_log: None,
         }
     }
 }
@@ -86,7 +92,9 @@ const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Sandbox {
     config: SandboxConfig,
     runtime: Arc<dyn ContainerRuntime>,
-    drivers: StorageDrivers,
+    drivers: Arc<StorageDrivers>,
+    /// Where devices the host hot-plugged are found (storages' disks, containers' devices).
+    devices: DeviceTree,
     claims: Arc<dyn ChildClaims>,
     current: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
     oom_tx: mpsc::UnboundedSender<String>,
@@ -98,9 +106,9 @@ struct SandboxState {
     hostname: String,
     layout: Layout,
     shared_pidns: bool,
-    mounts: Mutex<Vec<Mounted>>,
-    /// What the sandbox's storages provide: bind sources and rootfs paths may lie beneath.
-    storage_roots: Vec<Owned>,
+    /// The storages of the sandbox and its containers, by mount point (see `storage`); an
+    /// async lock, because setting one up may wait for a hot-plugged device.
+    storages: tokio::sync::Mutex<SandboxStorages>,
     containers: Mutex<Containers>,
     destroyed: AtomicBool,
 }
@@ -133,7 +141,10 @@ struct Container {
 
 struct ContainerOps {
     status: Status,
+    /// The bundle's staged mounts (rootfs, bind sources).
     mounts: Vec<Mounted>,
+    /// The sandbox storages the container holds.
+    storages: Held,
     removed: bool,
 }
 
@@ -274,6 +285,7 @@ impl Sandbox {
         let runtime = Arc::new(LibcontainerRuntime::with_fork_helper(
             config.run_root.join(".runtime"),
             config.fork_helper.clone(),
+            config.fork_helper_log.clone(),
         ));
         Sandbox::with_runtime(config, runtime)
     }
@@ -284,12 +296,38 @@ impl Sandbox {
         Sandbox {
             config,
             runtime,
-            drivers: StorageDrivers::builtin(),
+            drivers: Arc::new(StorageDrivers::builtin(DeviceTree::default())),
+            devices: DeviceTree::default(),
             claims: Arc::new(NoReaper),
             current: tokio::sync::Mutex::new(None),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
         }
+    }
+
+    /// Finds hot-plugged devices in `devices` (sysfs and /dev roots) instead of the guest's
+    /// own `/sys` and `/dev`: for tests that stand a fake sysfs tree in for a hypervisor.
+    pub fn with_device_tree(mut self, devices: DeviceTree) -> Sandbox {
+        Arc::make_mut(&mut self.drivers).set_device_tree(devices.clone());
+        self.devices = devices;
+        self
+    }
+
+    /// Serves storages of the driver's types with `driver` (a driver built from what the
+    /// agent configures; a later one for a type replaces the earlier).
+    #[cfg_attr(not(test), allow(dead_code))] // the guest-pull driver's registration point
+    pub(crate) fn with_storage_driver(
+        mut self,
+        driver: Arc<dyn crate::storage::StorageDriver>,
+    ) -> Sandbox {
+        Arc::make_mut(&mut self.drivers).register(driver);
+        self
+    }
+
+    /// The storage drivers served, by Kata's `driver` names (GetGuestDetails'
+    /// `storage_handlers`).
+    pub fn storage_drivers(&self) -> Vec<String> {
+        self.drivers.names().iter().map(|n| n.to_string()).collect()
     }
 
     /// Makes container processes (and the runtime's helper children) off-limits to the
@@ -425,15 +463,25 @@ impl Sandbox {
             text.push('\n');
             std::fs::write(&p, text).map_err(|e| RuntimeError::internal(p.display(), e))?;
         }
-        let added = layout.shared().and_then(|shared| {
-            self.drivers
-                .add_all(&req.storages, &layout, None, &[&shared], "storages")
-        });
-        let (mounts, storage_roots) = match added {
-            Ok(a) => a,
-            Err(e) => {
+        // On a blocking thread: finding a hot-plugged disk may wait for it.
+        let (drivers, storages) = (self.drivers.clone(), req.storages.clone());
+        let set_up = tokio::task::spawn_blocking(move || {
+            let mut table = SandboxStorages::default();
+            let added = layout.shared().and_then(|shared| {
+                drivers.add_all(&mut table, &storages, &layout, None, &[&shared], "storages")
+            });
+            (layout, added.map(|_| table))
+        })
+        .await;
+        let (layout, storages) = match set_up {
+            Ok((layout, Ok(table))) => (layout, table),
+            Ok((_, Err(e))) => {
                 let _ = clean_dir(&dir);
                 return Err(e);
+            }
+            Err(e) => {
+                let _ = clean_dir(&dir);
+                return Err(RuntimeError::internal("storage task", e));
             }
         };
         *slot = Some(Arc::new(SandboxState {
@@ -441,8 +489,7 @@ impl Sandbox {
             hostname: req.hostname.clone(),
             layout,
             shared_pidns: req.sandbox_pidns,
-            mounts: Mutex::new(mounts),
-            storage_roots,
+            storages: tokio::sync::Mutex::new(storages),
             containers: Mutex::new(Containers::default()),
             destroyed: AtomicBool::new(false),
         }));
@@ -465,7 +512,7 @@ impl Sandbox {
                 errors.push(format!("container {}: {e}", c.id));
             }
         }
-        errors.extend(mount::unmount_all(&mut lock(&state.mounts)));
+        errors.extend(state.storages.lock().await.unmount_all());
         if let Err(e) = clean_dir(state.layout.dir()) {
             errors.push(e.to_string());
         }
@@ -672,6 +719,13 @@ impl Sandbox {
             errors.push(e.to_string());
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
+        errors.extend(
+            sandbox
+                .storages
+                .lock()
+                .await
+                .release(std::mem::take(&mut ops.storages)),
+        );
         if let Err(e) = clean_dir(&c.bundle) {
             errors.push(e.to_string());
         }
@@ -916,6 +970,35 @@ impl Sandbox {
         Ok(Empty::new())
     }
 
+    /// GetDiagnosticData. Kata's one `log_type`, `termination_log`: the container's
+    /// termination message.
+    pub async fn get_diagnostic_data(
+        &self,
+        req: GetDiagnosticDataRequest,
+    ) -> Result<GetDiagnosticDataResponse> {
+        if req.log_type != "termination_log" {
+            return Err(RuntimeError::invalid(
+                "log_type",
+                format!(
+                    "{:?} is not a diagnostic this agent collects (termination_log)",
+                    req.log_type
+                ),
+            ));
+        }
+        let c = self.container(&req.container_id).await?;
+        let shared = self.sandbox().await?.layout.shared()?;
+        let bundle = c.bundle.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            crate::diagnostic::termination_log(&bundle, &shared)
+        })
+        .await
+        .map_err(|e| RuntimeError::internal("diagnostic task", e))??;
+        Ok(GetDiagnosticDataResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
     /// Runs a blocking runtime call off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -1063,5 +1146,61 @@ fn clean_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(RuntimeError::internal(dir.display(), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Added, MountPoint, StorageContext, StorageDriver};
+
+    /// A driver of its own type, counting its uses.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl StorageDriver for Counting {
+        fn driver_types(&self) -> &'static [&'static str] {
+            &["counting"]
+        }
+        fn add(&self, _: &Storage, at: &MountPoint, _: &StorageContext) -> Result<Added> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let fd = at.plain_dir()?;
+            Ok(Added {
+                mount: None,
+                root: crate::confine::Owned::new(at.shown.clone(), fd),
+                watcher: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registered_driver_serves_its_type_and_is_listed() {
+        let t = tempfile::tempdir().unwrap();
+        let driver = Arc::new(Counting(Default::default()));
+        let sandbox = Sandbox::new(SandboxConfig {
+            run_root: t.path().to_path_buf(),
+            ..Default::default()
+        })
+        .with_storage_driver(driver.clone())
+        .with_device_tree(DeviceTree::default());
+        assert!(sandbox.storage_drivers().contains(&"counting".to_string()));
+        assert!(sandbox.storage_drivers().contains(&"blk".to_string()));
+        sandbox
+            .create_sandbox(CreateSandboxRequest {
+                sandbox_id: "sb".into(),
+                storages: vec![Storage {
+                    driver: "counting".into(),
+                    mount_point: "counted".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(driver.0.load(Ordering::SeqCst), 1);
+        assert!(t.path().join("sb/counted").is_dir());
+        sandbox
+            .destroy_sandbox(DestroySandboxRequest::new())
+            .await
+            .unwrap();
     }
 }

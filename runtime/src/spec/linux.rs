@@ -11,13 +11,7 @@ use vigil_protos::oci;
 use super::{resources_json, SpecContext};
 use crate::error::{Result, RuntimeError};
 
-/// A device number: character (`c`) or block (`b`), major, minor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeviceNum {
-    pub kind: char,
-    pub major: i64,
-    pub minor: i64,
-}
+pub use vigil_guest::devices::DeviceNum;
 
 const fn chr(major: i64, minor: i64) -> DeviceNum {
     DeviceNum {
@@ -88,21 +82,7 @@ pub fn check_device_path(path: &Path) -> std::result::Result<(), String> {
 }
 
 fn device_num(path: &Path) -> Option<DeviceNum> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(path).ok()?;
-    let kind = if meta.file_type().is_char_device() {
-        'c'
-    } else if meta.file_type().is_block_device() {
-        'b'
-    } else {
-        return None;
-    };
-    let rdev = meta.rdev();
-    Some(DeviceNum {
-        kind,
-        major: libc::major(rdev) as i64,
-        minor: libc::minor(rdev) as i64,
-    })
+    vigil_guest::devices::device_number(path).ok().flatten()
 }
 
 /// The device numbers behind the forbidden names, as present in this guest now.
@@ -114,6 +94,12 @@ fn forbidden_nums() -> Vec<DeviceNum> {
             .filter_map(|p| device_num(Path::new(p))),
     );
     v
+}
+
+/// Whether a device node is one no container may have: a forbidden name, or the number of
+/// a forbidden device (whatever the node is called).
+pub(crate) fn is_forbidden(node: &Path, num: DeviceNum) -> bool {
+    is_forbidden_name(node) || forbidden_nums().contains(&num)
 }
 
 /// The devices `[sandbox] devices` names that exist now (hot-plugged ones appear later), minus
@@ -174,8 +160,8 @@ fn devices_json(list: &[oci::LinuxDevice], ctx: &SpecContext) -> Result<(Vec<Val
                     field,
                     format!(
                         "{kind} {}:{} ({}) is not a device this pod may use: only the standard \
-                         devices (null, zero, full, random, urandom, tty, console, ptmx) and \
-                         those in [sandbox] devices",
+                         devices (null, zero, full, random, urandom, tty, console, ptmx), \
+                         those in [sandbox] devices and those the request's devices hot-plug",
                         d.Major, d.Minor, d.Path
                     ),
                 ));
@@ -270,7 +256,8 @@ fn cgroup_rules(
                     field,
                     format!(
                         "allowing {} {}:{} {access} opens devices this pod may not use: only the \
-                         standard devices and those in [sandbox] devices (everything only with \
+                         standard devices, those in [sandbox] devices and the request's \
+                         hot-plugged devices (everything only with \
                          [sandbox] allow_privileged)",
                         kind.map_or("a".to_string(), |k| k.to_string()),
                         show(major),

@@ -17,8 +17,8 @@ use vigil_protos::oci;
 
 use crate::error::{Result, RuntimeError};
 
-pub(crate) use linux::configured_devices;
 pub use linux::{check_device_path, DeviceNum, FORBIDDEN_DEVICES};
+pub(crate) use linux::{configured_devices, is_forbidden};
 pub use process::{capability_name, DEFAULT_CAPABILITIES};
 
 /// What the agent's configuration allows containers, whatever a spec asks.
@@ -29,7 +29,8 @@ pub struct SpecLimits {
     /// Whether privileged-style specs pass: device-cgroup wildcards, writable sysfs and cgroup
     /// mounts, no default masked paths, shared mount propagation.
     pub allow_privileged: bool,
-    /// Guest devices (present now) that containers may be given, besides the standard set.
+    /// Guest devices (present now) that the container may be given, besides the standard set:
+    /// `[sandbox] devices`, and the devices the host hot-plugged for this container.
     pub devices: Vec<DeviceNum>,
 }
 

@@ -45,6 +45,7 @@ impl StorageDriver for Local {
         Ok(Added {
             mount: None,
             root: Owned::new(at.shown.clone(), fd),
+            watcher: None,
         })
     }
 }

@@ -4,29 +4,45 @@
 //! Every driver gets a mount point already checked to lie in the sandbox's directory (see
 //! `Layout::storage_mount_point`) and validates its own `source`, `fstype` and options: a
 //! storage never mounts a guest path or device the host merely named. Kata's other drivers
-//! (block devices by address, virtio-fs and 9p tags, overlay, image pull, ...) are refused
-//! by name until a driver for them is registered.
+//! are refused by name until a driver for them is registered.
 //!
 //! | driver | source | effect |
 //! |---|---|---|
 //! | `ephemeral` (or no driver and fstype `tmpfs`) | a label (`tmpfs`, `shm`) | a tmpfs, `nosuid,nodev` |
 //! | `local` | a label (`local`) | a directory (options `mode=`, `fsgid=`), nothing mounted |
 //! | `bind` | a path beneath the sandbox's shared directory or an earlier storage | a bind mount, `nodev` |
+//! | `blk`, `mmioblk`, `scsi`, `nvdimm` | the disk's address (PCI path, `target:lun`, `/dev/vdX`, `/dev/pmemN`), found in the guest | its ext2/3/4 or xfs, `nodev` (`device.rs`) |
+//! | `virtio-fs`, `9p` | the share's tag | the share, `nodev` (`device.rs`) |
+//! | `overlayfs` | layers in the options, beneath the shared directory or earlier storages | an overlay, `nodev` (`overlay.rs`) |
+//! | `watchable-bind` | a directory beneath the shared directory or an earlier storage | a tmpfs copy kept in step with it (`watchable.rs`) |
+//!
+//! Adding a driver: implement [`StorageDriver`] (its `driver` names, and `add`, which checks the
+//! storage and sets it up at the [`MountPoint`] it is given, through `MountPoint::dir` and
+//! `Target::mount_fs` / `Target::bind`) and register it in [`StorageDrivers::builtin`], or with
+//! [`StorageDrivers::register`] where it needs what the agent configures.
 
 mod bind;
+mod device;
 mod ephemeral;
+mod fs_group;
 mod local;
+mod overlay;
+mod table;
+mod watchable;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::Storage;
 
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
 use crate::layout::Layout;
-use crate::mount::{unmount_all, Mounted, Target};
+use crate::mount::{Mounted, Target};
+
+pub(crate) use table::{Held, SandboxStorages};
 
 /// What a driver gets besides the storage itself.
 pub(crate) struct StorageContext<'a> {
@@ -35,6 +51,28 @@ pub(crate) struct StorageContext<'a> {
     /// Directories a storage may take a path `source` from: the shared directory and the
     /// storages set up before this one.
     pub(crate) sources: &'a [&'a Owned],
+    layout: &'a Layout,
+    /// The container whose storage this is (None: the sandbox's).
+    container: Option<&'a str>,
+}
+
+impl StorageContext<'_> {
+    /// Makes the directory `given` (named as a mount point is: relative to the sandbox
+    /// directory or absolute beneath it, not in the agent's own places), for a driver that
+    /// needs one besides its mount point.
+    pub(crate) fn make_dir(&self, given: &str, field: &str) -> Result<Owned> {
+        let rel = self
+            .layout
+            .storage_mount_point(given, self.container, field)?;
+        let at = MountPoint {
+            root: self.layout.root(),
+            shown: self.layout.dir().join(&rel),
+            rel,
+            field: field.to_string(),
+        };
+        let fd = at.plain_dir()?;
+        Ok(Owned::new(at.shown, fd))
+    }
 }
 
 /// Where a storage goes: a path relative to the sandbox directory, checked already.
@@ -62,7 +100,9 @@ impl MountPoint<'_> {
         Target::file(self.root.fd(), &self.rel, self.shown.clone()).map_err(|e| self.error(e))
     }
 
-    fn error(&self, e: std::io::Error) -> RuntimeError {
+    /// A failed lookup or creation beneath the mount point's root, as a refusal naming the
+    /// mount point where something was in the way.
+    pub(crate) fn error(&self, e: std::io::Error) -> RuntimeError {
         if crate::beneath::is_refusal(&e) || e.raw_os_error() == Some(libc::EEXIST) {
             RuntimeError::invalid(
                 &self.field,
@@ -82,6 +122,9 @@ impl MountPoint<'_> {
 pub(crate) struct Added {
     pub(crate) mount: Option<Mounted>,
     pub(crate) root: Owned,
+    /// What keeps the storage up to date while it exists (`watchable-bind`); stopped before
+    /// the unmount.
+    pub(crate) watcher: Option<watchable::Watcher>,
 }
 
 impl Added {
@@ -91,6 +134,7 @@ impl Added {
             Ok(root) => Ok(Added {
                 mount: Some(m),
                 root,
+                watcher: None,
             }),
             Err(e) => {
                 let _ = m.unmount();
@@ -109,35 +153,41 @@ pub(crate) trait StorageDriver: Send + Sync {
 }
 
 /// Kata's storage drivers that vigil does not implement (yet): refused by name.
-const KATA_DRIVERS: &[&str] = &[
-    "blk",
-    "blk-ccw",
-    "mmioblk",
-    "scsi",
-    "nvdimm",
-    "virtio-fs",
-    "9p",
-    "overlayfs",
-    "watchable-bind",
-    "image_guest_pull",
-    "erofs.multi-layer",
-];
+const KATA_DRIVERS: &[&str] = &["blk-ccw", "image_guest_pull", "erofs.multi-layer"];
 
 /// The storage drivers a sandbox uses, by `driver` name.
+#[derive(Clone)]
 pub struct StorageDrivers {
     by_type: HashMap<&'static str, Arc<dyn StorageDriver>>,
 }
 
 impl StorageDrivers {
-    /// The drivers vigil has: `ephemeral`, `local`, `bind`.
-    pub(crate) fn builtin() -> StorageDrivers {
+    /// The drivers vigil has (the table above), finding hot-plugged devices in `devices`.
+    pub(crate) fn builtin(devices: DeviceTree) -> StorageDrivers {
         let mut d = StorageDrivers {
             by_type: HashMap::new(),
         };
         d.register(Arc::new(ephemeral::Ephemeral));
         d.register(Arc::new(local::Local));
         d.register(Arc::new(bind::Bind));
+        d.register(Arc::new(device::DeviceStorage { tree: devices }));
+        d.register(Arc::new(overlay::Overlay));
+        d.register(Arc::new(watchable::WatchableBind {
+            interval: watchable::INTERVAL,
+        }));
         d
+    }
+
+    /// The `driver` names served, sorted (GetGuestDetails' `storage_handlers`).
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let mut known: Vec<&str> = self.by_type.keys().copied().collect();
+        known.sort_unstable();
+        known
+    }
+
+    /// Finds the device-backed storages' disks in `devices` (tests: a fake sysfs tree).
+    pub(crate) fn set_device_tree(&mut self, devices: DeviceTree) {
+        self.register(Arc::new(device::DeviceStorage { tree: devices }));
     }
 
     /// Adds a driver for its types (a later registration for a type replaces the earlier).
@@ -158,8 +208,7 @@ impl StorageDrivers {
         if let Some(d) = self.by_type.get(name) {
             return Ok(d.as_ref());
         }
-        let mut known: Vec<&str> = self.by_type.keys().copied().collect();
-        known.sort_unstable();
+        let known = self.names();
         let why = if KATA_DRIVERS.contains(&name) {
             format!("the Kata storage driver {name:?} is not implemented by this agent")
         } else {
@@ -172,47 +221,69 @@ impl StorageDrivers {
     }
 
     /// Sets up `storages` (request field prefix `field`, e.g. `storages`) for the sandbox
-    /// (`container` None) or one container. `sources` are the directories a path source may
-    /// come from besides the storages set up here. On failure the ones already set up are
-    /// undone, so a refused request leaves nothing behind.
+    /// (`container` None) or one container, recording them in `table`; a storage already there
+    /// at the same mount point is used again (see `table`). `sources` are the directories a
+    /// path source may come from besides the storages set up here. Returns what the request
+    /// holds and each storage's root. On failure what this request took is given back and what
+    /// it set up undone, so a refused request leaves nothing behind.
     pub(crate) fn add_all(
         &self,
+        table: &mut SandboxStorages,
         storages: &[Storage],
         layout: &Layout,
         container: Option<&str>,
         sources: &[&Owned],
         field: &str,
-    ) -> Result<(Vec<Mounted>, Vec<Owned>)> {
-        let mut mounts = Vec::new();
+    ) -> Result<(Held, Vec<Owned>)> {
+        let mut held = Held::default();
+        let mut made = Vec::new();
         let mut roots: Vec<Owned> = Vec::new();
         for (i, s) in storages.iter().enumerate() {
             let field = format!("{field}[{i}]");
-            let added = self.add_one(s, layout, container, sources, &roots, &field);
-            match added {
-                Ok(a) => {
-                    mounts.extend(a.mount);
-                    roots.push(a.root);
+            match self.add_one(table, s, layout, container, sources, &roots, &field) {
+                Ok((rel, root, new)) => {
+                    held.push(rel.clone());
+                    if new {
+                        made.push(rel);
+                    }
+                    roots.push(root);
                 }
                 Err(e) => {
-                    unmount_all(&mut mounts);
+                    for problem in table.roll_back(held, &made) {
+                        tracing::warn!(%problem, "undoing the storages of a refused request");
+                    }
                     return Err(e);
                 }
             }
         }
-        Ok((mounts, roots))
+        Ok((held, roots))
     }
 
+    /// One storage: its mount point, its root, and whether it was set up now (else reused).
+    #[allow(clippy::too_many_arguments)]
     fn add_one(
         &self,
+        table: &mut SandboxStorages,
         s: &Storage,
         layout: &Layout,
         container: Option<&str>,
         sources: &[&Owned],
         earlier: &[Owned],
         field: &str,
-    ) -> Result<Added> {
+    ) -> Result<(PathBuf, Owned, bool)> {
         let mp_field = format!("{field}.mount_point");
         let rel = layout.storage_mount_point(&s.mount_point, container, &mp_field)?;
+        if let Some(root) = table.reuse(&rel, s, field)? {
+            return Ok((rel, root, false));
+        }
+        if let Some(id) = container.filter(|_| s.shared) {
+            if rel.starts_with(layout.bundle_rel(id)) {
+                return Err(RuntimeError::invalid(
+                    format!("{field}.shared"),
+                    "a storage in the container's own bundle goes with the container",
+                ));
+            }
+        }
         let driver = self.driver(s, field)?;
         let at = MountPoint {
             root: layout.root(),
@@ -221,14 +292,28 @@ impl StorageDrivers {
             field: mp_field,
         };
         let all_sources: Vec<&Owned> = sources.iter().copied().chain(earlier.iter()).collect();
-        driver.add(
+        let added = driver.add(
             s,
             &at,
             &StorageContext {
                 field,
                 sources: &all_sources,
+                layout,
+                container,
             },
-        )
+        )?;
+        let root = match added.root.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                drop(added.watcher);
+                if let Some(m) = added.mount {
+                    let _ = m.unmount();
+                }
+                return Err(e);
+            }
+        };
+        table.insert(at.rel.clone(), s, added, container.is_some());
+        Ok((at.rel, root, true))
     }
 }
 
@@ -253,6 +338,8 @@ pub(crate) fn parse_options(
             "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
             "relatime" => flags |= MsFlags::MS_RELATIME,
             "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => flags |= MsFlags::MS_DIRSYNC,
             other => {
                 let key = other.split_once('=').map_or(other, |(k, _)| k);
                 if !allowed_data.contains(&key) || other.contains(',') {
@@ -300,6 +387,33 @@ pub(crate) fn apply_fs_gid(fd: std::os::fd::BorrowedFd, gid: u32, shown: &Path) 
     crate::beneath::chmod(fd, (st.st_mode & 0o7777) | libc::S_ISGID).map_err(err)
 }
 
+/// Runs `f` on a thread of its own in a private mount namespace, so the mounts a driver test
+/// makes vanish with it. `Ok(false)`: not root, nothing run.
+#[cfg(test)]
+pub(crate) fn in_mount_namespace(
+    f: impl FnOnce() -> std::result::Result<(), String> + Send + 'static,
+) -> std::result::Result<bool, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(false);
+    }
+    std::thread::spawn(move || {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| e.to_string())?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| e.to_string())?;
+        f().map(|()| true)
+    })
+    .join()
+    .map_err(|_| "the test thread panicked".to_string())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +422,16 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let layout = Layout::create(t.path(), "sb").unwrap();
         let shared = layout.shared().unwrap();
-        match StorageDrivers::builtin().add_all(&[storage], &layout, None, &[&shared], "storages") {
+        let drivers = StorageDrivers::builtin(DeviceTree::default());
+        let mut table = SandboxStorages::default();
+        match drivers.add_all(
+            &mut table,
+            &[storage],
+            &layout,
+            None,
+            &[&shared],
+            "storages",
+        ) {
             Err(RuntimeError::InvalidArgument { field, reason }) => (field, reason),
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("accepted"),
@@ -327,13 +450,16 @@ mod tests {
 
     #[test]
     fn drivers_are_named_in_refusals() {
-        let (field, reason) = refused(storage("virtio-fs", "kataShared", "virtiofs"));
+        let (field, reason) = refused(storage("blk-ccw", "0.0.0005", "ext4"));
         assert_eq!(field, "storages[0].driver");
         assert!(
-            reason.contains("Kata storage driver \"virtio-fs\" is not implemented"),
+            reason.contains("Kata storage driver \"blk-ccw\" is not implemented"),
             "{reason}"
         );
-        assert!(reason.contains("bind, ephemeral, local"), "{reason}");
+        assert!(
+            reason.contains("9p, bind, blk, ephemeral, local, mmioblk"),
+            "{reason}"
+        );
         let (_, reason) = refused(storage("nbd", "x", ""));
         assert!(
             reason.contains("\"nbd\" is not a storage driver"),

@@ -79,14 +79,23 @@ impl Fixture {
     }
 
     pub async fn with_config(name: &str, config: SandboxConfig) -> Fixture {
+        Fixture::with_setup(name, config, |s| s).await
+    }
+
+    /// As [`Fixture::with_config`], with `setup` applied to the sandbox manager first.
+    pub async fn with_setup(
+        name: &str,
+        config: SandboxConfig,
+        setup: impl FnOnce(Sandbox) -> Sandbox,
+    ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let run_root = tmp.path().join("run");
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        let sandbox = Arc::new(setup(Sandbox::new(SandboxConfig {
             run_root: run_root.clone(),
             output_limit: 64 * 1024,
             fork_helper: FORK_HELPER.into(),
             ..config
-        }));
+        })));
         let sandbox_id = format!("{name}-{}", std::process::id());
         sandbox
             .create_sandbox(CreateSandboxRequest {
@@ -122,13 +131,16 @@ impl Fixture {
     }
 
     pub async fn run(&self, id: &str, args: &[&str]) {
-        self.sandbox
-            .create_container(self.request(id, args, false))
-            .await
-            .unwrap();
+        self.start(self.request(id, args, false)).await;
+    }
+
+    /// Creates and starts the container of `req`.
+    pub async fn start(&self, req: CreateContainerRequest) {
+        let id = req.container_id.clone();
+        self.sandbox.create_container(req).await.unwrap();
         self.sandbox
             .start_container(StartContainerRequest {
-                container_id: id.into(),
+                container_id: id,
                 ..Default::default()
             })
             .await
@@ -444,5 +456,87 @@ pub fn refused_field<T: std::fmt::Debug>(r: Result<T, RuntimeError>) -> String {
     match r {
         Err(RuntimeError::InvalidArgument { field, .. }) => field,
         other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+/// A loop device over a file of `size` bytes starting with `content`, detached when dropped.
+pub struct LoopDisk {
+    pub dev: PathBuf,
+    _file: tempfile::NamedTempFile,
+}
+
+impl LoopDisk {
+    /// None (with the reason printed) where loop devices cannot be had.
+    pub fn new(size: u64, content: &[u8]) -> Option<LoopDisk> {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(content).unwrap();
+        file.as_file().set_len(size).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(LoopDisk {
+                dev: PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+                _file: file,
+            }),
+            other => {
+                eprintln!("no loop device: {other:?}");
+                None
+            }
+        }
+    }
+
+    /// The device's name under /dev (`loop3`).
+    pub fn name(&self) -> String {
+        self.dev.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    pub fn minor(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        libc::minor(std::fs::metadata(&self.dev).unwrap().rdev())
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .status();
+    }
+}
+
+/// A sysfs tree (and a /dev of symlinks to real nodes) standing in for a hypervisor's
+/// hot-plug: `pci(slot, node)` puts the virtio-blk disk `node` (a real device under /dev) at
+/// PCI path `slot`; `pmem(name, node)` an NVDIMM named `name` whose guest node is `node`.
+pub struct FakeDevices {
+    _dir: tempfile::TempDir,
+    pub tree: vigil_guest::blockdev::DeviceTree,
+}
+
+impl FakeDevices {
+    pub fn new() -> FakeDevices {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = vigil_guest::blockdev::DeviceTree {
+            sys: dir.path().join("sys"),
+            dev: dir.path().join("dev"),
+        };
+        std::fs::create_dir_all(tree.sys.join("block")).unwrap();
+        std::fs::create_dir_all(&tree.dev).unwrap();
+        FakeDevices { _dir: dir, tree }
+    }
+
+    pub fn pci(&self, slot: u8, node: &Path) {
+        let name = node.file_name().unwrap();
+        let at = format!("devices/pci0000:00/0000:00:{slot:02x}.0/virtio{slot}/block");
+        std::fs::create_dir_all(self.tree.sys.join(at).join(name)).unwrap();
+        std::os::unix::fs::symlink(node, self.tree.dev.join(name)).unwrap();
+    }
+
+    pub fn pmem(&self, name: &str, node: &Path) {
+        std::fs::create_dir_all(self.tree.sys.join("block").join(name)).unwrap();
+        std::os::unix::fs::symlink(node, self.tree.dev.join(name)).unwrap();
     }
 }

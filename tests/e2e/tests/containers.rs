@@ -170,7 +170,9 @@ fn container_lifecycle_through_the_agent() {
         };
         let escapes = [
             (json!({"storages": [{"driver": "bind", "source": "/", "mount_point": "containers/escape/rootfs"}]}), "storages[0].source"),
-            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "disk"}]}), "storages[0].driver"),
+            // A host PCI address is not a guest PCI path: no guest disk is looked up.
+            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "disk"}]}), "storages[0].source"),
+            (json!({"storages": [{"driver": "erofs.multi-layer", "source": "x", "mount_point": "disk"}]}), "storages[0].driver"),
             (json!({"OCI": spec_with(json!({"Mounts": [{"destination": "/cfg", "source": "configfs", "type_": "configfs"}]}))}), "OCI.Mounts[0].type"),
             (json!({"OCI": spec_with(json!({"Linux": {"Devices": [{"Path": "/dev/sev-guest", "Type": "c", "Major": 10, "Minor": 124}]}}))}), "OCI.Linux.Devices[0]"),
             (json!({"OCI": spec_with(json!({"Linux": {"Resources": {"Devices": [{"Allow": true, "Type": "a", "Access": "rwm"}]}}}))}), "OCI.Linux.Resources.Devices[0]"),

@@ -245,6 +245,25 @@ fn pod_network_through_the_agent() {
         assert_eq!(answered_addresses(vg1), vec!["10.98.0.1/24".to_string()]);
         assert!(all.iter().any(|i| i["name"] == "lo"), "{listed}");
 
+        // The loopback link is the guest's own: the host may not configure it, take its name,
+        // route through it or add neighbours on it; nothing changes on a refusal.
+        let lo_before = ip_json(&["addr", "show", "dev", "lo"]);
+        for (method, request, field) in [
+            ("UpdateInterface", json!({"interface": {"name": "lo", "IPAddresses": [{"address": "10.66.0.1", "mask": "8"}]}}), "interface:"),
+            ("UpdateInterface", json!({"interface": {"hwAddr": "00:00:00:00:00:00", "name": "lo"}}), "interface:"),
+            ("UpdateInterface", json!({"interface": {"hwAddr": MAC, "name": "lo", "mtu": 1400}}), "interface.name:"),
+            ("UpdateRoutes", json!({"routes": {"Routes": [{"dest": "10.66.0.0/16", "device": "lo"}]}}), "routes[0].device:"),
+            ("AddARPNeighbors", json!({"neighbors": {"ARPNeighbors": [{"toIPAddress": {"address": "10.66.0.9"}, "device": "lo", "lladdr": PEER_MAC}]}}), "neighbors[0].device:"),
+        ] {
+            let answer = call(&c, method, request).await;
+            expect_err(&answer, ttrpc::Code::INVALID_ARGUMENT, field);
+            expect_err(&answer, ttrpc::Code::INVALID_ARGUMENT, "loopback");
+        }
+        assert_eq!(ip_json(&["addr", "show", "dev", "lo"]), lo_before);
+        assert_eq!(kernel_addresses("eth0"), want, "eth0 must be untouched by the refused rename");
+        let link = &ip_json(&["link", "show", "dev", "eth0"])[0];
+        assert!(link["flags"].as_array().unwrap().contains(&json!("UP")), "{link}");
+
         // UpdateInterface refusals: unknown MAC, malformed mask, both naming what was wrong.
         let ghost = call(&c, "UpdateInterface", json!({"interface": {"hwAddr": "02:00:5e:10:00:99", "name": "eth9"}})).await;
         expect_err(&ghost, ttrpc::Code::NOT_FOUND, "02:00:5e:10:00:99");

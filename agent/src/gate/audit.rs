@@ -17,8 +17,8 @@ use std::sync::Arc;
 use vigil_policy::{Outcome, RotatingLog};
 use vigil_protos::{Endpoint, ENDPOINTS};
 
-use crate::gate::{verdict_reason, DecidedBy, Rules, Verdict};
-use crate::policy::CompiledPolicy;
+use super::compiled::CompiledPolicy;
+use super::verdict::{verdict_reason, DecidedBy, Rules, Verdict};
 
 const AUDIT_QUEUE: usize = 16 * 1024;
 

@@ -1,5 +1,7 @@
 //! Paths opened beneath a directory the agent holds open, never following a symlink and never
-//! leaving it, so that what was checked is what gets used.
+//! leaving it, so that what was checked is what gets used. Used by the container runtime for
+//! every path a request names (its `confine`, `mount`, `staging`, storages) and by the guest
+//! operations on the pod's directories (volumes, ephemeral mounts).
 //!
 //! A directory a container can write to (a shared directory, a volume) may hold symlinks the
 //! container planted, or be rearranged while the agent works in it. Checking a path string and
@@ -17,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// How a lookup is resolved: the kernel's `openat2`, or component by component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Method {
+enum Method {
     Openat2,
     Components,
 }
@@ -94,7 +96,7 @@ fn components(rel: &Path) -> io::Result<Vec<&std::ffi::OsStr>> {
     Ok(out)
 }
 
-pub(crate) fn fstat(fd: BorrowedFd) -> io::Result<libc::stat> {
+pub fn fstat(fd: BorrowedFd) -> io::Result<libc::stat> {
     // SAFETY: a zeroed stat is valid for fstat to fill.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: plain syscall on a descriptor we borrow.
@@ -104,7 +106,7 @@ pub(crate) fn fstat(fd: BorrowedFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-pub(crate) fn is_dir(st: &libc::stat) -> bool {
+pub fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
@@ -131,11 +133,11 @@ fn open_component(dir: BorrowedFd, name: &std::ffi::OsStr, method: Method) -> io
 
 /// Opens `rel` beneath `root` as an `O_PATH` descriptor. A symlink anywhere on the way (or at
 /// the end) is `ELOOP`; nothing outside `root` can be reached. An empty `rel` is `root` itself.
-pub(crate) fn open(root: BorrowedFd, rel: &Path) -> io::Result<OwnedFd> {
+pub fn open(root: BorrowedFd, rel: &Path) -> io::Result<OwnedFd> {
     open_with(root, rel, method())
 }
 
-pub(crate) fn open_with(root: BorrowedFd, rel: &Path, method: Method) -> io::Result<OwnedFd> {
+fn open_with(root: BorrowedFd, rel: &Path, method: Method) -> io::Result<OwnedFd> {
     let parts = components(rel)?;
     if parts.is_empty() {
         return dup_path(root);
@@ -182,7 +184,7 @@ fn dup_path(fd: BorrowedFd) -> io::Result<OwnedFd> {
 /// Opens the directory `rel` beneath `root`, creating what is missing with `mode` (exactly:
 /// the umask does not apply). `created` is called with each directory made, so callers can
 /// set owners. Returns an `O_PATH` descriptor.
-pub(crate) fn mkdir_all(
+pub fn mkdir_all(
     root: BorrowedFd,
     rel: &Path,
     mode: u32,
@@ -191,7 +193,7 @@ pub(crate) fn mkdir_all(
     mkdir_all_with(root, rel, mode, created, method())
 }
 
-pub(crate) fn mkdir_all_with(
+fn mkdir_all_with(
     root: BorrowedFd,
     rel: &Path,
     mode: u32,
@@ -233,7 +235,7 @@ pub(crate) fn mkdir_all_with(
 }
 
 /// chmod of exactly what `fd` (which may be `O_PATH`) refers to.
-pub(crate) fn chmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
+pub fn chmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
     let c = cstring(proc_path(fd).as_os_str())?;
     // SAFETY: plain syscall; the magic link names exactly the file `fd` refers to.
     if unsafe { libc::chmod(c.as_ptr(), mode) } != 0 {
@@ -243,7 +245,7 @@ pub(crate) fn chmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
 }
 
 /// chown of exactly what `fd` (which may be `O_PATH`) refers to; -1 keeps an id.
-pub(crate) fn chown(fd: BorrowedFd, uid: i32, gid: i32) -> io::Result<()> {
+pub fn chown(fd: BorrowedFd, uid: i32, gid: i32) -> io::Result<()> {
     // SAFETY: plain syscall; AT_EMPTY_PATH acts on the descriptor itself.
     let rc = unsafe {
         libc::fchownat(
@@ -262,7 +264,7 @@ pub(crate) fn chown(fd: BorrowedFd, uid: i32, gid: i32) -> io::Result<()> {
 
 /// Opens the regular file `rel` beneath `root`, creating it empty (and its parent directories,
 /// 0755) if missing. Returns an `O_PATH` descriptor. Anything but a regular file is refused.
-pub(crate) fn create_file(root: BorrowedFd, rel: &Path, mode: u32) -> io::Result<OwnedFd> {
+pub fn create_file(root: BorrowedFd, rel: &Path, mode: u32) -> io::Result<OwnedFd> {
     let parts = components(rel)?;
     let Some((name, parents)) = parts.split_last() else {
         return Err(io::Error::from_raw_os_error(libc::EISDIR));
@@ -293,12 +295,12 @@ pub(crate) fn create_file(root: BorrowedFd, rel: &Path, mode: u32) -> io::Result
 
 /// The path through which the kernel reaches exactly what `fd` refers to: for `mount(2)`
 /// targets and bind sources, and `umount2(2)`.
-pub(crate) fn proc_path(fd: BorrowedFd) -> PathBuf {
+pub fn proc_path(fd: BorrowedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Opens an absolute path the agent itself chose (a run directory), as an `O_PATH` directory.
-pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let c = cstring(path.as_os_str())?;
     // SAFETY: plain syscall with a NUL-terminated path.
     owned(unsafe {
@@ -309,9 +311,53 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     })
 }
 
+/// Opens the absolute `path` beneath the deepest of `roots` (directories the agent chose) whose
+/// path it starts with, as an `O_PATH` descriptor, never following a symlink on the way below
+/// that root. `Ok(None)`: no root holds it (lexically). A root that does not exist holds
+/// nothing.
+pub fn open_under(roots: &[PathBuf], path: &Path) -> io::Result<Option<OwnedFd>> {
+    let Some((root, rest)) = roots
+        .iter()
+        .filter_map(|r| path.strip_prefix(r).ok().map(|rest| (r, rest)))
+        .max_by_key(|(r, _)| r.components().count())
+    else {
+        return Ok(None);
+    };
+    let dir = match open_dir(root) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    open(dir.as_fd(), rest).map(Some)
+}
+
+/// Whether `fd` is the root of a mount (statx's `STATX_ATTR_MOUNT_ROOT`, Linux 5.8).
+pub fn is_mount_root(fd: BorrowedFd) -> io::Result<bool> {
+    // SAFETY: a zeroed statx is a valid out-parameter.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on a borrowed descriptor with AT_EMPTY_PATH.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let bit = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_attributes_mask & bit == 0 {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok(stx.stx_attributes & bit != 0)
+}
+
 /// Whether an error means "a symlink, `..` or a non-directory was on the way": a refusal to
 /// report to the caller, as opposed to an I/O failure.
-pub(crate) fn is_refusal(e: &io::Error) -> bool {
+pub fn is_refusal(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR | libc::EINVAL)

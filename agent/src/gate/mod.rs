@@ -8,6 +8,11 @@
 //!
 //! `grpc.Health` is not gated: the runtime polls it to see whether the agent is alive, and it
 //! reveals nothing but the agent's version.
+//!
+//! The gate is the bottom of the agent: it and its parts (`endpoints`, `compiled` policy,
+//! `verdict`, `audit` log) use nothing of the agent outside this module, so the config, the
+//! policy administration and the handlers build on it and never the other way round
+//! (`tests/layers.rs` checks it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,120 +23,20 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use ttrpc::r#async::{MethodHandler, Service, StreamHandler, TtrpcContext};
 use ttrpc::{Code, Request, Response, Status};
-use vigil_protos::{Endpoint, EndpointId, ENDPOINTS};
+use vigil_protos::{Endpoint, ENDPOINTS};
 
 use vigil_policy::Outcome;
 
-use crate::audit::DecisionLog;
-use crate::config::AllowList;
-use crate::policy::CompiledPolicy;
+mod audit;
+mod compiled;
+mod endpoints;
+mod verdict;
 
-/// The service whose requests are gated.
-pub const GATED_SERVICE: &str = vigil_protos::AGENT_SERVICE;
-
-const _: () = assert!(
-    ENDPOINTS.len() <= 64,
-    "EndpointSet holds one bit per endpoint in a u64"
-);
-
-/// A set of endpoints, one bit each.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointSet(u64);
-
-impl EndpointSet {
-    pub const NONE: EndpointSet = EndpointSet(0);
-
-    pub fn all() -> EndpointSet {
-        ENDPOINTS
-            .iter()
-            .fold(EndpointSet::NONE, |s, e| s.with(e.id))
-    }
-
-    /// Every endpoint whose request message is one of `names` (ReadStreamRequest covers both
-    /// ReadStdout and ReadStderr, as in Kata).
-    pub fn by_request_names<S: AsRef<str>>(names: &[S]) -> EndpointSet {
-        ENDPOINTS
-            .iter()
-            .filter(|e| names.iter().any(|n| n.as_ref() == e.request))
-            .fold(EndpointSet::NONE, |s, e| s.with(e.id))
-    }
-
-    pub fn from_allow_list(list: &AllowList) -> EndpointSet {
-        match list {
-            AllowList::All => EndpointSet::all(),
-            AllowList::Only(names) => EndpointSet::by_request_names(names),
-        }
-    }
-
-    #[must_use]
-    pub fn with(self, id: EndpointId) -> EndpointSet {
-        EndpointSet(self.0 | (1 << id.0))
-    }
-
-    #[inline]
-    pub fn contains(self, id: EndpointId) -> bool {
-        self.0 & (1 << id.0) != 0
-    }
-}
-
-/// The compiled rules in force at one moment.
-pub struct Rules {
-    /// Endpoints the allow-list lets through.
-    pub allowed: EndpointSet,
-    /// The agent policy; `None` means the allow-list alone decides (Kata without policy).
-    pub policy: Option<Arc<CompiledPolicy>>,
-    /// Give the host the policy's reason for a denial (otherwise it stays in the guest log).
-    pub host_error_details: bool,
-}
-
-impl Rules {
-    pub fn from_allow_list(list: &AllowList) -> Rules {
-        Rules {
-            allowed: EndpointSet::from_allow_list(list),
-            policy: None,
-            host_error_details: false,
-        }
-    }
-}
-
-/// Who decided a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecidedBy {
-    AllowList,
-    /// No policy is configured: the allow-list alone decides.
-    NoPolicy,
-    /// The policy's precompiled decision for the endpoint.
-    PolicyConstant,
-    /// The policy engine, on this request.
-    PolicyEvaluated,
-}
-
-impl DecidedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecidedBy::AllowList => "allow-list",
-            DecidedBy::NoPolicy => "no-policy",
-            DecidedBy::PolicyConstant => "constant",
-            DecidedBy::PolicyEvaluated => "evaluated",
-        }
-    }
-}
-
-/// What the gate decided about one request. Building it allocates nothing unless the policy
-/// engine ran: a constant decision's reason stays in the compiled policy.
-#[derive(Debug)]
-pub struct Verdict {
-    pub outcome: Outcome,
-    pub by: DecidedBy,
-    /// The engine's reason, for evaluated decisions only.
-    pub reason: Option<Cow<'static, str>>,
-}
-
-impl Verdict {
-    pub fn allowed(&self) -> bool {
-        self.outcome == Outcome::Allowed
-    }
-}
+pub use audit::{DecisionLog, WorkloadCall, WorkloadCounters, WorkloadEndpoint};
+pub use compiled::{CompiledPolicy, PolicyOrigin, PolicySource};
+pub use endpoints::{AllowList, EndpointSet, GATED_SERVICE};
+use verdict::verdict_reason;
+pub use verdict::{DecidedBy, Rules, Verdict};
 
 /// Decides, for each request, whether its handler may run, and records each decision.
 pub struct Gate {
@@ -302,22 +207,6 @@ fn decide(rules: &Rules, endpoint: &Endpoint, payload: &[u8]) -> Verdict {
     }
 }
 
-/// The reason behind a verdict: the engine's, or the constant decision's.
-pub(crate) fn verdict_reason<'a>(
-    policy: Option<&'a CompiledPolicy>,
-    endpoint: &Endpoint,
-    v: &'a Verdict,
-) -> &'a str {
-    match (&v.reason, v.by) {
-        (Some(r), _) => r,
-        (None, DecidedBy::AllowList) => "not in [endpoints] allowed",
-        (None, DecidedBy::PolicyConstant) => policy
-            .and_then(|p| p.constant_decision(endpoint.id))
-            .map_or("", |d| &d.reason),
-        (None, _) => "",
-    }
-}
-
 /// The status the host gets for a request that does not pass: Kata's messages.
 fn denial_status(rules: &Rules, endpoint: &Endpoint, v: &Verdict) -> Status {
     if v.by == DecidedBy::AllowList {
@@ -449,8 +338,8 @@ mod tests {
         Endpoint::find(GATED_SERVICE, method).unwrap()
     }
 
-    fn test_source() -> crate::policy::PolicySource {
-        crate::policy::PolicySource::new(crate::policy::PolicyOrigin::File, "test")
+    fn test_source() -> PolicySource {
+        PolicySource::new(PolicyOrigin::File, "test")
     }
 
     #[test]
