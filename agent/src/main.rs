@@ -38,6 +38,10 @@ struct Cli {
 }
 
 fn main() {
+    // Started by our own container runtime as its single-threaded fork helper? Then serve it
+    // and exit here. Only a parent holding the other end of fd 3 can select this (see
+    // vigil_runtime::fork_helper); as PID 1 it is never true.
+    vigil_runtime::fork_helper::run_if_helper(startup::init_fork_helper_logging);
     // regorus creates (and discards) an anyhow error for many internal lookups; with
     // RUST_BACKTRACE set, each would capture a backtrace, making policy load and evaluation
     // several times slower. RUST_LIB_BACKTRACE governs only those captures: panics keep theirs.

@@ -143,6 +143,9 @@ expect_status() {
 
 expect_ok Check '{}' '"status": 1'
 t_first_answer=$(now)
+# Every mount init makes (devpts, /dev/shm, cgroup2, configfs for configfs-tsm) succeeded: a
+# failed optional one is a warning on the console.
+if grep -a "vigil-agent: warning: mounting" "$console"; then fail "init could not mount all it mounts"; fi
 # init_daemon is true only when the agent runs as PID 1: proof that it booted as init.
 expect_ok GetGuestDetails '{"mem_block_size": true}' '"init_daemon": true'
 # The pod network RPCs work from the static agent as init (route netlink in the guest):

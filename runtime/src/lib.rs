@@ -15,6 +15,7 @@ mod copy_file;
 mod devices;
 mod diagnostic;
 mod error;
+pub mod fork_helper;
 mod hooks;
 mod hotplug;
 mod layout;
@@ -35,3 +36,16 @@ pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, 
 pub use sandbox::{Sandbox, SandboxConfig};
 pub use spec::{capability_name, check_device_path, DEFAULT_CAPABILITIES, FORBIDDEN_DEVICES};
 pub use youki::LibcontainerRuntime;
+
+/// CopyFile's writing on its own (no sandbox around it: `shared_dir` plays the sandbox's
+/// `shared/`), for the fuzz target that checks it never writes outside the jail
+/// (`tests/fuzz-targets`). Not an API.
+#[doc(hidden)]
+pub fn copy_file_into(
+    shared_dir: &std::path::Path,
+    req: &vigil_protos::agent::CopyFileRequest,
+    keep_setuid: bool,
+) -> Result<(), RuntimeError> {
+    let shared = confine::Owned::open_dir(shared_dir.to_path_buf())?;
+    copy_file::copy_file(&shared, req, keep_setuid)
+}

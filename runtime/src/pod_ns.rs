@@ -5,8 +5,9 @@
 //!
 //! A short-lived thread unshares both namespaces (only that thread moves), sets the sandbox's
 //! hostname in the new UTS namespace, and opens both; the descriptors keep the namespaces
-//! alive for the sandbox's life, and containers join them through `/proc/self/fd/N`, a path
-//! the runtime library opens in the container's process, which inherits the descriptors.
+//! alive for the sandbox's life, and containers join them through `/proc/<agent pid>/fd/N`:
+//! the runtime library opens that path in the container's process, a child of the fork helper
+//! (which inherits none of the agent's descriptors), while it still sees the agent's /proc.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -49,7 +50,8 @@ impl PodNamespaces {
 
     /// The namespaces by OCI type, as paths a container's process can open.
     pub(crate) fn paths(&self) -> [(&'static str, PathBuf); 2] {
-        let path = |fd: &OwnedFd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let agent = std::process::id();
+        let path = |fd: &OwnedFd| PathBuf::from(format!("/proc/{agent}/fd/{}", fd.as_raw_fd()));
         [("ipc", path(&self.ipc)), ("uts", path(&self.uts))]
     }
 }

@@ -15,7 +15,7 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 #[test]
 fn refusals_leave_nothing_behind() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("refusals_leave_nothing_behind") {
             return;
         }
@@ -271,6 +271,7 @@ fn refusals_leave_nothing_behind() {
         // Without a sandbox, container requests are NOT_FOUND.
         let none = Sandbox::new(SandboxConfig {
             kata_root: std::env::temp_dir().join("vigil-no-sandbox"),
+            fork_helper: FORK_HELPER.into(),
             ..Default::default()
         });
         assert!(matches!(
@@ -293,7 +294,7 @@ fn refusals_leave_nothing_behind() {
 /// outside the sandbox.
 #[test]
 fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("symlinks_a_container_plants_in_a_shared_directory_are_never_followed") {
             return;
         }
@@ -394,7 +395,7 @@ fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
 /// inside directory, never the outside one (the runtime library only ever gets a staged path).
 #[test]
 fn a_swap_between_check_and_use_never_mounts_what_is_outside() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_swap_between_check_and_use_never_mounts_what_is_outside") {
             return;
         }
@@ -471,7 +472,7 @@ fn a_swap_between_check_and_use_never_mounts_what_is_outside() {
 /// UpdateContainer (which makes libcgroups write its defaults again); /dev/null works.
 #[test]
 fn device_rules_are_the_agents() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("device_rules_are_the_agents") {
             return;
         }
@@ -524,7 +525,7 @@ fn device_rules_are_the_agents() {
 /// bundle and runs; device nodes on it are unusable (nodev), while /dev (a fresh tmpfs) works.
 #[test]
 fn a_rootfs_from_the_shared_directory_is_staged_without_devices() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_rootfs_from_the_shared_directory_is_staged_without_devices") {
             return;
         }

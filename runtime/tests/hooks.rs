@@ -93,7 +93,7 @@ async fn hook_sandbox(name: &str) -> (Fixture, PathBuf, PathBuf) {
 
 #[test]
 fn each_hook_kind_runs_at_its_point_in_its_namespace() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("each_hook_kind_runs_at_its_point_in_its_namespace") {
             return;
         }
@@ -190,7 +190,7 @@ fn each_hook_kind_runs_at_its_point_in_its_namespace() {
 
 #[test]
 fn failing_and_hanging_hooks_follow_the_oci_runtime_spec() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("failing_and_hanging_hooks_follow_the_oci_runtime_spec") {
             return;
         }
@@ -288,7 +288,7 @@ fn failing_and_hanging_hooks_follow_the_oci_runtime_spec() {
 
 #[test]
 fn guest_hooks_from_guest_hook_path_run_for_every_container() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("guest_hooks_from_guest_hook_path_run_for_every_container") {
             return;
         }

@@ -46,7 +46,7 @@ async fn wait_briefly(f: &Fixture, cid: &str, eid: &str) -> i32 {
 
 #[test]
 fn the_init_process_answers_to_its_exec_id_and_to_empty() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("the_init_process_answers_to_its_exec_id_and_to_empty") {
             return;
         }
@@ -141,7 +141,7 @@ fn the_init_process_answers_to_its_exec_id_and_to_empty() {
 
 #[test]
 fn a_signal_goes_to_one_process_unless_it_is_sigkill_to_all() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_signal_goes_to_one_process_unless_it_is_sigkill_to_all") {
             return;
         }
@@ -210,7 +210,7 @@ async fn namespaces_of(f: &Fixture, cid: &str, eid: &str) -> String {
 
 #[test]
 fn the_containers_of_a_pod_share_its_ipc_and_uts_namespaces_only() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("the_containers_of_a_pod_share_its_ipc_and_uts_namespaces_only") {
             return;
         }

@@ -96,6 +96,7 @@ async fn exit_codes_survive_a_pid1_reaper() {
     };
     let sandbox = Sandbox::new(SandboxConfig {
         kata_root: tmp.path().join("kata"),
+        fork_helper: env!("CARGO_BIN_EXE_vigil-fork-helper").into(),
         ..Default::default()
     })
     .with_child_claims(Arc::new(reaper.clone()));

@@ -90,7 +90,7 @@ fn same_magnitude(a: u64, b: u64, what: &str) {
 
 #[test]
 fn every_figure_is_the_kernel_s_in_kata_s_units() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("every_figure_is_the_kernel_s_in_kata_s_units") {
             return;
         }

@@ -44,7 +44,7 @@ fn mounted(f: &Fixture, mount_point: &str) -> bool {
 /// with its last container, and the next one gets a fresh file system.
 #[test]
 fn a_shared_block_emptydir_outlives_its_containers() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_shared_block_emptydir_outlives_its_containers") {
             return;
         }
@@ -106,7 +106,7 @@ fn a_shared_block_emptydir_outlives_its_containers() {
 /// with the last of them.
 #[test]
 fn containers_naming_one_storage_share_it() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("containers_naming_one_storage_share_it") {
             return;
         }
@@ -157,7 +157,7 @@ fn containers_naming_one_storage_share_it() {
 /// Each works, writes land where they should, and everything goes with the container.
 #[test]
 fn rootfs_storages_on_kata_s_paths() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("rootfs_storages_on_kata_s_paths") {
             return;
         }

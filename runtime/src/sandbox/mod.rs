@@ -60,6 +60,14 @@ pub struct SandboxConfig {
     pub devices: Vec<PathBuf>,
     /// Whether CopyFile keeps setuid, setgid and sticky bits (else they are cleared).
     pub allow_setuid_copy: bool,
+    /// The executable started as the fork helper (see `fork_helper`): the agent itself
+    /// unless a test names another. Not configurable from the agent's config file.
+    pub fork_helper: PathBuf,
+    /// How the fork helper logs, handed to it in its environment as
+    /// [`HELPER_LOG_ENV`](crate::fork_helper::HELPER_LOG_ENV): opaque to the runtime (the agent
+    /// puts its level and format there). `None`: the helper and the container processes it
+    /// forks log nothing.
+    pub fork_helper_log: Option<String>,
 }
 
 impl Default for SandboxConfig {
@@ -77,6 +85,8 @@ impl Default for SandboxConfig {
             allow_privileged: false,
             devices: Vec::new(),
             allow_setuid_copy: false,
+            fork_helper: PathBuf::from("/proc/self/exe"),
+            fork_helper_log: None,
         }
     }
 }
@@ -194,7 +204,11 @@ struct ContainerOps {
 impl Sandbox {
     /// A sandbox manager on youki's libcontainer, keeping its state under `config.run_root`.
     pub fn new(config: SandboxConfig) -> Sandbox {
-        let runtime = Arc::new(LibcontainerRuntime::new(config.state_root()));
+        let runtime = Arc::new(LibcontainerRuntime::with_fork_helper(
+            config.state_root(),
+            config.fork_helper.clone(),
+            config.fork_helper_log.clone(),
+        ));
         Sandbox::with_runtime(config, runtime)
     }
 

@@ -112,6 +112,7 @@ impl Fixture {
         let sandbox = Arc::new(setup(Sandbox::new(SandboxConfig {
             kata_root: kata_root.clone(),
             output_limit: 64 * 1024,
+            fork_helper: FORK_HELPER.into(),
             ..config
         })));
         let sandbox_id = format!("{name}-{}", std::process::id());
@@ -297,13 +298,13 @@ impl Drop for Fixture {
     }
 }
 
-/// The tests run one at a time, each on a runtime created after it has its turn: thread
-/// start-up and exit elsewhere in the process are what makes libcontainer's forked helpers
-/// hang (see `Watchdog` in src/youki.rs), so the tests do not create threads while another
-/// test forks. Concurrency inside one test (concurrent execs, waiters) is still exercised.
-pub fn run_serially(test: impl std::future::Future<Output = ()>) {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+/// This crate's fork helper binary (the agent binary is its own).
+pub const FORK_HELPER: &str = env!("CARGO_BIN_EXE_vigil-fork-helper");
+
+/// Each test on its own multi-threaded runtime, in parallel with the others: forking happens
+/// in the sandbox's single-threaded fork helper (src/fork_helper.rs), so thread start-up and
+/// exit anywhere in this process cannot make it hang.
+pub fn run_in_runtime(test: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .max_blocking_threads(16)
