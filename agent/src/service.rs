@@ -336,8 +336,8 @@ agent_service! {
     }
 
     async fn remove_stale_virtiofs_share_mounts(&self, _ctx: &TtrpcContext, _req: RemoveStaleVirtiofsShareMountsRequest) -> RpcResult<Empty> {
-        // The sandbox's shared directory (Kata's virtio-fs share); without a sandbox, none.
-        let Ok(shared) = self.sandbox.shared_dir().await else { return Ok(Empty::new()) };
+        // The sandbox's shared directory (Kata's virtio-fs share); without a sandbox, NOT_FOUND.
+        let shared = self.sandbox.shared_dir().await.map_err(AgentError::from)?;
         Ok(vigil_guest::ephemeral::refresh_shared_mounts(&shared).map(|_| Empty::new()).map_err(AgentError::from)?)
     }
 
