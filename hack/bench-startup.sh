@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Start-up benchmark: process start -> API listening, in mock-TEE mode against the KBS test
 # server on loopback, with the 2,500-line genpolicy-like policy delivered (signed) by the KBS.
-# Prints the median and p90 of the whole start and of each step over N runs (default 30).
+# Prints the median and p90 of the whole start and of each step over N runs (default 30), and
+# the agent's resident memory once it listens (idle: no request has come in yet).
 #
 #   hack/bench-startup.sh [N]
+#   VIGIL_AGENT_BIN=path/to/vigil-agent hack/bench-startup.sh   # another build, e.g. the static one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-30}"
 cargo build --release --locked --quiet -p vigil-agent -p kbs-test-server --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
+agent="${VIGIL_AGENT_BIN:-$bin/vigil-agent}"
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -58,15 +61,16 @@ mkfifo "$work/agent.ready"
 for _ in $(seq "$runs"); do
     rm -f "$work/agent.sock"
     start=$(date +%s%N)
-    "$bin/vigil-agent" --initdata "$work/initdata.toml" --kernel-cmdline "$work/cmdline" \
+    "$agent" --initdata "$work/initdata.toml" --kernel-cmdline "$work/cmdline" \
         >"$work/agent.ready" 2>"$work/agent.log" &
     agent_pid=$!
     # The readiness line, not a timer, marks the end of start-up.
     grep -m1 -q "listening on" <"$work/agent.ready"
     echo $(( ($(date +%s%N) - start) / 1000 )) >"$work/total"
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$agent_pid/status")
     kill -TERM "$agent_pid"
     wait "$agent_pid" || true
-    python3 - "$work/agent.log" "$(cat "$work/total")" >>"$work/results" <<'PY'
+    python3 - "$work/agent.log" "$(cat "$work/total")" "$rss" >>"$work/results" <<'PY'
 import json, sys
 steps = {}
 for line in open(sys.argv[1]):
@@ -77,7 +81,7 @@ for line in open(sys.argv[1]):
     msg = rec.get("fields", {}).get("message", "")
     if msg.startswith("step ") and "ms" in rec.get("fields", {}):
         steps[msg.split(":")[0]] = rec["fields"]["ms"]
-print(json.dumps({"total_us": int(sys.argv[2]), **steps}))
+print(json.dumps({"total_us": int(sys.argv[2]), "rss_kib": int(sys.argv[3]), **steps}))
 PY
 done
 python3 - "$work/results" "$runs" <<'PY'
@@ -91,6 +95,7 @@ def stat(key, scale=1.0):
     return f"median {statistics.median(v):8.2f} ms   p90 {p90:8.2f} ms"
 print(f"vigil-agent start-up, {sys.argv[2]} runs, mock TEE + KBS test server on loopback, 2,516-line policy")
 print(f"  process start -> listening     {stat('total_us', 1e-3)}")
+print(f"  RSS once listening (MiB)       {stat('rss_kib', 1 / 1024).replace(' ms', '')}")
 for k in sorted({k for r in rows for k in r if k.startswith('step')}):
     print(f"  {k:<30} {stat(k)}")
 PY

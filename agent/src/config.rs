@@ -111,8 +111,12 @@ pub struct EndpointsSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSection {
-    /// Parent of each sandbox's directory `<run_root>/<sandbox id>`, which holds bundles,
-    /// storages and `shared/` (the only place CopyFile writes). Absolute.
+    /// Where Kata's guest directories are (`shared/containers/`, the only place CopyFile
+    /// writes, `sandbox/`, one per container): the paths Kata's runtimes send. Absolute;
+    /// default `/run/kata-containers`.
+    pub kata_root: Option<PathBuf>,
+    /// For hosts that are not Kata's: the same directories under `<run_root>/<sandbox id>`
+    /// instead of `kata_root`. Absolute; unset by default; not together with `kata_root`.
     pub run_root: Option<PathBuf>,
     /// Whether OCI hooks (in container specs, or CreateSandbox's `guest_hook_path`) are
     /// accepted. Hooks run host-chosen programs in the guest, so they are refused by default.
@@ -143,9 +147,6 @@ pub struct GuestSection {
     pub allow_swap: Option<bool>,
 }
 
-/// Where Kata's runtime puts the pod's files in the guest (shared dirs, sandbox, volumes).
-pub const KATA_POD_DIR: &str = "/run/kata-containers";
-
 /// Bounds for `output_limit_bytes`: below 4 KiB a single read chunk overflows it; above
 /// 256 MiB one chatty process could take the guest's memory.
 const OUTPUT_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 4096..=256 << 20;
@@ -154,17 +155,27 @@ impl SandboxSection {
     /// The runtime's settings, or a message naming the bad key.
     fn to_runtime_config(&self) -> Result<vigil_runtime::SandboxConfig, String> {
         let mut c = vigil_runtime::SandboxConfig::default();
-        if let Some(root) = &self.run_root {
+        let plain_root = |key: &str, root: &Path| {
             let plain = root
                 .components()
                 .all(|p| matches!(p, Component::RootDir | Component::Normal(_)));
             if !root.is_absolute() || !plain || root.parent().is_none() {
                 return Err(format!(
-                    "[sandbox] run_root: {} must be an absolute path below / without \"..\" or \".\"",
+                    "[sandbox] {key}: {} must be an absolute path below / without \"..\" or \".\"",
                     root.display()
                 ));
             }
-            c.run_root = root.clone();
+            Ok(root.to_path_buf())
+        };
+        match (&self.kata_root, &self.run_root) {
+            (Some(_), Some(_)) => {
+                return Err("[sandbox] kata_root, run_root: set one of them, not both \
+                            (run_root puts Kata's directories under <run_root>/<sandbox id>)"
+                    .into())
+            }
+            (Some(k), None) => c.kata_root = plain_root("kata_root", k)?,
+            (None, Some(r)) => c.run_root = Some(plain_root("run_root", r)?),
+            (None, None) => {}
         }
         if let Some(allow) = self.allow_hooks {
             c.allow_hooks = allow;
@@ -404,7 +415,7 @@ fn guest_config(
 ) -> vigil_guest::GuestConfig {
     vigil_guest::GuestConfig {
         allow_swap: g.allow_swap.unwrap_or(false),
-        pod_dirs: vec![sandbox.run_root.clone(), PathBuf::from(KATA_POD_DIR)],
+        pod_dirs: sandbox.pod_dirs(),
     }
 }
 
@@ -572,6 +583,8 @@ mod tests {
         let c = parse("").unwrap();
         let d = vigil_runtime::SandboxConfig::default();
         assert_eq!(c.sandbox.run_root, d.run_root);
+        assert_eq!(c.sandbox.kata_root, Path::new("/run/kata-containers"));
+        assert!(c.sandbox.run_root.is_none());
         assert!(!c.sandbox.allow_hooks, "hooks must be refused by default");
 
         assert_eq!(
@@ -591,7 +604,9 @@ mod tests {
         assert_eq!(c.sandbox.capabilities, ["CAP_KILL", "CAP_NET_ADMIN"]);
         assert!(c.sandbox.allow_privileged && c.sandbox.allow_setuid_copy);
         assert_eq!(c.sandbox.devices, [PathBuf::from("/dev/fuse")]);
-        assert_eq!(c.sandbox.run_root, Path::new("/run/pods"));
+        assert_eq!(c.sandbox.run_root.as_deref(), Some(Path::new("/run/pods")));
+        let k = parse("[sandbox]\nkata_root = \"/tmp/kata\"\n").unwrap();
+        assert_eq!(k.sandbox.kata_root, Path::new("/tmp/kata"));
         assert!(c.sandbox.allow_hooks);
         assert_eq!(c.sandbox.output_limit, 65536);
         assert_eq!(c.sandbox.cgroup_parent, "kubepods/vigil");
@@ -600,6 +615,11 @@ mod tests {
             ("run_root = \"run/pods\"", "run_root"),
             ("run_root = \"/run/../etc\"", "run_root"),
             ("run_root = \"/\"", "run_root"),
+            ("kata_root = \"kata\"", "kata_root"),
+            (
+                "kata_root = \"/k\"\nrun_root = \"/r\"",
+                "kata_root, run_root",
+            ),
             ("output_limit_bytes = 10", "output_limit_bytes"),
             ("output_limit_bytes = 1099511627776", "output_limit_bytes"),
             ("cgroup_parent = \"/vigil\"", "cgroup_parent"),

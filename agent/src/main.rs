@@ -15,7 +15,9 @@ use vigil_agent::startup::{self, Options};
 /// [agent] (server_addr, log_level, log_format) and [endpoints] allowed =
 /// ["CreateContainerRequest", ...] (request message names; a file without [endpoints] allows
 /// nothing; ["*"] allows everything), plus optional [policy] (Rego agent policy, signer, logs),
-/// [attestation] (TEE mode, KBS), [sandbox] (run_root, allow_hooks, output_limit_bytes,
+/// [attestation] (TEE mode, KBS), [sandbox] (kata_root: Kata's guest directories, default
+/// /run/kata-containers; or run_root for the same under <run_root>/<sandbox id>; allow_hooks,
+/// output_limit_bytes,
 /// cgroup_parent, and what containers may ask of the guest: capabilities (bounding set,
 /// default containerd's), allow_privileged, devices (guest device paths), allow_setuid_copy),
 /// [image] (guest image pull: policy, signature_keys, insecure_registries, registry_ca_roots;
@@ -37,6 +39,10 @@ struct Cli {
 }
 
 fn main() {
+    // Started by our own container runtime as its single-threaded fork helper? Then serve it
+    // and exit here. Only a parent holding the other end of fd 3 can select this (see
+    // vigil_runtime::fork_helper); as PID 1 it is never true.
+    vigil_runtime::fork_helper::run_if_helper(startup::init_fork_helper_logging);
     // regorus creates (and discards) an anyhow error for many internal lookups; with
     // RUST_BACKTRACE set, each would capture a backtrace, making policy load and evaluation
     // several times slower. RUST_LIB_BACKTRACE governs only those captures: panics keep theirs.

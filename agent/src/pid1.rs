@@ -4,7 +4,8 @@
 //! `/init` plus the kernel modules it needs. The agent then has to:
 //!
 //! - mount `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts`, `/dev/shm`, `/run` and the cgroup
-//!   v2 hierarchy ([`setup`]); the agent reads `/proc/cmdline` right after;
+//!   v2 hierarchy ([`setup`]), and configfs once the modules are in (configfs-tsm); the agent
+//!   reads `/proc/cmdline` right after;
 //! - load the kernel modules shipped in the initramfs (the virtio transport, vsock, network
 //!   and console drivers are modules in distribution kernels), in the order that
 //!   `/etc/vigil/modules` lists them;
@@ -148,6 +149,19 @@ const MOUNTS: &[MountSpec] = &[
     },
 ];
 
+/// configfs, mounted after the modules (it is one in distribution kernels): TDX quotes come
+/// from configfs-tsm (`/sys/kernel/config/tsm/report`). Its directory exists only once the
+/// kernel has configfs, so a kernel without it is skipped quietly; the attester then says the
+/// report interface is absent, which is a start-up error only where a TEE needs it.
+const CONFIGFS: MountSpec = MountSpec {
+    source: "configfs",
+    target: "/sys/kernel/config",
+    fstype: "configfs",
+    flags: NOSUID_NODEV_NOEXEC,
+    data: "",
+    required: false,
+};
+
 /// Everything init does before the agent's own start-up sequence: mounts, console, Ctrl-Alt-
 /// Del, modules, network. Call it first thing in `main` when [`is_init`].
 pub fn setup() -> Result<(), Pid1Error> {
@@ -166,6 +180,11 @@ pub fn setup() -> Result<(), Pid1Error> {
 
     for module in modules_to_load(Path::new(MODULE_LIST), Path::new(MODULE_DIR))? {
         load_module(&module)?;
+    }
+    if Path::new(CONFIGFS.target).is_dir() {
+        if let Err(e) = mount(&CONFIGFS) {
+            eprintln!("vigil-agent: warning: {e}");
+        }
     }
 
     set_interface_up("lo")?;

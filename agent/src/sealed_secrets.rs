@@ -13,6 +13,12 @@
 //! sealed file `T`, the plaintext is written to `T.unsealed` and `D/name` becomes a symlink to
 //! it (relative, so it resolves inside the container too). A sealed file mounted on its own
 //! is unsealed beside itself and the mount's source points at the `.unsealed` file.
+//!
+//! Over virtio-fs Kata's Go shim sends a secret volume as a `watchable-bind` storage
+//! (container.go): the mount names the storage's mount point
+//! (`shared/containers/watchable/<name>`), which the runtime fills only afterwards with a copy
+//! of the storage's source. So such a mount is looked at through that source: the unsealed
+//! files are written there, and the copy carries them into the container.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -20,7 +26,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use vigil_kbc::sealed::{self, SealedSecret};
-use vigil_protos::agent::CreateContainerRequest;
+use vigil_protos::agent::{CreateContainerRequest, Storage};
 use zeroize::Zeroizing;
 
 use crate::resources::{ResourceErrorKind, ResourceSource};
@@ -133,6 +139,7 @@ impl SealedSecrets {
         req: &mut CreateContainerRequest,
         secret_root: Option<&Path>,
     ) -> Result<(), UnsealError> {
+        let watched = watchable_sources(&req.storages);
         let Some(spec) = req.OCI.as_mut() else {
             return Ok(());
         };
@@ -161,7 +168,8 @@ impl SealedSecrets {
         let mut file_plans = Vec::new();
         if let Some(root) = secret_root {
             for (i, m) in spec.Mounts.iter().enumerate() {
-                if let Some(dir) = secret_source(&m.source, root) {
+                let source = through_watchable(&m.source, &watched);
+                if let Some(dir) = secret_source(&source, root) {
                     let field = format!("OCI.Mounts[{i}] ({})", m.destination);
                     for mut plan in self.scan(&field, &dir, root).await? {
                         if plan.dir.is_none() {
@@ -349,6 +357,32 @@ fn kbs(field: &str, e: crate::resources::ResourceError) -> UnsealError {
         field: field.to_string(),
         cause,
     }
+}
+
+/// The request's `watchable-bind` storages: (mount point, source).
+fn watchable_sources(storages: &[Storage]) -> Vec<(PathBuf, PathBuf)> {
+    storages
+        .iter()
+        .filter(|s| s.driver == "watchable-bind")
+        .map(|s| (PathBuf::from(&s.mount_point), PathBuf::from(&s.source)))
+        .collect()
+}
+
+/// A mount source at or beneath a `watchable-bind` storage's mount point, as the same path in
+/// that storage's source (what the copy will be made from); any other source as it is.
+fn through_watchable(source: &str, watched: &[(PathBuf, PathBuf)]) -> String {
+    let p = Path::new(source);
+    watched
+        .iter()
+        .find_map(|(at, from)| {
+            let rest = p.strip_prefix(at).ok()?;
+            Some(if rest.as_os_str().is_empty() {
+                from.clone()
+            } else {
+                from.join(rest)
+            })
+        })
+        .map_or_else(|| source.to_string(), |p| p.display().to_string())
 }
 
 /// The guest path of a bind-mount source that may hold secrets: an absolute path under the
@@ -663,6 +697,42 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(outside.join("x")).unwrap(),
             sealed_text
+        );
+    }
+
+    /// Kata over virtio-fs: the mount names a watchable-bind storage's mount point, which does
+    /// not exist yet; the secret is found and unsealed in the storage's source, the copy's
+    /// origin, and the mount keeps naming the copy.
+    #[tokio::test]
+    async fn a_watchable_secret_volume_unseals_in_its_source() {
+        let key = SigningKey::random(&mut rand_core::OsRng);
+        let s = setup(&key, &[("default/app/db", b"hunter2")]);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("shared/containers");
+        let sealed_text = sealed::seal("default/app/db", &key, "t").unwrap();
+        let dir = secret_volume(&root, "c1-abc-creds", &[("password", &sealed_text)]);
+        let watched = root.join("watchable/c1-abc-creds");
+        let mut req = request(&[], &[("/etc/creds", watched.to_str().unwrap())]);
+        req.storages = vec![Storage {
+            driver: "watchable-bind".into(),
+            source: dir.display().to_string(),
+            fstype: "bind".into(),
+            mount_point: watched.display().to_string(),
+            ..Default::default()
+        }];
+        s.unseal(&mut req, Some(&root)).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("password")).unwrap(),
+            "hunter2"
+        );
+        assert_eq!(req.OCI.Mounts[0].source, watched.to_str().unwrap());
+        assert!(!watched.exists(), "the copy is the runtime's to make");
+        assert_eq!(
+            through_watchable(
+                &format!("{}/password", watched.display()),
+                &watchable_sources(&req.storages)
+            ),
+            format!("{}/password", dir.display())
         );
     }
 

@@ -345,8 +345,9 @@ agent_service! {
     }
 
     async fn remove_stale_virtiofs_share_mounts(&self, _ctx: &TtrpcContext, _req: RemoveStaleVirtiofsShareMountsRequest) -> RpcResult<Empty> {
-        let shared = std::path::Path::new(vigil_guest::ephemeral::KATA_SHARED_DIR);
-        Ok(vigil_guest::ephemeral::refresh_shared_mounts(shared).map(|_| Empty::new()).map_err(AgentError::from)?)
+        // The sandbox's shared directory (Kata's virtio-fs share); without a sandbox, NOT_FOUND.
+        let shared = self.sandbox.shared_dir().await.map_err(AgentError::from)?;
+        Ok(vigil_guest::ephemeral::refresh_shared_mounts(&shared).map(|_| Empty::new()).map_err(AgentError::from)?)
     }
 
     async fn mem_agent_memcg_set(&self, _ctx: &TtrpcContext, req: MemAgentMemcgConfig) -> RpcResult<Empty> {

@@ -144,7 +144,7 @@ pub async fn start(
     let t = Instant::now();
     let (loaded, mode) = configure(opts)?;
     let config = &loaded.config;
-    init_logging(opts, config);
+    let log = init_logging(opts, config);
     tracing::info!(
         source = %loaded.describe(),
         mode = ?mode,
@@ -204,7 +204,10 @@ pub async fn start(
     let gate = Arc::new(compile_gate(config, opts, initial)?);
     let workload_access = workload::access(kbs.as_ref(), &gate);
     let admin = PolicyAdmin::new(config.policy.clone(), config.signer.clone(), gate.clone());
-    let mut sandbox = vigil_runtime::Sandbox::new(config.sandbox.clone());
+    let mut sandbox = vigil_runtime::Sandbox::new(vigil_runtime::SandboxConfig {
+        fork_helper_log: Some(log),
+        ..config.sandbox.clone()
+    });
     if let Some(claims) = child_claims {
         sandbox = sandbox.with_child_claims(claims);
     }
@@ -579,7 +582,9 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-fn init_logging(opts: &Options, config: &Config) {
+/// Installs the agent's log; returns how the fork helper is to log the same way (see
+/// [`init_fork_helper_logging`]).
+fn init_logging(opts: &Options, config: &Config) -> String {
     let level = opts
         .log_level
         .or(config.agent.log_level)
@@ -588,6 +593,32 @@ fn init_logging(opts: &Options, config: &Config) {
         .log_format
         .or(config.agent.log_format)
         .unwrap_or_default();
+    install_logging(level, format);
+    let format = match format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    format!("{},{format}", level.as_str())
+}
+
+/// The fork helper's log (`vigil_runtime::fork_helper::run_if_helper`): `spec` is what
+/// [`init_logging`] returned in the agent. The container library logs from the processes the
+/// helper forks; with this, those lines reach the agent's log (never a workload's stdio, see
+/// `log_sink`). A spec it cannot read leaves the helper silent rather than guessing a level.
+pub fn init_fork_helper_logging(spec: &str) {
+    use clap::ValueEnum;
+    let Some((level, format)) = spec.split_once(',') else {
+        return;
+    };
+    if let (Ok(level), Ok(format)) = (
+        LogLevel::from_str(level, false),
+        LogFormat::from_str(format, false),
+    ) {
+        install_logging(level, format);
+    }
+}
+
+fn install_logging(level: LogLevel, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         // Not fd 2 itself: processes forked for containers have the workload's stderr there.
         .with_writer(crate::log_sink::LogSink::from_stderr())

@@ -152,7 +152,7 @@ fn every_agent_rpc_has_a_handler_of_ours() {
         let gate = Arc::new(Gate::new(Rules::from_allow_list(&AllowList::All)));
         let admin = vigil_agent::policy::PolicyAdmin::new(Default::default(), None, gate.clone());
         let sandbox = vigil_runtime::Sandbox::new(vigil_runtime::SandboxConfig {
-            run_root: dir.path().join("run"),
+            kata_root: dir.path().join("kata"),
             ..Default::default()
         });
         let api = Arc::new(AgentApi::new(guest, gate.clone(), admin).with_sandbox(sandbox));

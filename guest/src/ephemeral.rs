@@ -19,9 +19,6 @@ use crate::beneath::{is_mount_root, is_refusal, open_under, proc_path};
 use crate::error::{invalid, GuestError, Result};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
-/// Where Kata's runtime shares the containers' files from the host (virtio-fs).
-pub const KATA_SHARED_DIR: &str = "/run/kata-containers/shared/containers";
-
 /// One checked storage of the request.
 struct Remount {
     /// The mount point as the request names it (for messages).

@@ -4,7 +4,8 @@
 # KBS test server on the host (reached only through QEMU user networking, 10.0.2.100:8080 ->
 # 127.0.0.1:PORT), fetches the tenant's signed policy, then opens its API. From the host, over
 # vsock (vhost-device-vsock, hybrid vsock socket): Check, an allowed call, a call blocked by
-# the allow-list and one blocked by the policy, each with its exact status; then Ctrl-Alt-Del
+# the allow-list and one blocked by the policy, each with its exact status; the request sequence
+# of Kata's runtime for a two-container pod (tests/e2e/tests/kata_pod.rs); then Ctrl-Alt-Del
 # through QMP (SIGINT to init): the agent shuts down and powers the VM off, and QEMU must exit.
 # Before that, guest image pull: the guest pulls a cosign-signed busybox image from a registry
 # on the host (docker-registry on 127.0.0.1, reached as 10.0.2.101:5000) under the tenant's
@@ -88,20 +89,37 @@ wait_for_line "$work/registry.out" 60 "^ready" || die "the registry did not star
 registry_port=$(grep -m1 "listening on" "$work/registry.out" | sed 's/.*://')
 image_digest=$(grep -m1 "^digest " "$work/registry.out" | cut -d' ' -f2)
 
-# The tenant: keys, a signed policy released to this initdata only, and initdata carrying
-# the agent's config. Plain HTTP to a non-loopback address needs insecure_http (logged).
-# For guest pull: the [image] section (image policy and cosign key from the KBS), the RPCs a
-# pod needs, and a tenant rule allowing guest-pulled containers (the image policy decides
-# which images).
-export TENANT_EXTRA_ENDPOINTS='"ReadStreamRequest", "WaitProcessRequest", "RemoveContainerRequest", "GetMetricsRequest"'
+# Kata's pod sequence (tests/e2e/tests/kata_pod.rs kata_pod_in_the_guest), built now and run
+# once the guest listens: the RPCs it sends, and tenant rules that allow exactly its app
+# container and CopyFile under Kata's shared directory. Built as hack/test.sh builds the
+# workspace's tests (same features), so after it nothing is compiled again.
+(cd "$REPO_ROOT" && cargo test --workspace --locked --test kata_pod --no-run >&2)
+export TENANT_EXTRA_ENDPOINTS='"CopyFileRequest", "CloseStdinRequest", "ReadStreamRequest",
+           "WaitProcessRequest", "StatsContainerRequest", "SignalProcessRequest", "RemoveContainerRequest",
+           "GetMetricsRequest"'
 export TENANT_EXTRA_REGO='default StartContainerRequest := true
+default CloseStdinRequest := true
 default ReadStreamRequest := true
 default WaitProcessRequest := true
+default StatsContainerRequest := true
+default SignalProcessRequest := true
 default RemoveContainerRequest := true
 default GetMetricsRequest := true
+default CopyFileRequest := false
+CopyFileRequest if {
+    startswith(input.path, "/run/kata-containers/shared/containers/")
+}
+CreateContainerRequest if {
+    input.OCI.Annotations["io.kubernetes.cri.container-name"] == "app"
+    input.OCI.Root.Path == concat("/", ["/run/kata-containers/shared/containers", input.container_id, "rootfs"])
+}
 CreateContainerRequest if {
     input.storages[_].driver == "image_guest_pull"
 }'
+# The tenant: keys, a signed policy released to this initdata only, and initdata carrying
+# the agent's config. Plain HTTP to a non-loopback address needs insecure_http (logged).
+# For guest pull: the [image] section (image policy and cosign key from the KBS), GetMetrics,
+# and a tenant rule allowing guest-pulled containers (the image policy decides which images).
 image_config="[image]
 policy = \"kbs:///default/image-policy/prod\"
 signature_keys = [\"kbs:///default/cosign-key/prod\"]
@@ -166,6 +184,9 @@ expect_status() {
 
 expect_ok Check '{}' '"status": 1'
 t_first_answer=$(now)
+# Every mount init makes (devpts, /dev/shm, cgroup2, configfs for configfs-tsm) succeeded: a
+# failed optional one is a warning on the console.
+if grep -a "vigil-agent: warning: mounting" "$console"; then fail "init could not mount all it mounts"; fi
 # init_daemon is true only when the agent runs as PID 1: proof that it booted as init.
 expect_ok GetGuestDetails '{"mem_block_size": true}' '"init_daemon": true'
 # The pod network RPCs work from the static agent as init (route netlink in the guest):
@@ -177,11 +198,19 @@ expect_status ExecProcess '{"container_id": "c1", "exec_id": "e1"}' UNIMPLEMENTE
 expect_status CreateContainer '{"container_id": "c1", "OCI": {"Process": {"Args": ["/bin/sh"]}}}' \
     PERMISSION_DENIED "CreateContainerRequest is blocked by policy"
 grep -aq "step 3/5: tenant policy verified" "$console" || fail "no verified KBS policy on the console"
+# Kata's runtime's requests for a two-container pod, replayed in the guest (cgroup v2).
+t_pod=$(now)
+out=$(cd "$REPO_ROOT" && VIGIL_KATA_POD_ADDR=$addr cargo test --workspace --locked -q \
+    --test kata_pod -- --ignored --exact kata_pod_in_the_guest --nocapture 2>&1) ||
+    fail "Kata pod replay: $out"
+grep -q "test result: ok. 1 passed" <<<"$out" || fail "the Kata pod replay did not run: $out"
+grep -q "stats read on cgroup v2" <<<"$out" || fail "the guest's stats were not cgroup v2: $out"
+log "ok: Kata pod replay (pause + app container, Kata's paths, stats in ns on cgroup v2) in $(elapsed_ms "$t_pod" "$(now)") ms"
 
 # Guest image pull, with the requests Kata's runtime sends for a pod (as JSON in Kata's shape).
 # kata_container CID KIND IMAGE: a CreateContainer request whose rootfs is an image_guest_pull
 # storage (KIND "sandbox": the pause container, from the pause bundle).
-sandbox_dir=/run/vigil/sandbox/e2e-pod
+sandbox_dir=/run/kata-containers # Kata's guest layout: a guest-pulled rootfs at <cid>/rootfs
 kata_container() {
     python3 - "$1" "$2" "$3" "$sandbox_dir/$1/rootfs" <<'PY'
 import json, sys

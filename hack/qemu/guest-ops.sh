@@ -164,9 +164,10 @@ qmp blockdev-add "{\"driver\": \"raw\", \"node-name\": \"vol\", \"file\": {\"dri
     fail "QMP blockdev-add failed"
 qmp device_add '{"driver": "virtio-blk-pci", "id": "vol0", "drive": "vol", "bus": "rp2", "addr": "0x0"}' ||
     fail "QMP could not hot-plug the volume disk"
-volume=/run/vigil/sandbox/s1/vol
-blkvol=/run/vigil/sandbox/s1/blkvol
-expect_ok CreateSandbox '{"sandbox_id": "s1", "storages": [{"driver": "ephemeral", "source": "tmpfs", "fstype": "tmpfs", "options": ["size=8m"], "mount_point": "vol"}, {"driver": "blk", "source": "11/00", "fstype": "ext4", "options": ["noatime"], "mount_point": "blkvol"}]}' '{}'
+# Where Kata's runtime mounts them: sandbox/ephemeral/<volume>, sandbox/storage/<volume>.
+volume=/run/kata-containers/sandbox/ephemeral/vol
+blkvol=/run/kata-containers/sandbox/storage/blkvol
+expect_ok CreateSandbox "{\"sandbox_id\": \"s1\", \"storages\": [{\"driver\": \"ephemeral\", \"source\": \"tmpfs\", \"fstype\": \"tmpfs\", \"options\": [\"size=8m\"], \"mount_point\": \"$volume\"}, {\"driver\": \"blk\", \"source\": \"11/00\", \"fstype\": \"ext4\", \"options\": [\"noatime\"], \"mount_point\": \"$blkvol\"}]}" '{}'
 before=$(call GetVolumeStats "{\"volume_guest_path\": \"$blkvol\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["usage"][0]["total"])') ||
     fail "GetVolumeStats of the block volume failed"
 [ "$before" -gt $((24 << 20)) ] && [ "$before" -le $((32 << 20)) ] || fail "the 32 MiB block volume reports $before bytes"

@@ -99,9 +99,11 @@ REGO
 import hashlib, json, os, stat, sys
 w, busybox, sealed_env, sealed_file, forged = sys.argv[1:]
 sid, cid, bad = "wl", "wl-c1", "wl-bad"
-shared = f"/run/vigil/sandbox/{sid}/shared"
-rootfs = f"{shared}/{cid}-rootfs"
-vol = f"{shared}/{cid}-creds"
+# Kata's guest layout: the image where the Go shim shares a container's rootfs, the secret
+# volume as a file it shares (<cid>-<random>-<name>, fs_share_linux.go).
+shared = "/run/kata-containers/shared/containers"
+rootfs = f"{shared}/{cid}/rootfs"
+vol = f"{shared}/{cid}-5f1c2a9e0b7d4386-creds"
 stamp = "..2025_01_01_00_00_00.1"
 h = lambda name: hashlib.sha256(open(os.path.join(w, name), "rb").read()).hexdigest()
 def dump(name, obj):
@@ -141,12 +143,12 @@ exit 0
 def container(id, env):
     return {
         "container_id": id,
-        "storages": [{"driver": "bind", "source": rootfs, "mount_point": f"containers/{id}/rootfs"}],
+        "storages": [],
         "OCI": {
             "Version": "1.0.2",
             "Process": {"Args": ["/bin/busybox", "sh", "-c", script], "Env": ["PATH=/bin", env],
                         "Cwd": "/", "User": {"UID": 0, "GID": 0}},
-            "Root": {"Path": "rootfs"},
+            "Root": {"Path": rootfs},
             "Mounts": [{"destination": "/proc", "source": "proc", "type_": "proc"},
                        {"destination": "/etc/creds", "source": vol, "type_": "bind", "options": ["rbind", "ro"]}],
             "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},

@@ -15,14 +15,19 @@ mod copy_file;
 mod devices;
 mod diagnostic;
 mod error;
+pub mod fork_helper;
 mod guest_pull;
+mod hooks;
 mod hotplug;
 mod layout;
 mod mount;
+mod pidfd;
+mod pod_ns;
 mod runtime;
 mod sandbox;
 mod spec;
 mod staging;
+mod stats;
 mod stdio;
 mod storage;
 mod youki;
@@ -33,3 +38,16 @@ pub use runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, 
 pub use sandbox::{Sandbox, SandboxConfig};
 pub use spec::{capability_name, check_device_path, DEFAULT_CAPABILITIES, FORBIDDEN_DEVICES};
 pub use youki::LibcontainerRuntime;
+
+/// CopyFile's writing on its own (no sandbox around it: `shared_dir` plays the sandbox's
+/// `shared/`), for the fuzz target that checks it never writes outside the jail
+/// (`tests/fuzz-targets`). Not an API.
+#[doc(hidden)]
+pub fn copy_file_into(
+    shared_dir: &std::path::Path,
+    req: &vigil_protos::agent::CopyFileRequest,
+    keep_setuid: bool,
+) -> Result<(), RuntimeError> {
+    let shared = confine::Owned::open_dir(shared_dir.to_path_buf())?;
+    copy_file::copy_file(&shared, req, keep_setuid)
+}

@@ -269,3 +269,23 @@ pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 pub(crate) fn detach_path(p: &Path) {
     let _ = umount2(p, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
 }
+
+/// Unmounts anything left under `dir`, then removes it. Refuses to delete while a mount is
+/// still there: deleting through a bind mount would delete its source.
+pub(crate) fn clean_dir(dir: &Path) -> Result<()> {
+    for m in mounts_under(dir) {
+        detach_path(&m);
+    }
+    let left = mounts_under(dir);
+    if !left.is_empty() {
+        return Err(RuntimeError::Internal(format!(
+            "not removing {}: still mounted: {left:?}",
+            dir.display()
+        )));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::internal(dir.display(), e)),
+    }
+}

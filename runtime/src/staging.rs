@@ -9,7 +9,7 @@
 //! out of reach of any container.
 
 use std::os::fd::AsFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
@@ -22,10 +22,12 @@ use crate::spec::Placement;
 
 pub(crate) struct Staging<'a> {
     bundle: &'a Owned,
+    /// Where a relative Root.Path is: the container's own directory (as Kata's bundle).
+    container_dir: &'a Path,
     /// Where bind sources may come from: the shared directory, storages, the agent's files.
     bind_roots: Vec<&'a Owned>,
-    /// Where a rootfs may come from: the shared directory and storages (among them the one
-    /// mounted at `<bundle>/rootfs`).
+    /// Where a rootfs may come from: the shared directory and storages (such as a guest-pulled
+    /// image at `<cid>/rootfs`).
     rootfs_roots: Vec<&'a Owned>,
     /// What was staged, to be unmounted with the container.
     pub(crate) mounts: Vec<Mounted>,
@@ -35,6 +37,7 @@ pub(crate) struct Staging<'a> {
 impl<'a> Staging<'a> {
     pub(crate) fn new(
         bundle: &'a Owned,
+        container_dir: &'a Path,
         shared: &'a Owned,
         storages: &[&'a Owned],
         agent_files: &[&'a Owned],
@@ -42,11 +45,12 @@ impl<'a> Staging<'a> {
         let mut bind_roots = vec![shared];
         bind_roots.extend(storages.iter().copied());
         bind_roots.extend(agent_files.iter().copied());
-        // Not the bundle itself: only what a storage provides there (`<bundle>/rootfs`).
+        // Never the bundle (agent-private): the shared directory and what storages provide.
         let mut rootfs_roots = vec![shared];
         rootfs_roots.extend(storages.iter().copied());
         Staging {
             bundle,
+            container_dir,
             bind_roots,
             rootfs_roots,
             mounts: Vec::new(),
@@ -92,15 +96,15 @@ impl Placement for Staging<'_> {
         let abs = if Path::new(given).is_absolute() {
             PathBuf::from(given)
         } else {
-            self.bundle.path().join(given)
+            self.container_dir.join(given)
         };
         let shown = abs.to_string_lossy().into_owned();
         let fd = open_in(
             &self.rootfs_roots,
             &shown,
             field,
-            "the shared directory or a storage (a relative path is relative to the bundle, where \
-             a storage must be mounted at rootfs)",
+            "the shared directory or a storage (a relative path is relative to the container's \
+             own directory, where a storage such as a guest-pulled image is mounted)",
         )?;
         let st = beneath::fstat(fd.as_fd()).map_err(|e| RuntimeError::internal(given, e))?;
         if !beneath::is_dir(&st) {
@@ -108,15 +112,6 @@ impl Placement for Staging<'_> {
                 field,
                 format!("{given:?} is not a directory"),
             ));
-        }
-        let staged = self.bundle.path().join(ROOTFS);
-        let normal: PathBuf = abs
-            .components()
-            .filter(|c| *c != Component::CurDir)
-            .collect();
-        if normal == staged {
-            // Already in place: a storage of this container mounted at <bundle>/rootfs.
-            return Ok(staged);
         }
         // Device nodes in a rootfs the host provides are never usable.
         self.stage(fd, Path::new(ROOTFS), MsFlags::MS_NODEV, field)

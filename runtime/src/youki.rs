@@ -5,47 +5,50 @@
 //! while it connects, which a multi-threaded agent cannot allow. So the sandbox makes the pty
 //! itself, passes the slave as stdin/stdout/stderr, and [`ControllingTtyExecutor`] makes it the
 //! controlling terminal in the container process (already a session leader) just before exec.
+//!
+//! Forking calls (create, start, exec) run in the single-threaded fork helper
+//! ([`crate::fork_helper`]), never in this multi-threaded process.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use libcgroups::common::{CgroupConfig, CgroupManager, CgroupSetup, ControllerOpt};
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::signal::Signal;
-use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use vigil_protos::agent as pb;
 
 use crate::error::{Result, RuntimeError};
+use crate::fork_helper::ForkHelper;
 use crate::runtime::{ContainerRuntime, OomWake, ProcessIo};
-
-/// libcontainer binds and connects its start-notification sockets after a *process-wide*
-/// `chdir` into the container's state directory (to dodge the 108-byte socket path limit).
-/// Two such calls at once would bind or connect in each other's directory, so create, start
-/// and exec, the calls that do it, take this lock. It lasts for the fork and the hand-shake
-/// (milliseconds), never for a container's life. It is a static because what it guards, the
-/// working directory, belongs to the whole process, whatever number of runtimes it holds.
-/// The agent itself uses only absolute paths, so the short-lived change does not affect its
-/// other threads.
-static CWD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// libcontainer keeps one state directory per container under `state_root`.
 pub struct LibcontainerRuntime {
     state_root: PathBuf,
-    watchdog: Watchdog,
+    helper: ForkHelper,
     /// The guest runs from its initramfs, where pivot_root(2) is refused (EINVAL): containers
     /// then get their root by moving the mount and chroot, as Kata's agent does in that case.
     no_pivot: bool,
 }
 
 impl LibcontainerRuntime {
+    /// A runtime whose fork helper is this executable (`/proc/self/exe`): the agent, which
+    /// serves as the helper when started as one (`fork_helper::run_if_helper` in its `main`).
     pub fn new(state_root: impl Into<PathBuf>) -> LibcontainerRuntime {
+        LibcontainerRuntime::with_fork_helper(state_root, "/proc/self/exe", None)
+    }
+
+    /// A runtime whose fork helper is `program` (a binary whose `main` starts with
+    /// `fork_helper::run_if_helper`), logging as `log` says (see `SandboxConfig::fork_helper_log`).
+    pub fn with_fork_helper(
+        state_root: impl Into<PathBuf>,
+        program: impl Into<PathBuf>,
+        log: Option<String>,
+    ) -> LibcontainerRuntime {
         LibcontainerRuntime {
             state_root: state_root.into(),
-            watchdog: Watchdog::start(),
+            helper: ForkHelper::new(program, log),
             no_pivot: root_is_initramfs(),
         }
     }
@@ -59,43 +62,10 @@ impl LibcontainerRuntime {
             .map_err(|e| RuntimeError::internal(format!("loading container {id}"), e))
     }
 
-    fn cwd_guard(&self) -> CwdGuard {
-        let lock = CWD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        // libcontainer does not change back when the bind or connect fails (say the container's
-        // init died first), which would leave the whole agent in a directory about to be
-        // deleted: restore the working directory ourselves, whatever happened.
-        let saved = std::fs::File::open(".").ok();
-        // libcontainer also writes a spec's oomScoreAdj into /proc/self (the agent's own score,
-        // inherited by the child): put the agent's back afterwards, or a BestEffort pod's 1000
-        // would make the agent the OOM killer's first choice.
-        let oom_score_adj = std::fs::read_to_string(OOM_SCORE_ADJ).ok();
-        CwdGuard {
-            saved,
-            oom_score_adj,
-            _watch: self.watchdog.watch(),
-            _lock: lock,
-        }
-    }
-
-    fn builder(&self, id: &str, io: ProcessIo) -> Result<ContainerBuilder> {
+    fn state_root(&self) -> Result<&Path> {
         std::fs::create_dir_all(&self.state_root)
             .map_err(|e| RuntimeError::internal(self.state_root.display(), e))?;
-        let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&self.state_root)
-            .map_err(|e| RuntimeError::internal("runtime state directory", e))?;
-        if io.controlling_tty {
-            b = b.with_executor(ControllingTtyExecutor);
-        }
-        if let Some(fd) = io.stdin {
-            b = b.with_stdin(fd);
-        }
-        if let Some(fd) = io.stdout {
-            b = b.with_stdout(fd);
-        }
-        if let Some(fd) = io.stderr {
-            b = b.with_stderr(fd);
-        }
-        Ok(b)
+        Ok(&self.state_root)
     }
 
     fn cgroup(&self, id: &str) -> Result<libcgroups::common::AnyCgroupManager> {
@@ -113,133 +83,6 @@ impl LibcontainerRuntime {
         libcontainer::config::YoukiConfig::load(self.state_root.join(id))
             .map(|c| c.cgroup_path)
             .map_err(|e| RuntimeError::internal(format!("container {id} config"), e))
-    }
-}
-
-const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
-
-/// Undoes libcontainer's process-wide changes to the calling process (see `cwd_guard`).
-struct CwdGuard {
-    saved: Option<std::fs::File>,
-    oom_score_adj: Option<String>,
-    _watch: WatchedCall,
-    _lock: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Drop for CwdGuard {
-    fn drop(&mut self) {
-        let restored = match &self.saved {
-            Some(dir) => nix::unistd::fchdir(std::os::fd::AsRawFd::as_raw_fd(dir)).is_ok(),
-            None => false,
-        };
-        if !restored {
-            let _ = std::env::set_current_dir("/");
-        }
-        if let Some(adj) = &self.oom_score_adj {
-            if std::fs::read_to_string(OOM_SCORE_ADJ).ok().as_ref() != Some(adj) {
-                if let Err(e) = std::fs::write(OOM_SCORE_ADJ, adj.trim()) {
-                    tracing::warn!(error = %e, "restoring the agent's oom_score_adj");
-                }
-            }
-        }
-    }
-}
-
-/// Un-sticks libcontainer's helper children.
-///
-/// libcontainer forks with a raw `clone3` from our multi-threaded process, and its helper
-/// child ends with `std::process::exit`, whose clean-up takes a std-internal lock (the
-/// stack-overflow handler table) that another thread may have held at the instant of the
-/// clone; the child then waits forever and so does the call that waits for it (seen with gdb
-/// in this crate's tests, about one create in a few hundred under heavy thread churn).
-/// By then the helper has done its work, and libcontainer accepts a helper killed by a signal.
-/// So while a forking call has run for longer than [`STUCK_AFTER`], this long-lived thread
-/// (created once: starting threads is what races) SIGKILLs any child that is a copy of this
-/// executable, single-threaded, and waiting on a futex: a stuck helper. A container process
-/// never is one (it waits in `accept` for its start signal, or runs its own program). The
-/// real fix is to fork from a single-threaded helper process, as Kata's agent re-executes
-/// itself; see README.md.
-struct Watchdog {
-    active: Arc<Mutex<Vec<std::time::Instant>>>,
-}
-
-const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
-
-struct WatchedCall {
-    started: std::time::Instant,
-    active: Arc<Mutex<Vec<std::time::Instant>>>,
-}
-
-impl Drop for WatchedCall {
-    fn drop(&mut self) {
-        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = a.iter().position(|t| *t == self.started) {
-            a.swap_remove(i);
-        }
-    }
-}
-
-impl Watchdog {
-    fn start() -> Watchdog {
-        let active: Arc<Mutex<Vec<std::time::Instant>>> = Arc::default();
-        let seen = Arc::downgrade(&active);
-        let spawned = std::thread::Builder::new()
-            .name("vigil-runtime-watchdog".into())
-            .spawn(move || loop {
-                std::thread::park_timeout(std::time::Duration::from_secs(1));
-                let Some(active) = seen.upgrade() else { return };
-                let overdue = active
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .any(|t| t.elapsed() > STUCK_AFTER);
-                if overdue {
-                    kill_stuck_helpers();
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no watchdog for libcontainer's helper processes");
-        }
-        Watchdog { active }
-    }
-
-    fn watch(&self) -> WatchedCall {
-        let started = std::time::Instant::now();
-        self.active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(started);
-        WatchedCall {
-            started,
-            active: self.active.clone(),
-        }
-    }
-}
-
-fn kill_stuck_helpers() {
-    let Ok(me) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for pid in children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-            let same_exe = std::fs::read_link(proc_dir.join("exe")).is_ok_and(|e| e == me);
-            let one_thread = std::fs::read_dir(proc_dir.join("task")).is_ok_and(|t| t.count() == 1);
-            let on_futex =
-                std::fs::read_to_string(proc_dir.join("wchan")).is_ok_and(|w| w.contains("futex"));
-            if same_exe && one_thread && on_futex {
-                tracing::warn!(pid, "killing a stuck libcontainer helper process");
-                // SAFETY: plain kill of our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
     }
 }
 
@@ -265,26 +108,13 @@ fn lc_err(what: String) -> impl FnOnce(libcontainer::error::LibcontainerError) -
 
 impl ContainerRuntime for LibcontainerRuntime {
     fn create(&self, id: &str, bundle: &Path, io: ProcessIo) -> Result<i32> {
-        let _cwd = self.cwd_guard();
-        let container = self
-            .builder(id, io)?
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .with_no_pivot(self.no_pivot)
-            .build()
-            .map_err(lc_err(format!("creating container {id}")))?;
-        container
-            .pid()
-            .map(|p| p.as_raw())
-            .ok_or_else(|| RuntimeError::Internal(format!("container {id} has no init pid")))
+        self.helper
+            .create(self.state_root()?, id, bundle, self.no_pivot, io)
     }
 
     fn start(&self, id: &str) -> Result<()> {
-        let _cwd = self.cwd_guard();
-        self.load(id)?
-            .start()
-            .map_err(lc_err(format!("starting container {id}")))
+        self.load(id)?;
+        self.helper.start(&self.state_root, id)
     }
 
     fn exec(&self, id: &str, process: &oci_spec::runtime::Process, io: ProcessIo) -> Result<i32> {
@@ -296,16 +126,11 @@ impl ContainerRuntime for LibcontainerRuntime {
             process,
         )
         .map_err(|e| RuntimeError::internal("writing the exec process", e))?;
-        let _cwd = self.cwd_guard();
-        let result = self.builder(id, io).and_then(|b| {
-            b.as_tenant()
-                .with_process(Some(&file))
-                .with_detach(true)
-                .build()
-                .map_err(lc_err(format!("exec in container {id}")))
-        });
+        let result = self
+            .state_root()
+            .and_then(|root| self.helper.exec(root, id, &file, io));
         let _ = std::fs::remove_file(&file);
-        Ok(result?.as_raw())
+        result
     }
 
     fn signal_all(&self, id: &str, signal: i32) -> Result<()> {
@@ -353,11 +178,8 @@ impl ContainerRuntime for LibcontainerRuntime {
     }
 
     fn stats(&self, id: &str) -> Result<pb::CgroupStats> {
-        let s = self
-            .cgroup(id)?
-            .stats()
-            .map_err(|e| RuntimeError::internal(format!("stats of container {id}"), e))?;
-        Ok(convert_stats(s))
+        // Read by vigil in Kata's units and layout (libcgroups reports raw ticks and µs).
+        crate::stats::CgroupDirs::of(&self.cgroup_path(id)?)?.stats()
     }
 
     fn oom_kills(&self, id: &str) -> Result<u64> {
@@ -463,7 +285,7 @@ fn tempfile_in(dir: &Path, prefix: &str, suffix: &str) -> Result<PathBuf> {
 /// Runs the workload like libcontainer's default executor, after making stdin (a pty slave)
 /// the controlling terminal of the process's session.
 #[derive(Clone)]
-struct ControllingTtyExecutor;
+pub(crate) struct ControllingTtyExecutor;
 
 impl Executor for ControllingTtyExecutor {
     fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
@@ -479,92 +301,6 @@ impl Executor for ControllingTtyExecutor {
 
     fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
-    }
-}
-
-fn convert_stats(s: libcgroups::stats::Stats) -> pb::CgroupStats {
-    let mem = |d: &libcgroups::stats::MemoryData| pb::MemoryData {
-        usage: d.usage,
-        max_usage: d.max_usage,
-        failcnt: d.fail_count,
-        limit: d.limit,
-        ..Default::default()
-    };
-    let blk = |v: &[libcgroups::stats::BlkioDeviceStat]| -> Vec<pb::BlkioStatsEntry> {
-        v.iter()
-            .map(|e| pb::BlkioStatsEntry {
-                major: e.major,
-                minor: e.minor,
-                op: e.op_type.clone().unwrap_or_default(),
-                value: e.value,
-                ..Default::default()
-            })
-            .collect()
-    };
-    pb::CgroupStats {
-        cpu_stats: Some(pb::CpuStats {
-            cpu_usage: Some(pb::CpuUsage {
-                total_usage: s.cpu.usage.usage_total,
-                percpu_usage: s.cpu.usage.per_core_usage_total.clone(),
-                usage_in_kernelmode: s.cpu.usage.usage_kernel,
-                usage_in_usermode: s.cpu.usage.usage_user,
-                ..Default::default()
-            })
-            .into(),
-            throttling_data: Some(pb::ThrottlingData {
-                periods: s.cpu.throttling.periods,
-                throttled_periods: s.cpu.throttling.throttled_periods,
-                throttled_time: s.cpu.throttling.throttled_time,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        })
-        .into(),
-        memory_stats: Some(pb::MemoryStats {
-            cache: s.memory.cache,
-            usage: Some(mem(&s.memory.memory)).into(),
-            swap_usage: Some(mem(&s.memory.memswap)).into(),
-            kernel_usage: Some(mem(&s.memory.kernel)).into(),
-            use_hierarchy: s.memory.hierarchy,
-            stats: s.memory.stats.clone(),
-            ..Default::default()
-        })
-        .into(),
-        pids_stats: Some(pb::PidsStats {
-            current: s.pids.current,
-            limit: s.pids.limit,
-            ..Default::default()
-        })
-        .into(),
-        blkio_stats: Some(pb::BlkioStats {
-            io_service_bytes_recursive: blk(&s.blkio.service_bytes),
-            io_serviced_recursive: blk(&s.blkio.serviced),
-            io_queued_recursive: blk(&s.blkio.queued),
-            io_service_time_recursive: blk(&s.blkio.service_time),
-            io_wait_time_recursive: blk(&s.blkio.wait_time),
-            io_merged_recursive: blk(&s.blkio.merged),
-            io_time_recursive: blk(&s.blkio.time),
-            sectors_recursive: blk(&s.blkio.sectors),
-            ..Default::default()
-        })
-        .into(),
-        hugetlb_stats: s
-            .hugetlb
-            .iter()
-            .map(|(k, h)| {
-                (
-                    k.clone(),
-                    pb::HugetlbStats {
-                        usage: h.usage,
-                        max_usage: h.max_usage,
-                        failcnt: h.fail_count,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect(),
-        ..Default::default()
     }
 }
 

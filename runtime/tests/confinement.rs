@@ -15,7 +15,7 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 #[test]
 fn refusals_leave_nothing_behind() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("refusals_leave_nothing_behind") {
             return;
         }
@@ -25,7 +25,7 @@ fn refusals_leave_nothing_behind() {
             Err(RuntimeError::InvalidArgument { field, .. }) => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
         };
-        let shared = f.dir().join("shared");
+        let shared = f.shared();
         let bind = |src: &str| oci::Mount {
             destination: "/data".into(),
             source: src.into(),
@@ -104,7 +104,7 @@ fn refusals_leave_nothing_behind() {
                         driver: "ephemeral".into(),
                         source: "/dev/vda".into(),
                         fstype: "ext4".into(),
-                        mount_point: "disk".into(),
+                        mount_point: "sandbox/disk".into(),
                         ..Default::default()
                     })
                 }),
@@ -117,7 +117,7 @@ fn refusals_leave_nothing_behind() {
                         driver: "blk".into(),
                         source: "0000:00:02.0".into(),
                         fstype: "ext4".into(),
-                        mount_point: "disk".into(),
+                        mount_point: "sandbox/disk".into(),
                         ..Default::default()
                     })
                 }),
@@ -193,6 +193,20 @@ fn refusals_leave_nothing_behind() {
                 Box::new(|r| r.container_id = "../up".into()),
                 "container_id",
             ),
+            // A name of the layout's own directories is no container id.
+            (
+                Box::new(|r| r.container_id = "sandbox".into()),
+                "container_id",
+            ),
+            // Another container's directory, or the agent's, is no mount point.
+            (
+                Box::new(|r| r.storages[0].mount_point = "someone-else/rootfs".into()),
+                "storages[0].mount_point",
+            ),
+            (
+                Box::new(|r| r.storages[0].mount_point = ".vigil/pod/containers/x".into()),
+                "storages[0].mount_point",
+            ),
             (
                 Box::new(|r| {
                     r.OCI.as_mut().unwrap().Linux.as_mut().unwrap().Namespaces[0].Path =
@@ -256,7 +270,8 @@ fn refusals_leave_nothing_behind() {
         f.destroy().await;
         // Without a sandbox, container requests are NOT_FOUND.
         let none = Sandbox::new(SandboxConfig {
-            run_root: std::env::temp_dir().join("vigil-no-sandbox"),
+            kata_root: std::env::temp_dir().join("vigil-no-sandbox"),
+            fork_helper: FORK_HELPER.into(),
             ..Default::default()
         });
         assert!(matches!(
@@ -279,7 +294,7 @@ fn refusals_leave_nothing_behind() {
 /// outside the sandbox.
 #[test]
 fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("symlinks_a_container_plants_in_a_shared_directory_are_never_followed") {
             return;
         }
@@ -328,7 +343,10 @@ fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
                 let mut r = f.request(&b, &["true"], false);
                 r.storages.push(Storage {
                     driver: "ephemeral".into(),
-                    mount_point: format!("shared/vol/escape{}/made-by-vigil", outside.display()),
+                    mount_point: format!(
+                        "shared/containers/vol/escape{}/made-by-vigil",
+                        outside.display()
+                    ),
                     ..Default::default()
                 });
                 (r, "storages[1].mount_point")
@@ -377,7 +395,7 @@ fn symlinks_a_container_plants_in_a_shared_directory_are_never_followed() {
 /// inside directory, never the outside one (the runtime library only ever gets a staged path).
 #[test]
 fn a_swap_between_check_and_use_never_mounts_what_is_outside() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_swap_between_check_and_use_never_mounts_what_is_outside") {
             return;
         }
@@ -454,7 +472,7 @@ fn a_swap_between_check_and_use_never_mounts_what_is_outside() {
 /// UpdateContainer (which makes libcgroups write its defaults again); /dev/null works.
 #[test]
 fn device_rules_are_the_agents() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("device_rules_are_the_agents") {
             return;
         }
@@ -507,7 +525,7 @@ fn device_rules_are_the_agents() {
 /// bundle and runs; device nodes on it are unusable (nodev), while /dev (a fresh tmpfs) works.
 #[test]
 fn a_rootfs_from_the_shared_directory_is_staged_without_devices() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_rootfs_from_the_shared_directory_is_staged_without_devices") {
             return;
         }

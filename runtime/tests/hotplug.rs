@@ -41,7 +41,7 @@ fn with_host_device(mut r: CreateContainerRequest) -> CreateContainerRequest {
 
 #[test]
 fn a_hot_plugged_disk_is_usable_and_nothing_else_is() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_hot_plugged_disk_is_usable_and_nothing_else_is") {
             return;
         }

@@ -15,7 +15,7 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 
 #[test]
 fn full_lifecycle() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("full_lifecycle") {
             return;
         }
@@ -280,7 +280,7 @@ fn full_lifecycle() {
 
 #[test]
 fn remove_kills_running_processes_and_destroy_cleans_everything() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("remove_kills_running_processes_and_destroy_cleans_everything") {
             return;
         }
@@ -331,7 +331,7 @@ fn remove_kills_running_processes_and_destroy_cleans_everything() {
 
 #[test]
 fn a_process_writing_100_mb_with_no_reader_finishes() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_process_writing_100_mb_with_no_reader_finishes") {
             return;
         }
@@ -357,7 +357,7 @@ fn a_process_writing_100_mb_with_no_reader_finishes() {
 
 #[test]
 fn concurrent_execs_in_two_containers() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("concurrent_execs_in_two_containers") {
             return;
         }
@@ -396,7 +396,7 @@ fn concurrent_execs_in_two_containers() {
 
 #[test]
 fn oom_kill_is_reported() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("oom_kill_is_reported") {
             return;
         }
@@ -440,14 +440,16 @@ fn oom_kill_is_reported() {
 
 #[test]
 fn shared_pid_namespace_and_sandbox_storages() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("shared_pid_namespace_and_sandbox_storages") {
             return;
         }
+        // The layout under `[sandbox] run_root` (per sandbox id), for hosts that are not Kata's.
         let tmp = tempfile::tempdir().unwrap();
         let run_root = tmp.path().join("run");
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
-            run_root: run_root.clone(),
+            run_root: Some(run_root.clone()),
+            fork_helper: FORK_HELPER.into(),
             ..Default::default()
         }));
         let sid = format!("pidns-{}", std::process::id());
@@ -458,13 +460,13 @@ fn shared_pid_namespace_and_sandbox_storages() {
                 storages: vec![
                     Storage {
                         driver: "ephemeral".into(),
-                        mount_point: "scratch".into(),
+                        mount_point: "sandbox/ephemeral/scratch".into(),
                         options: vec!["size=1m".into()],
                         ..Default::default()
                     },
                     Storage {
                         driver: "local".into(),
-                        mount_point: "local-dir".into(),
+                        mount_point: format!("shared/containers/{sid}/rootfs/local/dir"),
                         options: vec!["mode=0750".into()],
                         ..Default::default()
                     },
@@ -474,7 +476,7 @@ fn shared_pid_namespace_and_sandbox_storages() {
             .await
             .unwrap();
         let dir = run_root.join(&sid);
-        let rootfs = dir.join("shared/rootfs");
+        let rootfs = dir.join("shared/containers/busybox");
         busybox_rootfs(&rootfs);
         let fstype = |p: &Path| {
             std::fs::read_to_string("/proc/self/mountinfo")
@@ -487,10 +489,11 @@ fn shared_pid_namespace_and_sandbox_storages() {
                         .map(|r| r.split(' ').next().unwrap().to_string())
                 })
         };
-        assert_eq!(fstype(&dir.join("scratch")).as_deref(), Some("tmpfs"));
+        let scratch = dir.join("sandbox/ephemeral/scratch");
+        assert_eq!(fstype(&scratch).as_deref(), Some("tmpfs"));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            std::fs::metadata(dir.join("local-dir"))
+            std::fs::metadata(dir.join(format!("shared/containers/{sid}/rootfs/local/dir")))
                 .unwrap()
                 .permissions()
                 .mode()
@@ -547,8 +550,8 @@ fn shared_pid_namespace_and_sandbox_storages() {
             .destroy_sandbox(DestroySandboxRequest::new())
             .await
             .unwrap();
-        assert!(fstype(&dir.join("scratch")).is_none());
-        assert!(!dir.exists());
+        assert!(fstype(&scratch).is_none());
+        assert!(!dir.exists(), "a run_root sandbox's directory goes with it");
         for id in &ids {
             assert_container_gone(&dir, id);
         }
@@ -576,7 +579,7 @@ fn shared_pid_namespace_and_sandbox_storages() {
 
 #[test]
 fn oom_kill_of_a_process_the_agent_did_not_start_is_reported() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("oom_kill_of_a_process_the_agent_did_not_start_is_reported") {
             return;
         }
@@ -619,5 +622,100 @@ fn oom_kill_of_a_process_the_agent_did_not_start_is_reported() {
         assert_eq!(event.container_id, cid);
         f.remove(&cid).await;
         f.destroy().await;
+    });
+}
+
+/// The fork helper under stress (run by hand, figures in docs/BENCHMARKS.md):
+/// `cargo test --release -p vigil-runtime --test lifecycle -- --ignored --nocapture fork_stress`
+/// (`FORK_STRESS_ROUNDS`, default 50, per worker). Four workers each create, start, exec into
+/// twice and remove containers in a loop while four other threads start and end threads and
+/// tokio runtimes without pause: the thread churn that hung libcontainer's forked children
+/// when they were forked from this process. Every call must finish (bounded at 30 s each).
+#[test]
+#[ignore]
+fn fork_stress() {
+    run_in_runtime(async {
+        if !privileged("fork_stress") {
+            return;
+        }
+        let rounds: usize = std::env::var("FORK_STRESS_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let churn: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::spawn(|| std::hint::black_box(1))
+                            .join()
+                            .unwrap();
+                        if n.is_multiple_of(16) {
+                            drop(
+                                tokio::runtime::Builder::new_multi_thread()
+                                    .worker_threads(2)
+                                    .build(),
+                            );
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let f = Arc::new(Fixture::new("stress").await);
+        let started = std::time::Instant::now();
+        let mut workers = Vec::new();
+        for w in 0..4 {
+            let f = f.clone();
+            workers.push(tokio::spawn(async move {
+                let mut times = Vec::new();
+                for r in 0..rounds {
+                    let id = format!("s{w}-{r}-{}", std::process::id());
+                    let t = std::time::Instant::now();
+                    tokio::time::timeout(Duration::from_secs(30), f.run(&id, &["sleep", "1000"]))
+                        .await
+                        .expect("create + start finished");
+                    times.push(t.elapsed());
+                    for e in 0..2 {
+                        let eid = format!("e{e}");
+                        let t = std::time::Instant::now();
+                        tokio::time::timeout(
+                            Duration::from_secs(30),
+                            f.exec(&id, &eid, &["true"], false),
+                        )
+                        .await
+                        .expect("exec finished")
+                        .unwrap();
+                        times.push(t.elapsed());
+                        assert_eq!(f.wait(&id, &eid).await, 0);
+                    }
+                    f.remove(&id).await;
+                }
+                times
+            }));
+        }
+        let mut times = Vec::new();
+        for w in workers {
+            times.extend(w.await.unwrap());
+        }
+        let total = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let threads: u64 = churn.into_iter().map(|c| c.join().unwrap()).sum();
+        times.sort();
+        let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+        println!(
+            "fork_stress: {} creates+starts and {} execs in {:.1} s while {threads} threads came and went; \
+             per call p50 {:?}, p99 {:?}, max {:?}",
+            4 * rounds,
+            8 * rounds,
+            total.as_secs_f64(),
+            pct(0.5),
+            pct(0.99),
+            times.last().unwrap()
+        );
+        Arc::try_unwrap(f).ok().unwrap().destroy().await;
     });
 }

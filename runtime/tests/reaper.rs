@@ -95,7 +95,8 @@ async fn exit_codes_survive_a_pid1_reaper() {
         })
     };
     let sandbox = Sandbox::new(SandboxConfig {
-        run_root: tmp.path().join("run"),
+        kata_root: tmp.path().join("kata"),
+        fork_helper: env!("CARGO_BIN_EXE_vigil-fork-helper").into(),
         ..Default::default()
     })
     .with_child_claims(Arc::new(reaper.clone()));
@@ -108,7 +109,7 @@ async fn exit_codes_survive_a_pid1_reaper() {
         .await
         .unwrap();
     // The image, where the host's shared file system would put it.
-    let rootfs = tmp.path().join("run").join(&sid).join("shared/rootfs");
+    let rootfs = tmp.path().join("kata/shared/containers/rootfs");
     for d in ["bin", "proc", "dev", "tmp"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
@@ -123,7 +124,7 @@ async fn exit_codes_survive_a_pid1_reaper() {
             storages: vec![Storage {
                 driver: "bind".into(),
                 source: rootfs.to_string_lossy().into_owned(),
-                mount_point: format!("containers/{cid}/rootfs"),
+                mount_point: format!("{cid}/rootfs"),
                 ..Default::default()
             }],
             OCI: Some(oci::Spec {

@@ -1,7 +1,8 @@
 //! Storages the pod's containers share, as Kata's runtime sends them: each container's
 //! CreateContainer names the same storage at the same mount point, which is set up once and
 //! used by all; `shared` (Kata's block emptyDirs) keeps it, and its data, until the sandbox goes.
-//! A loop device at a fake PCI slot stands in for the hot-plugged emptyDir disk.
+//! A loop device at a fake PCI slot stands in for the hot-plugged emptyDir disk. And the
+//! rootfs storages Kata's runtime sends, at the paths it sends them to.
 
 mod common;
 
@@ -43,7 +44,7 @@ fn mounted(f: &Fixture, mount_point: &str) -> bool {
 /// with its last container, and the next one gets a fresh file system.
 #[test]
 fn a_shared_block_emptydir_outlives_its_containers() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("a_shared_block_emptydir_outlives_its_containers") {
             return;
         }
@@ -67,7 +68,7 @@ fn a_shared_block_emptydir_outlives_its_containers() {
                 source: slot.into(),
                 fstype: "ext4".into(),
                 driver_options: vec!["create_filesystem".into()],
-                mount_point: format!("emptydir/{slot}"),
+                mount_point: format!("sandbox/storage/{slot}"),
                 shared,
                 ..Default::default()
             };
@@ -94,8 +95,8 @@ fn a_shared_block_emptydir_outlives_its_containers() {
             }
         }
         // The shared one is still there until the sandbox goes (destroy checks nothing is left).
-        assert!(mounted(&f, "emptydir/06"));
-        assert!(!mounted(&f, "emptydir/07"));
+        assert!(mounted(&f, "sandbox/storage/06"));
+        assert!(!mounted(&f, "sandbox/storage/07"));
         f.destroy().await;
     });
 }
@@ -105,7 +106,7 @@ fn a_shared_block_emptydir_outlives_its_containers() {
 /// with the last of them.
 #[test]
 fn containers_naming_one_storage_share_it() {
-    run_serially(async {
+    run_in_runtime(async {
         if !privileged("containers_naming_one_storage_share_it") {
             return;
         }
@@ -116,7 +117,7 @@ fn containers_naming_one_storage_share_it() {
             source: "tmpfs".into(),
             fstype: "tmpfs".into(),
             options: vec!["size=1m".into()],
-            mount_point: "ephemeral/cache".into(),
+            mount_point: "sandbox/ephemeral/cache".into(),
             ..Default::default()
         };
         let a = format!("emptydir-a-{pid}");
@@ -136,12 +137,107 @@ fn containers_naming_one_storage_share_it() {
         );
         let out = run_to_end(&f, with_volume(&f, &b, &s, "cat /data/f")).await;
         assert_eq!(out, "from-a\n");
-        assert!(mounted(&f, "ephemeral/cache"), "a still holds it");
+        assert!(mounted(&f, "sandbox/ephemeral/cache"), "a still holds it");
         f.remove(&a).await;
         assert!(
-            !mounted(&f, "ephemeral/cache"),
+            !mounted(&f, "sandbox/ephemeral/cache"),
             "gone with its last container"
         );
+        f.destroy().await;
+    });
+}
+
+/// A container's rootfs as Kata's Go shim sends it, on Kata's paths (absolute, as sent):
+/// - a block device (`blk` by PCI path) mounted at `shared/containers/<cid>`, the rootfs its
+///   `rootfs/` directory (fs_share_linux.go, the block-device rootfs case);
+/// - an `overlayfs` at the container's own `<cid>/rootfs`, upper and work directories made by
+///   `create_directory` at `<cid>/fs` and `<cid>/work` (the layered case), the layer from the
+///   shared directory.
+///
+/// Each works, writes land where they should, and everything goes with the container.
+#[test]
+fn rootfs_storages_on_kata_s_paths() {
+    run_in_runtime(async {
+        if !privileged("rootfs_storages_on_kata_s_paths") {
+            return;
+        }
+        // The disk: an ext4 holding rootfs/ (a busybox) and a marker.
+        let image = tempfile::tempdir().unwrap();
+        busybox_rootfs(&image.path().join("rootfs"));
+        std::fs::write(image.path().join("rootfs/marker"), "on-the-disk\n").unwrap();
+        let Some(disk) = LoopDisk::new(32 << 20, b"") else {
+            eprintln!("skipping rootfs_storages_on_kata_s_paths: no loop devices");
+            return;
+        };
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(image.path())
+            .arg(&disk.dev)
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs)");
+        assert!(mkfs.success());
+        let devices = FakeDevices::new();
+        devices.pci(8, &disk.dev);
+        let tree = devices.tree.clone();
+        let f = Fixture::with_setup("kpaths", SandboxConfig::default(), |s| {
+            s.with_device_tree(tree)
+        })
+        .await;
+        let root = f.dir().display().to_string();
+        let pid = std::process::id();
+        let with_rootfs = |id: &str, storage: Storage, rootfs: String, script: &str| {
+            let mut r = f.request(id, &["sh", "-c", script], false);
+            r.storages = vec![storage];
+            r.OCI.as_mut().unwrap().Root.as_mut().unwrap().Path = rootfs;
+            r
+        };
+
+        let blk = format!("kpaths-blk-{pid}");
+        let bundle = format!("{root}/shared/containers/{blk}");
+        let storage = Storage {
+            driver: "blk".into(),
+            source: "08".into(),
+            fstype: "ext4".into(),
+            mount_point: bundle.clone(),
+            ..Default::default()
+        };
+        let r = with_rootfs(&blk, storage, format!("{bundle}/rootfs"), "cat /marker");
+        assert_eq!(run_to_end(&f, r).await, "on-the-disk\n");
+        assert!(!mounted(&f, &format!("shared/containers/{blk}")));
+
+        let layered = format!("kpaths-ovl-{pid}");
+        let own = format!("{root}/{layered}");
+        let storage = Storage {
+            driver: "overlayfs".into(),
+            source: "overlay".into(),
+            fstype: "overlay".into(),
+            driver_options: ["fs", "work"]
+                .iter()
+                .map(|d| format!("io.katacontainers.volume.overlayfs.create_directory={own}/{d}"))
+                .collect(),
+            options: vec![
+                format!("lowerdir={}", f.rootfs.display()),
+                format!("upperdir={own}/fs"),
+                format!("workdir={own}/work"),
+            ],
+            mount_point: format!("{own}/rootfs"),
+            ..Default::default()
+        };
+        let r = with_rootfs(
+            &layered,
+            storage,
+            format!("{own}/rootfs"),
+            "echo written >/new && cat /new",
+        );
+        let id = r.container_id.clone();
+        f.start(r).await;
+        assert_eq!(f.read_all(&id, "", true).await, "written\n");
+        assert_eq!(f.wait(&id, "").await, 0);
+        let upper = std::path::Path::new(&own).join("fs/new");
+        assert_eq!(std::fs::read_to_string(&upper).unwrap(), "written\n");
+        assert!(!f.rootfs.join("new").exists(), "the layer was written");
+        f.remove(&id).await;
+        assert!(!std::path::Path::new(&own).exists(), "{own} left behind");
         f.destroy().await;
     });
 }

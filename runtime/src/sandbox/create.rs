@@ -13,11 +13,12 @@ use vigil_protos::agent::*;
 use vigil_protos::oci;
 
 use super::{
-    check_id, clean_dir, lock, new_io, Container, ContainerOps, SandboxState, Status,
-    DESTROY_TIMEOUT,
+    check_id, lock, process::new_io, Container, ContainerOps, SandboxState, Status, DESTROY_TIMEOUT,
 };
 use crate::confine::Owned;
 use crate::error::{Result, RuntimeError};
+use crate::hooks::AgentHooks;
+use crate::layout::Layout;
 use crate::mount::{unmount_all, Mounted};
 use crate::spec::{self, DeviceNum, SpecContext};
 use crate::staging::Staging;
@@ -52,6 +53,10 @@ struct Acquired {
 impl Sandbox {
     pub async fn create_container(&self, req: CreateContainerRequest) -> Result<Empty> {
         check_id(&req.container_id, "container_id")?;
+        Layout::check_container_id(&req.container_id)?;
+        if !req.exec_id.is_empty() {
+            check_id(&req.exec_id, "exec_id")?;
+        }
         let oci_spec = req
             .OCI
             .as_ref()
@@ -170,7 +175,9 @@ impl Sandbox {
         let (req, spec_in) = (new.req, new.spec);
         let id = req.container_id.as_str();
         let shared = sandbox.layout.shared()?;
-        let mut namespaces = std::collections::BTreeMap::new();
+        // Every container joins the pod's IPC and UTS namespaces (as in Kata and Kubernetes).
+        let mut namespaces: std::collections::BTreeMap<&'static str, PathBuf> =
+            sandbox.pod_namespaces.paths().into_iter().collect();
         match (req.sandbox_pidns, sandbox.shared_pidns) {
             (false, _) => {}
             (true, false) => {
@@ -199,6 +206,7 @@ impl Sandbox {
         for defaults in &storages.process {
             defaults.apply(spec_in.Process.mut_or_insert_default())?;
         }
+        crate::hooks::append(&mut spec_in, &sandbox.guest_hooks);
         if let Some(resolv) = &resolv {
             if !spec_in
                 .Mounts
@@ -229,7 +237,8 @@ impl Sandbox {
             .chain(storages.roots.iter())
             .collect();
         let agent_files: Vec<&Owned> = resolv.iter().collect();
-        let mut staging = Staging::new(bundle, &shared, &storages, &agent_files);
+        let container_dir = sandbox.layout.container_dir(id);
+        let mut staging = Staging::new(bundle, &container_dir, &shared, &storages, &agent_files);
         let spec = spec::container_spec(&spec_in, &ctx, &mut staging);
         mounts.append(&mut staging.mounts);
         spec
@@ -243,15 +252,14 @@ impl Sandbox {
         let (req, spec_in) = (new.req, new.spec);
         let id = req.container_id.clone();
         let bundle_path = sandbox.layout.bundle_path(&id);
-        if bundle_path.exists() {
-            clean_dir(&bundle_path)?;
-        }
+        // Whatever an agent that died left for this id goes first.
+        sandbox.layout.remove_container(&id)?;
         let bundle = sandbox.layout.create_bundle(&id)?;
         let mut mounts = Vec::new();
         let storages = match self.add_storages(sandbox, req).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = clean_dir(&bundle_path);
+                let _ = sandbox.layout.remove_container(&id);
                 return Err(e);
             }
         };
@@ -260,16 +268,18 @@ impl Sandbox {
             mounts,
             storages: storages.held,
         };
-        let spec = match prepared {
+        let mut spec = match prepared {
             Ok(s) => s,
-            Err(e) => return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await),
+            Err(e) => return Err(self.undo(sandbox, &mut acquired, &id, e).await),
         };
+        let hooks = AgentHooks::take(&mut spec);
+        let annotations = spec.annotations().clone().unwrap_or_default();
         let config_json = bundle_path.join("config.json");
         if let Err(e) = spec
             .save(&config_json)
             .map_err(|e| RuntimeError::internal(config_json.display(), e))
         {
-            return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
+            return Err(self.undo(sandbox, &mut acquired, &id, e).await);
         }
         let device_rules = spec
             .linux()
@@ -280,7 +290,7 @@ impl Sandbox {
         let process = spec_in.Process.as_ref().cloned().unwrap_or_default();
         let (child_io, parent_io) = match new_io(&process) {
             Ok(io) => io,
-            Err(e) => return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await),
+            Err(e) => return Err(self.undo(sandbox, &mut acquired, &id, e).await),
         };
         let runtime = self.runtime.clone();
         let (cid, b) = (id.clone(), bundle_path.clone());
@@ -291,7 +301,7 @@ impl Sandbox {
             Ok(p) => p,
             Err(e) => {
                 self.delete_quietly(&id).await;
-                return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
+                return Err(self.undo(sandbox, &mut acquired, &id, e).await);
             }
         };
         // The library adds device rules of its own (tun/tap among them): put the agent's in
@@ -303,14 +313,14 @@ impl Sandbox {
         {
             self.delete_quietly(&id).await;
             drop(claim);
-            return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
+            return Err(self.undo(sandbox, &mut acquired, &id, e).await);
         }
         let oom_watched = self.watch_oom(&id).await;
         let init = match self.track(&id, pid, claim, parent_io, !oom_watched) {
             Ok(p) => p,
             Err(e) => {
                 self.delete_quietly(&id).await;
-                return Err(self.undo(sandbox, &mut acquired, &bundle_path, e).await);
+                return Err(self.undo(sandbox, &mut acquired, &id, e).await);
             }
         };
         Ok(Arc::new(Container {
@@ -324,9 +334,12 @@ impl Sandbox {
             }),
             processes: Mutex::new(HashMap::new()),
             init,
+            init_exec_id: req.exec_id.clone(),
             oom_kills_seen: AtomicU64::new(0),
             oom_watched,
             device_rules,
+            hooks,
+            annotations,
         }))
     }
 
@@ -335,7 +348,7 @@ impl Sandbox {
         &self,
         sandbox: &SandboxState,
         acquired: &mut Acquired,
-        bundle_path: &std::path::Path,
+        id: &str,
         e: RuntimeError,
     ) -> RuntimeError {
         unmount_all(&mut acquired.mounts);
@@ -347,7 +360,7 @@ impl Sandbox {
         for problem in problems {
             tracing::warn!(%problem, "undoing a failed CreateContainer");
         }
-        let _ = clean_dir(bundle_path);
+        let _ = sandbox.layout.remove_container(id);
         e
     }
 

@@ -7,35 +7,42 @@
 //! blocks another. Stdio and waits take no container lock at all.
 
 mod create;
+mod process;
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protobuf::well_known_types::empty::Empty;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use vigil_guest::blockdev::DeviceTree;
 use vigil_protos::agent::*;
-use vigil_protos::oci;
 
 use crate::error::{Result, RuntimeError};
+use crate::hooks::AgentHooks;
 use crate::layout::Layout;
 use crate::mount::{self, Mounted};
-use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake, ProcessIo};
+use crate::pod_ns::PodNamespaces;
+use crate::runtime::{ChildClaims, ClaimToken, ContainerRuntime, NoReaper, OomWake};
 use crate::spec::{self, SpecLimits};
-use crate::stdio::{self, OutputBuffer, StdinWriter};
+use crate::stdio;
 use crate::storage::{Held, SandboxStorages, StorageDrivers};
 use crate::youki::LibcontainerRuntime;
+use process::{send_signal, Process};
 
 /// Where and how the sandbox lives, and what containers may ask of the guest. The defaults
 /// are the strict ones; the agent fills this from its measured configuration (`[sandbox]`).
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Parent of the sandbox run directories (one per sandbox id) and of the runtime's state.
-    pub run_root: PathBuf,
+    /// Where Kata's guest directories are (`shared/containers`, `sandbox`, `<container id>`;
+    /// see `layout`): the paths Kata's runtimes send. Default `/run/kata-containers`.
+    pub kata_root: PathBuf,
+    /// For hosts that are not Kata's: the same directories under `<run_root>/<sandbox id>`
+    /// instead of `kata_root`. Unset by default.
+    pub run_root: Option<PathBuf>,
     /// Whether container specs may carry OCI hooks.
     pub allow_hooks: bool,
     /// Bytes of unread output kept per stream; older output is dropped past this.
@@ -53,12 +60,21 @@ pub struct SandboxConfig {
     pub devices: Vec<PathBuf>,
     /// Whether CopyFile keeps setuid, setgid and sticky bits (else they are cleared).
     pub allow_setuid_copy: bool,
+    /// The executable started as the fork helper (see `fork_helper`): the agent itself
+    /// unless a test names another. Not configurable from the agent's config file.
+    pub fork_helper: PathBuf,
+    /// How the fork helper logs, handed to it in its environment as
+    /// [`HELPER_LOG_ENV`](crate::fork_helper::HELPER_LOG_ENV): opaque to the runtime (the agent
+    /// puts its level and format there). `None`: the helper and the container processes it
+    /// forks log nothing.
+    pub fork_helper_log: Option<String>,
 }
 
 impl Default for SandboxConfig {
     fn default() -> SandboxConfig {
         SandboxConfig {
-            run_root: PathBuf::from("/run/vigil/sandbox"),
+            kata_root: PathBuf::from("/run/kata-containers"),
+            run_root: None,
             allow_hooks: false,
             output_limit: 1 << 20,
             cgroup_parent: "vigil".into(),
@@ -69,12 +85,41 @@ impl Default for SandboxConfig {
             allow_privileged: false,
             devices: Vec::new(),
             allow_setuid_copy: false,
+            fork_helper: PathBuf::from("/proc/self/exe"),
+            fork_helper_log: None,
         }
     }
 }
 
-/// Largest chunk one ReadStdout/ReadStderr returns (well under ttrpc's message limit).
-const MAX_READ: usize = 1 << 20;
+impl SandboxConfig {
+    /// The root of sandbox `id`'s layout, and whether it is the sandbox's alone.
+    fn layout_root(&self, id: &str) -> (PathBuf, bool) {
+        match &self.run_root {
+            Some(r) => (r.join(id), true),
+            None => (self.kata_root.clone(), false),
+        }
+    }
+
+    /// The directories of a pod's volumes, the only ones guest operations on volumes
+    /// (GetVolumeStats, ResizeVolume, UpdateEphemeralMounts) may answer for: the layout's
+    /// `shared/` and `sandbox/` under `kata_root`; with `run_root`, that whole directory (the
+    /// sandbox id, which names the pod's directory under it, is not known before CreateSandbox).
+    pub fn pod_dirs(&self) -> Vec<PathBuf> {
+        match &self.run_root {
+            Some(r) => vec![r.clone()],
+            None => Layout::volume_dirs(&self.kata_root),
+        }
+    }
+
+    /// Where the runtime library keeps its state (agent-private).
+    fn state_root(&self) -> PathBuf {
+        match &self.run_root {
+            Some(r) => r.join(".runtime"),
+            None => self.kata_root.join(".vigil/runtime"),
+        }
+    }
+}
+
 /// How long DestroySandbox waits for each container's processes to die.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -96,6 +141,10 @@ struct SandboxState {
     hostname: String,
     layout: Layout,
     shared_pidns: bool,
+    /// Hooks from CreateSandbox's `guest_hook_path`, added to every container's spec.
+    guest_hooks: vigil_protos::oci::Hooks,
+    /// The IPC and UTS namespaces every container of the pod joins.
+    pod_namespaces: PodNamespaces,
     /// The storages of the sandbox and its containers, by mount point (see `storage`); an
     /// async lock, because setting one up may wait for a hot-plugged device.
     storages: tokio::sync::Mutex<SandboxStorages>,
@@ -120,13 +169,27 @@ struct Container {
     id: String,
     bundle: PathBuf,
     ops: tokio::sync::Mutex<ContainerOps>,
+    /// The exec'd processes, by exec id.
     processes: Mutex<HashMap<String, Arc<Process>>>,
     init: Arc<Process>,
+    /// The exec id CreateContainer gave the init process (may be empty); `""` also names it.
+    init_exec_id: String,
     oom_kills_seen: AtomicU64,
     /// The runtime notifies OOMs in this container (else process deaths are checked).
     oom_watched: bool,
     /// The agent's device-cgroup rules, put back after every resource update.
     device_rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>,
+    /// The spec's poststart and poststop hooks, which the agent runs (see `hooks`).
+    hooks: AgentHooks,
+    /// The spec's annotations, for the OCI state hooks read.
+    annotations: HashMap<String, String>,
+}
+
+impl Container {
+    /// Whether `exec_id` names the init process: `""`, or the exec id it was created with.
+    fn is_init(&self, exec_id: &str) -> bool {
+        exec_id.is_empty() || exec_id == self.init_exec_id
+    }
 }
 
 struct ContainerOps {
@@ -138,141 +201,14 @@ struct ContainerOps {
     removed: bool,
 }
 
-struct Process {
-    pid: i32,
-    pidfd: Arc<OwnedFd>,
-    stdin: tokio::sync::Mutex<Option<StdinWriter>>,
-    stdout: Option<Arc<OutputBuffer>>,
-    stderr: Option<Arc<OutputBuffer>>,
-    pty_master: Option<OwnedFd>,
-    exit: watch::Receiver<Option<i32>>,
-    waited: AtomicBool,
-}
-
-impl Process {
-    fn exited(&self) -> Option<i32> {
-        *self.exit.borrow()
-    }
-
-    async fn wait(&self) -> i32 {
-        let mut rx = self.exit.clone();
-        let status = match rx.wait_for(|s| s.is_some()).await {
-            Ok(s) => s.unwrap_or(255),
-            Err(_) => self.exited().unwrap_or(255),
-        };
-        self.waited.store(true, Ordering::SeqCst);
-        status
-    }
-
-    /// Nothing more can be asked of it: exited, waited for, all output read.
-    fn finished(&self) -> bool {
-        self.exited().is_some()
-            && self.waited.load(Ordering::SeqCst)
-            && self.stdout.as_ref().is_none_or(|b| b.is_finished())
-            && self.stderr.as_ref().is_none_or(|b| b.is_finished())
-    }
-}
-
-/// The agent-side ends of a new process's stdio.
-struct ParentIo {
-    stdin: Option<OwnedFd>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    pty_master: Option<OwnedFd>,
-}
-
-fn new_io(process: &oci::Process) -> Result<(ProcessIo, ParentIo)> {
-    if process.Terminal {
-        let size = process.ConsoleSize.as_ref();
-        let rows = size
-            .map(|s| s.Height)
-            .unwrap_or(24)
-            .clamp(1, u16::MAX as u32) as u16;
-        let cols = size
-            .map(|s| s.Width)
-            .unwrap_or(80)
-            .clamp(1, u16::MAX as u32) as u16;
-        let (master, slave) = stdio::pty(rows, cols)?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| RuntimeError::internal("pty", e));
-        Ok((
-            ProcessIo {
-                stdin: Some(dup(&slave)?),
-                stdout: Some(dup(&slave)?),
-                stderr: Some(slave),
-                controlling_tty: true,
-            },
-            ParentIo {
-                stdin: Some(dup(&master)?),
-                stdout: Some(dup(&master)?),
-                stderr: None,
-                pty_master: Some(master),
-            },
-        ))
-    } else {
-        let (in_r, in_w) = stdio::pipe()?;
-        let (out_r, out_w) = stdio::pipe()?;
-        let (err_r, err_w) = stdio::pipe()?;
-        Ok((
-            ProcessIo {
-                stdin: Some(in_r),
-                stdout: Some(out_w),
-                stderr: Some(err_w),
-                controlling_tty: false,
-            },
-            ParentIo {
-                stdin: Some(in_w),
-                stdout: Some(out_r),
-                stderr: Some(err_r),
-                pty_master: None,
-            },
-        ))
-    }
-}
-
-fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is a fresh descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(RuntimeError::internal(
-            format!("pidfd_open({pid})"),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Reaps the process behind `pidfd` once it exits; Kata's convention for the status:
-/// the exit code, or 128 + the signal that killed it.
-fn reap(pidfd: &OwnedFd) -> std::io::Result<Option<i32>> {
-    // SAFETY: a zeroed siginfo_t is valid; waitid fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: waitid succeeded, so the child fields are set (si_pid 0: not exited yet).
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => status,
-        _ => 128 + status,
-    }))
-}
-
 impl Sandbox {
     /// A sandbox manager on youki's libcontainer, keeping its state under `config.run_root`.
     pub fn new(config: SandboxConfig) -> Sandbox {
-        let runtime = Arc::new(LibcontainerRuntime::new(config.run_root.join(".runtime")));
+        let runtime = Arc::new(LibcontainerRuntime::with_fork_helper(
+            config.state_root(),
+            config.fork_helper.clone(),
+            config.fork_helper_log.clone(),
+        ));
         Sandbox::with_runtime(config, runtime)
     }
 
@@ -376,23 +312,6 @@ impl Sandbox {
         found.ok_or_else(|| RuntimeError::not_found("container", id))
     }
 
-    async fn process(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-    ) -> Result<(Arc<Container>, Arc<Process>)> {
-        let c = self.container(container_id).await?;
-        let p = if exec_id.is_empty() {
-            c.init.clone()
-        } else {
-            lock(&c.processes)
-                .get(exec_id)
-                .cloned()
-                .ok_or_else(|| RuntimeError::not_found("process", exec_id))?
-        };
-        Ok((c, p))
-    }
-
     /// The sandbox's shared directory (CopyFile's jail), if a sandbox exists.
     pub async fn shared_dir(&self) -> Result<PathBuf> {
         Ok(self.sandbox().await?.layout.shared_path())
@@ -421,10 +340,21 @@ impl Sandbox {
                 "OCI hooks are not allowed by the agent configuration",
             ));
         }
+        let guest_hooks = if req.guest_hook_path.is_empty() {
+            vigil_protos::oci::Hooks::default()
+        } else {
+            crate::hooks::guest_hooks(&req.guest_hook_path)?
+        };
         if !req.kernel_modules.is_empty() {
             return Err(RuntimeError::invalid(
                 "kernel_modules",
                 "loading kernel modules is not supported",
+            ));
+        }
+        if req.hostname.len() > 64 || req.hostname.contains('\0') {
+            return Err(RuntimeError::invalid(
+                "hostname",
+                "longer than 64 bytes, or contains a NUL byte",
             ));
         }
         for (i, d) in req.dns.iter().enumerate() {
@@ -442,12 +372,10 @@ impl Sandbox {
                 id: s.id.clone(),
             });
         }
-        let dir = self.config.run_root.join(&req.sandbox_id);
-        if dir.exists() {
-            // Left over from an agent that died: start clean rather than inherit its files.
-            clean_dir(&dir)?;
-        }
-        let layout = Layout::create(&self.config.run_root, &req.sandbox_id)?;
+        let pod_namespaces = PodNamespaces::create(&req.hostname)?;
+        // What an agent that died left there is removed first: nothing is inherited.
+        let (root, per_sandbox) = self.config.layout_root(&req.sandbox_id);
+        let layout = Layout::create(&root, per_sandbox)?;
         if !req.dns.is_empty() {
             let p = layout.resolv_conf_path();
             let mut text = req.dns.join("\n");
@@ -466,20 +394,20 @@ impl Sandbox {
         .await;
         let (layout, storages) = match set_up {
             Ok((layout, Ok(table))) => (layout, table),
-            Ok((_, Err(e))) => {
-                let _ = clean_dir(&dir);
+            Ok((layout, Err(e))) => {
+                layout.remove();
                 return Err(e);
             }
-            Err(e) => {
-                let _ = clean_dir(&dir);
-                return Err(RuntimeError::internal("storage task", e));
-            }
+            // The task panicked with the layout: the next CreateSandbox cleans it up.
+            Err(e) => return Err(RuntimeError::internal("storage task", e)),
         };
         *slot = Some(Arc::new(SandboxState {
             id: req.sandbox_id.clone(),
             hostname: req.hostname.clone(),
             layout,
             shared_pidns: req.sandbox_pidns,
+            guest_hooks,
+            pod_namespaces,
             storages: tokio::sync::Mutex::new(storages),
             containers: Mutex::new(Containers::default()),
             destroyed: AtomicBool::new(false),
@@ -504,9 +432,7 @@ impl Sandbox {
             }
         }
         errors.extend(state.storages.lock().await.unmount_all());
-        if let Err(e) = clean_dir(state.layout.dir()) {
-            errors.push(e.to_string());
-        }
+        errors.extend(state.layout.remove());
         if errors.is_empty() {
             Ok(Empty::new())
         } else {
@@ -516,68 +442,6 @@ impl Sandbox {
                 errors.join("; ")
             )))
         }
-    }
-
-    /// Starts draining the process's output and watching for its exit.
-    fn track(
-        &self,
-        container_id: &str,
-        pid: i32,
-        claim: ClaimToken,
-        io: ParentIo,
-        oom_on_kill: bool,
-    ) -> Result<Arc<Process>> {
-        let pidfd = Arc::new(pidfd_open(pid)?);
-        let limit = self.config.output_limit;
-        let stdout = match io.stdout {
-            Some(fd) => {
-                let b = OutputBuffer::new(limit);
-                stdio::spawn_drain(fd, b.clone())?;
-                Some(b)
-            }
-            None => None,
-        };
-        let stderr = match io.stderr {
-            Some(fd) => {
-                let b = OutputBuffer::new(limit);
-                stdio::spawn_drain(fd, b.clone())?;
-                Some(b)
-            }
-            None => None,
-        };
-        let stdin = io.stdin.map(StdinWriter::new).transpose()?;
-        let (tx, rx) = watch::channel(None);
-        let watched = pidfd
-            .try_clone()
-            .map_err(|e| RuntimeError::internal("pidfd", e))?;
-        let runtime = self.runtime.clone();
-        let oom_tx = self.oom_tx.clone();
-        let cid = container_id.to_string();
-        tokio::spawn(async move {
-            let status = watch_exit(watched).await;
-            drop(claim); // reaped: the agent's reaper may have the pid back
-            let _ = tx.send(Some(status));
-            // A SIGKILL may be the OOM killer's: report it if the cgroup's counter moved.
-            if oom_on_kill && status == 128 + libc::SIGKILL {
-                let id = cid.clone();
-                if let Ok(Ok(n)) = tokio::task::spawn_blocking(move || runtime.oom_kills(&id)).await
-                {
-                    if n > 0 {
-                        let _ = oom_tx.send(format!("{cid}\0{n}"));
-                    }
-                }
-            }
-        });
-        Ok(Arc::new(Process {
-            pid,
-            pidfd,
-            stdin: tokio::sync::Mutex::new(stdin),
-            stdout,
-            stderr,
-            pty_master: io.pty_master,
-            exit: rx,
-            waited: AtomicBool::new(false),
-        }))
     }
 
     /// Reports OOM kills in the container as the kernel signals them (any process, not only
@@ -645,7 +509,31 @@ impl Sandbox {
         }
         self.blocking(&c.id, |rt, id| rt.start(id)).await?;
         ops.status = Status::Running;
+        self.run_agent_hooks(&c, "poststart", "running").await;
         Ok(Empty::new())
+    }
+
+    /// Runs the container's poststart or poststop hooks; a failure is logged, never returned
+    /// (the OCI runtime spec: the lifecycle goes on).
+    async fn run_agent_hooks(&self, c: &Container, kind: &'static str, status: &str) {
+        let hooks = match kind {
+            "poststart" => c.hooks.poststart.clone(),
+            _ => c.hooks.poststop.clone(),
+        };
+        if hooks.is_empty() {
+            return;
+        }
+        let pid = (status == "running").then_some(c.init.pid);
+        let state = crate::hooks::state(&c.id, status, pid, &c.bundle, &c.annotations);
+        let claims = self.claims.clone();
+        let failed = tokio::task::spawn_blocking(move || {
+            crate::hooks::run(kind, &hooks, &state, claims.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("{kind} hooks: {e}")]);
+        for f in failed {
+            tracing::warn!(container = %c.id, "{f}");
+        }
     }
 
     pub async fn remove_container(&self, req: RemoveContainerRequest) -> Result<Empty> {
@@ -706,8 +594,9 @@ impl Sandbox {
             None => all_exited.await,
         }
         let deleted = self.blocking(&c.id, |rt, id| rt.delete(id)).await;
-        if let Err(e) = &deleted {
-            errors.push(e.to_string());
+        match &deleted {
+            Ok(()) => self.run_agent_hooks(c, "poststop", "stopped").await,
+            Err(e) => errors.push(e.to_string()),
         }
         errors.extend(mount::unmount_all(&mut ops.mounts));
         errors.extend(
@@ -717,7 +606,7 @@ impl Sandbox {
                 .await
                 .release(std::mem::take(&mut ops.storages)),
         );
-        if let Err(e) = clean_dir(&c.bundle) {
+        if let Err(e) = sandbox.layout.remove_container(&c.id) {
             errors.push(e.to_string());
         }
         if deleted.is_ok() {
@@ -733,72 +622,6 @@ impl Sandbox {
                 errors.join("; ")
             )))
         }
-    }
-
-    pub async fn exec_process(&self, req: ExecProcessRequest) -> Result<Empty> {
-        check_id(&req.exec_id, "exec_id")?;
-        let process = req
-            .process
-            .as_ref()
-            .ok_or_else(|| RuntimeError::invalid("process", "missing"))?;
-        if req.stdin_port != 0 || req.stdout_port != 0 || req.stderr_port != 0 {
-            return Err(RuntimeError::invalid(
-                "stdin_port",
-                "passfd I/O is not supported",
-            ));
-        }
-        let oci_process = spec::exec_process(process, &self.limits())?;
-        let c = self.container(&req.container_id).await?;
-        let ops = c.ops.lock().await;
-        live(&ops, &c)?;
-        not_running(&ops, &c)?;
-        if lock(&c.processes).contains_key(&req.exec_id) {
-            return Err(RuntimeError::AlreadyExists {
-                kind: "process",
-                id: req.exec_id.clone(),
-            });
-        }
-        let (child_io, parent_io) = new_io(process)?;
-        let (runtime, id) = (self.runtime.clone(), c.id.clone());
-        let (pid, claim) = self
-            .spawn_claimed(move || runtime.exec(&id, &oci_process, child_io))
-            .await?;
-        let p = self.track(&c.id, pid, claim, parent_io, !c.oom_watched)?;
-        lock(&c.processes).insert(req.exec_id.clone(), p);
-        Ok(Empty::new())
-    }
-
-    pub async fn signal_process(&self, req: SignalProcessRequest) -> Result<Empty> {
-        let signal = i32::try_from(req.signal)
-            .ok()
-            .filter(|s| (0..=64).contains(s))
-            .ok_or_else(|| {
-                RuntimeError::invalid("signal", format!("{} is not a signal", req.signal))
-            })?;
-        if req.exec_id.is_empty() {
-            let c = self.container(&req.container_id).await?;
-            let ops = c.ops.lock().await;
-            live(&ops, &c)?;
-            if c.init.exited().is_some() {
-                return Ok(Empty::new()); // nothing left to signal (Kata ignores ESRCH too)
-            }
-            self.blocking(&c.id, move |rt, id| rt.signal_all(id, signal))
-                .await?;
-        } else {
-            let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-            send_signal(&p, signal)?;
-        }
-        Ok(Empty::new())
-    }
-
-    pub async fn wait_process(&self, req: WaitProcessRequest) -> Result<WaitProcessResponse> {
-        let (c, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let status = p.wait().await;
-        forget_if_finished(&c, &req.exec_id);
-        Ok(WaitProcessResponse {
-            status,
-            ..Default::default()
-        })
     }
 
     pub async fn update_container(&self, req: UpdateContainerRequest) -> Result<Empty> {
@@ -825,8 +648,12 @@ impl Sandbox {
     ) -> Result<StatsContainerResponse> {
         let c = self.container(&req.container_id).await?;
         let stats = self.blocking(&c.id, |rt, id| rt.stats(id)).await?;
+        // The pod's interfaces: it shares the agent's (the guest's) network namespace.
+        let net = std::fs::read_to_string("/proc/net/dev")
+            .map_err(|e| RuntimeError::internal("/proc/net/dev", e))?;
         Ok(StatsContainerResponse {
             cgroup_stats: Some(stats).into(),
+            network_stats: crate::stats::network(&net),
             ..Default::default()
         })
     }
@@ -881,73 +708,6 @@ impl Sandbox {
                 ..Default::default()
             });
         }
-    }
-
-    pub async fn write_stdin(&self, req: WriteStreamRequest) -> Result<WriteStreamResponse> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let mut stdin = p.stdin.lock().await;
-        if req.data.is_empty() {
-            // Kata's convention: an empty write closes stdin.
-            close(&p, &mut stdin).await?;
-        } else {
-            stdin
-                .as_ref()
-                .ok_or_else(|| RuntimeError::FailedPrecondition("stdin is closed".into()))?
-                .write_all(&req.data)
-                .await?;
-        }
-        Ok(WriteStreamResponse {
-            len: req.data.len() as u32,
-            ..Default::default()
-        })
-    }
-
-    pub async fn read_stdout(&self, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
-        self.read(req, true).await
-    }
-
-    pub async fn read_stderr(&self, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
-        self.read(req, false).await
-    }
-
-    async fn read(&self, req: ReadStreamRequest, stdout: bool) -> Result<ReadStreamResponse> {
-        let (c, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let buf = if stdout { &p.stdout } else { &p.stderr };
-        // A terminal has one output stream, read as stdout.
-        let buf = buf.as_ref().ok_or(RuntimeError::EndOfStream)?;
-        let len = if req.len == 0 {
-            MAX_READ
-        } else {
-            (req.len as usize).min(MAX_READ)
-        };
-        let data = buf.read(len).await;
-        if matches!(data, Err(RuntimeError::EndOfStream)) {
-            forget_if_finished(&c, &req.exec_id);
-        }
-        Ok(ReadStreamResponse {
-            data: data?,
-            ..Default::default()
-        })
-    }
-
-    pub async fn close_stdin(&self, req: CloseStdinRequest) -> Result<Empty> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let mut stdin = p.stdin.lock().await;
-        close(&p, &mut stdin).await?;
-        Ok(Empty::new())
-    }
-
-    pub async fn tty_win_resize(&self, req: TtyWinResizeRequest) -> Result<Empty> {
-        let (_, p) = self.process(&req.container_id, &req.exec_id).await?;
-        let master = p.pty_master.as_ref().ok_or_else(|| {
-            RuntimeError::FailedPrecondition("the process has no terminal".into())
-        })?;
-        let rows = u16::try_from(req.row)
-            .map_err(|_| RuntimeError::invalid("row", format!("{} is too large", req.row)))?;
-        let cols = u16::try_from(req.column)
-            .map_err(|_| RuntimeError::invalid("column", format!("{} is too large", req.column)))?;
-        stdio::resize(master, rows, cols)?;
-        Ok(Empty::new())
     }
 
     pub async fn copy_file(&self, req: CopyFileRequest) -> Result<Empty> {
@@ -1029,79 +789,6 @@ fn live(ops: &ContainerOps, c: &Container) -> Result<()> {
     Ok(())
 }
 
-/// Drops a finished exec process so long-lived containers with many execs (probes) do not
-/// accumulate them. The init process stays until the container is removed.
-fn forget_if_finished(c: &Container, exec_id: &str) {
-    if exec_id.is_empty() {
-        return;
-    }
-    let mut procs = lock(&c.processes);
-    if procs.get(exec_id).is_some_and(|p| p.finished()) {
-        procs.remove(exec_id);
-    }
-}
-
-async fn close(p: &Process, stdin: &mut Option<StdinWriter>) -> Result<()> {
-    if p.pty_master.is_some() {
-        // Closing a terminal's master would hang it up; end-of-file on a terminal is ^D.
-        if let Some(w) = stdin.as_ref() {
-            w.write_all(&[0x04]).await?;
-        }
-    } else {
-        stdin.take();
-    }
-    Ok(())
-}
-
-fn send_signal(p: &Process, signal: i32) -> Result<()> {
-    // pidfd_send_signal cannot hit a recycled pid, unlike kill(2).
-    // SAFETY: plain syscall on a descriptor we own.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            p.pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(()); // already exited
-        }
-        return Err(RuntimeError::internal(
-            format!("signal {signal} to pid {}", p.pid),
-            e,
-        ));
-    }
-    Ok(())
-}
-
-async fn watch_exit(pidfd: OwnedFd) -> i32 {
-    let afd = match stdio::async_fd(pidfd, "pidfd") {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch a process for exit");
-            return 255;
-        }
-    };
-    loop {
-        match reap(afd.get_ref()) {
-            Ok(Some(status)) => return status,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "reaping a container process");
-                return 255;
-            }
-        }
-        match afd.readable().await {
-            Ok(mut g) => g.clear_ready(),
-            Err(_) => return 255,
-        }
-    }
-}
-
 /// Ids become directory and cgroup names: keep them to a safe alphabet.
 fn check_id(id: &str, field: &str) -> Result<()> {
     let ok = !id.is_empty()
@@ -1117,26 +804,6 @@ fn check_id(id: &str, field: &str) -> Result<()> {
             field,
             format!("{id:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"),
         ))
-    }
-}
-
-/// Unmounts anything left under `dir`, then removes it. Refuses to delete while a mount is
-/// still there: deleting through a bind mount would delete its source.
-fn clean_dir(dir: &Path) -> Result<()> {
-    for m in mount::mounts_under(dir) {
-        mount::detach_path(&m);
-    }
-    let left = mount::mounts_under(dir);
-    if !left.is_empty() {
-        return Err(RuntimeError::Internal(format!(
-            "not removing {}: still mounted: {left:?}",
-            dir.display()
-        )));
-    }
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RuntimeError::internal(dir.display(), e)),
     }
 }
 
@@ -1167,7 +834,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let driver = Arc::new(Counting(Default::default()));
         let sandbox = Sandbox::new(SandboxConfig {
-            run_root: t.path().to_path_buf(),
+            kata_root: t.path().to_path_buf(),
             ..Default::default()
         })
         .with_storage_driver(driver.clone())
@@ -1179,7 +846,7 @@ mod tests {
                 sandbox_id: "sb".into(),
                 storages: vec![Storage {
                     driver: "counting".into(),
-                    mount_point: "counted".into(),
+                    mount_point: "sandbox/counted".into(),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -1187,7 +854,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(driver.0.load(Ordering::SeqCst), 1);
-        assert!(t.path().join("sb/counted").is_dir());
+        assert!(t.path().join("sandbox/counted").is_dir());
         sandbox
             .destroy_sandbox(DestroySandboxRequest::new())
             .await

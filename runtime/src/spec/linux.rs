@@ -405,8 +405,8 @@ pub(crate) fn linux_json(l: &oci::Linux, ctx: &SpecContext) -> Result<Value> {
     Ok(Value::Object(m))
 }
 
-/// Only sysctls that stay inside the container's own namespaces: IPC ones (the IPC namespace
-/// is always private), kernel.domainname (UTS), user.* with a user namespace, net.* with a
+/// Only sysctls that stay inside the pod's namespaces: IPC ones (the IPC namespace is the
+/// pod's), kernel.domainname (UTS), user.* with a user namespace, net.* with a
 /// private network namespace. Others (kernel.core_pattern, vm.*, net.* in the guest's network
 /// namespace, ...) would change the guest itself.
 fn check_sysctls(
@@ -465,11 +465,12 @@ fn namespace_type(t: &str) -> Option<&'static str> {
     })
 }
 
-/// Namespaces. The pid, mount, ipc and uts namespaces are always the container's own (added
-/// when the spec leaves them out, as Kata's runtime leaves out pid), or the sandbox's shared
-/// one where the sandbox has one (today: its PID namespace, with `sandbox_pidns`). A path
-/// may name only such a sandbox namespace, never the guest's (`/proc/1/ns/...`). A network
-/// namespace path is dropped: the pod uses the guest's network namespace, as in Kata.
+/// Namespaces. The pid, mount, ipc and uts namespaces are always there (added when the spec
+/// leaves them out, as Kata's runtime leaves out pid): the container's own, or the sandbox's
+/// where it has one (the pod's IPC and UTS namespaces always; its PID namespace with
+/// `sandbox_pidns`). A path may name only such a sandbox namespace, never the guest's
+/// (`/proc/1/ns/...`). A network namespace path is dropped: the pod uses the guest's network
+/// namespace, as in Kata.
 fn namespaces_json(list: &[oci::LinuxNamespace], ctx: &SpecContext) -> Result<Vec<Value>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();

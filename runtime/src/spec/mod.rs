@@ -46,14 +46,14 @@ pub(crate) trait Placement {
 /// What the sandbox decides about a container, whatever its spec says.
 #[derive(Debug, Clone)]
 pub(crate) struct SpecContext<'a> {
-    /// Whether OCI hooks may run (they run as root outside the container).
+    /// Whether OCI hooks may run (most run as root in the guest's namespaces).
     pub allow_hooks: bool,
     /// The cgroup path the agent chose for the container (the host's is not used).
     pub cgroups_path: String,
     /// The sandbox hostname, used when the spec has none.
     pub hostname: &'a str,
-    /// The sandbox's own namespaces this container joins, by OCI type (today: `pid` with
-    /// `sandbox_pidns`). A spec may name only these by path.
+    /// The sandbox's own namespaces this container joins, by OCI type (the pod's `ipc` and
+    /// `uts`; `pid` with `sandbox_pidns`). A spec may name only these by path.
     pub namespaces: BTreeMap<&'static str, PathBuf>,
     pub limits: &'a SpecLimits,
 }
@@ -83,23 +83,14 @@ pub(crate) fn container_spec(
     );
     if let Some(hooks) = spec.Hooks.as_ref() {
         // All six OCI hook kinds count, so that a spec with only the later three is refused too.
-        let later =
-            hooks.CreateRuntime.len() + hooks.CreateContainer.len() + hooks.StartContainer.len();
-        let count = hooks.Prestart.len() + hooks.Poststart.len() + hooks.Poststop.len() + later;
-        if count > 0 {
+        if crate::hooks::count(hooks) > 0 {
             if !ctx.allow_hooks {
                 return Err(RuntimeError::invalid(
                     "OCI.Hooks",
-                    "OCI hooks run as root outside the container and are not allowed by the agent configuration",
+                    "OCI hooks run as root in the guest and are not allowed by the agent configuration",
                 ));
             }
-            if later > 0 {
-                return Err(RuntimeError::invalid(
-                    "OCI.Hooks",
-                    "createRuntime, createContainer and startContainer hooks are not supported yet",
-                ));
-            }
-            doc.insert("hooks".into(), hooks_json(hooks));
+            doc.insert("hooks".into(), crate::hooks::spec_json(hooks)?);
         }
     }
     let linux = linux::linux_json(&spec.Linux.as_ref().cloned().unwrap_or_default(), ctx)?;
@@ -151,22 +142,6 @@ pub(crate) fn exec_process(
         &limits.capabilities,
     )?)
     .map_err(|e| RuntimeError::invalid("process", format!("not a valid OCI process: {e}")))
-}
-
-fn hooks_json(h: &oci::Hooks) -> Value {
-    let list = |hooks: &[oci::Hook]| -> Vec<Value> {
-        hooks
-            .iter()
-            .map(|k| {
-                let mut v = json!({"path": k.Path, "args": k.Args, "env": k.Env});
-                if k.Timeout > 0 {
-                    v["timeout"] = json!(k.Timeout);
-                }
-                v
-            })
-            .collect()
-    };
-    json!({"prestart": list(&h.Prestart), "poststart": list(&h.Poststart), "poststop": list(&h.Poststop)})
 }
 
 /// Resources in OCI JSON, without device rules: those are the agent's, fixed when the

@@ -368,10 +368,10 @@ impl StorageDrivers {
             return Ok((rel, root, process, false));
         }
         if let Some(id) = container.filter(|_| s.shared) {
-            if rel.starts_with(layout.bundle_rel(id)) {
+            if rel.starts_with(layout.container_rel(id)) {
                 return Err(RuntimeError::invalid(
                     format!("{field}.shared"),
-                    "a storage in the container's own bundle goes with the container",
+                    "a storage in the container's own directory goes with the container",
                 ));
             }
         }
@@ -509,7 +509,7 @@ mod tests {
 
     fn refused(storage: Storage) -> (String, String) {
         let t = tempfile::tempdir().unwrap();
-        let layout = Layout::create(t.path(), "sb").unwrap();
+        let layout = Layout::create(t.path(), false).unwrap();
         let shared = layout.shared().unwrap();
         let drivers = StorageDrivers::builtin(DeviceTree::default());
         let mut table = SandboxStorages::default();
@@ -532,7 +532,7 @@ mod tests {
             driver: driver.into(),
             source: source.into(),
             fstype: fstype.into(),
-            mount_point: "m".into(),
+            mount_point: "sandbox/m".into(),
             ..Default::default()
         }
     }

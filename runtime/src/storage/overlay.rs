@@ -173,7 +173,7 @@ mod tests {
             source: "overlay".into(),
             options,
             driver_options,
-            mount_point: "rootfs".into(),
+            mount_point: "sandbox/rootfs".into(),
             ..Default::default()
         }
     }
@@ -184,9 +184,9 @@ mod tests {
     #[test]
     fn a_writable_overlay_of_shared_layers_and_nothing_else() {
         let t = tempfile::tempdir().unwrap();
-        let run_root = t.path().to_path_buf();
+        let outside = t.path().to_path_buf();
         let ran = crate::storage::in_mount_namespace(move || {
-            let layout = Layout::create(&run_root, "sb").map_err(|e| e.to_string())?;
+            let layout = Layout::create(&outside.join("kata"), false).map_err(|e| e.to_string())?;
             let shared_path = layout.shared_path();
             std::fs::create_dir_all(shared_path.join("layer")).unwrap();
             std::fs::write(shared_path.join("layer/base"), "base").unwrap();
@@ -208,10 +208,10 @@ mod tests {
                 vec![],
             ))
             .map_err(|e| e.to_string())?;
-            let root = layout.dir().join("rootfs");
+            let root = layout.dir().join("sandbox/rootfs");
             let base = std::fs::read_to_string(root.join("base")).map_err(|e| e.to_string())?;
             std::fs::write(root.join("new"), "new").map_err(|e| e.to_string())?;
-            let upper = layout.dir().join("rootfs.overlay/upper/new");
+            let upper = layout.dir().join("sandbox/rootfs.overlay/upper/new");
             let errors = table.unmount_all();
             if base != "base" || !upper.exists() || !errors.is_empty() {
                 return Err(format!(
@@ -223,7 +223,7 @@ mod tests {
                 return Err("the lower layer was written".into());
             }
             let sneaky = shared_path.join("sneaky").display().to_string();
-            let outside_sandbox = format!("{}/x", run_root.display());
+            let outside_sandbox = format!("{}/x", outside.display());
             for (s, want) in [
                 (
                     overlay(vec!["lowerdir=/etc".into()], vec![]),
@@ -262,11 +262,11 @@ mod tests {
                     other => return Err(format!("{want}: {other:?}")),
                 }
             }
-            if run_root.join("x").exists() {
+            if outside.join("x").exists() {
                 return Err("a directory was made outside the sandbox".into());
             }
             // Upper and work dirs the storage asks to have made are usable.
-            let made = layout.dir().join("scratch");
+            let made = layout.dir().join("sandbox/scratch");
             let mut table = add(overlay(
                 vec![
                     format!("lowerdir={layer}"),

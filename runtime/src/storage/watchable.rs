@@ -579,10 +579,10 @@ mod tests {
     #[test]
     fn a_watchable_bind_is_kept_in_step() {
         let t = tempfile::tempdir().unwrap();
-        let run_root = t.path().to_path_buf();
+        let kata_root = t.path().join("kata");
         let ran = crate::storage::in_mount_namespace(move || {
             use crate::layout::Layout;
-            let layout = Layout::create(&run_root, "sb").map_err(|e| e.to_string())?;
+            let layout = Layout::create(&kata_root, false).map_err(|e| e.to_string())?;
             let cm = layout.shared_path().join("cm");
             configmap(&cm, "..v1", &[("key", "before")]);
             let shared = layout.shared().map_err(|e| e.to_string())?;
@@ -594,7 +594,8 @@ mod tests {
                 source: cm.display().to_string(),
                 fstype: "bind".into(),
                 options: vec!["ro".into()],
-                mount_point: "shared/watchable/cm".into(),
+                // Where Kata's Go shim puts it (container.go: <shared dir>/watchable/<name>).
+                mount_point: "shared/containers/watchable/cm".into(),
                 ..Default::default()
             };
             let rel = layout
@@ -613,7 +614,7 @@ mod tests {
                 container: None,
             };
             let added = driver.add(&s, &at, &ctx).map_err(|e| e.to_string())?;
-            let copy = layout.dir().join("shared/watchable/cm/key");
+            let copy = layout.dir().join("shared/containers/watchable/cm/key");
             let first = read(&copy);
             configmap(&cm, "..v2", &[("key", "after")]);
             let w = added.watcher.as_ref().ok_or("no watcher")?;

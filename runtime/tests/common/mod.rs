@@ -13,7 +13,7 @@ use vigil_runtime::{RuntimeError, Sandbox, SandboxConfig};
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "sleep", "stty", "dd", "hostname", "head", "wc", "true", "ls", "id", "ln",
-    "mkdir", "mknod", "stat", "rm",
+    "mkdir", "mknod", "stat", "rm", "readlink",
 ];
 
 /// Every test's guard: root, and busybox present (CI installs Debian's `busybox-static`).
@@ -33,14 +33,15 @@ pub fn privileged(test: &str) -> bool {
 pub struct Fixture {
     destroyed: bool,
     pub tmp: tempfile::TempDir,
-    pub run_root: PathBuf,
+    /// The sandbox's Kata layout root (`[sandbox] kata_root`, in the test's temp dir).
+    pub kata_root: PathBuf,
     pub rootfs: PathBuf,
     pub sandbox: Arc<Sandbox>,
     pub sandbox_id: String,
 }
 
-/// A busybox rootfs at `rootfs`: in the tests, in the sandbox's shared directory, where the
-/// host's shared file system puts container images in Kata.
+/// A busybox rootfs at `rootfs`: in the tests, in the sandbox's shared directory
+/// (`shared/containers`), where the host's shared file system puts container images in Kata.
 pub fn busybox_rootfs(rootfs: &Path) {
     for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
@@ -52,8 +53,8 @@ pub fn busybox_rootfs(rootfs: &Path) {
     std::fs::write(rootfs.join("etc/resolv.conf"), "").unwrap();
 }
 
-/// A CreateContainer request: `rootfs` bind-mounted as a storage into the container's bundle,
-/// and a runc-like minimal spec.
+/// A CreateContainer request: `rootfs` bind-mounted as a storage at the container's own
+/// `<id>/rootfs` (where the relative Root.Path "rootfs" points), and a runc-like minimal spec.
 pub fn request_with(
     rootfs: &Path,
     id: &str,
@@ -65,7 +66,7 @@ pub fn request_with(
         storages: vec![Storage {
             driver: "bind".into(),
             source: rootfs.to_string_lossy().into_owned(),
-            mount_point: format!("containers/{id}/rootfs"),
+            mount_point: format!("{id}/rootfs"),
             ..Default::default()
         }],
         OCI: Some(spec(args, terminal)).into(),
@@ -79,7 +80,7 @@ impl Fixture {
     }
 
     pub async fn with_config(name: &str, config: SandboxConfig) -> Fixture {
-        Fixture::with_setup(name, config, |s| s).await
+        Fixture::build(name, config, |s| s, |_| {}).await
     }
 
     /// As [`Fixture::with_config`], with `setup` applied to the sandbox manager first.
@@ -88,37 +89,56 @@ impl Fixture {
         config: SandboxConfig,
         setup: impl FnOnce(Sandbox) -> Sandbox,
     ) -> Fixture {
+        Fixture::build(name, config, setup, |_| {}).await
+    }
+
+    /// A sandbox from the fixture's CreateSandbox request as `tweak` changes it.
+    pub async fn with_request(
+        name: &str,
+        config: SandboxConfig,
+        tweak: impl FnOnce(&mut CreateSandboxRequest),
+    ) -> Fixture {
+        Fixture::build(name, config, |s| s, tweak).await
+    }
+
+    async fn build(
+        name: &str,
+        config: SandboxConfig,
+        setup: impl FnOnce(Sandbox) -> Sandbox,
+        tweak: impl FnOnce(&mut CreateSandboxRequest),
+    ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
-        let run_root = tmp.path().join("run");
+        let kata_root = tmp.path().join("kata");
         let sandbox = Arc::new(setup(Sandbox::new(SandboxConfig {
-            run_root: run_root.clone(),
+            kata_root: kata_root.clone(),
             output_limit: 64 * 1024,
+            fork_helper: FORK_HELPER.into(),
             ..config
         })));
         let sandbox_id = format!("{name}-{}", std::process::id());
-        sandbox
-            .create_sandbox(CreateSandboxRequest {
-                sandbox_id: sandbox_id.clone(),
-                hostname: "vigil-pod".into(),
-                dns: vec!["nameserver 192.0.2.53".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let rootfs = run_root.join(&sandbox_id).join("shared/busybox-rootfs");
+        let mut req = CreateSandboxRequest {
+            sandbox_id: sandbox_id.clone(),
+            hostname: "vigil-pod".into(),
+            dns: vec!["nameserver 192.0.2.53".into()],
+            ..Default::default()
+        };
+        tweak(&mut req);
+        sandbox.create_sandbox(req).await.unwrap();
+        let rootfs = kata_root.join("shared/containers/busybox-rootfs");
         busybox_rootfs(&rootfs);
         Fixture {
             destroyed: false,
             tmp,
-            run_root,
+            kata_root,
             rootfs,
             sandbox,
             sandbox_id,
         }
     }
 
+    /// The root of the sandbox's layout.
     pub fn dir(&self) -> PathBuf {
-        self.run_root.join(&self.sandbox_id)
+        self.kata_root.clone()
     }
 
     pub fn request(&self, id: &str, args: &[&str], terminal: bool) -> CreateContainerRequest {
@@ -126,7 +146,7 @@ impl Fixture {
     }
 
     pub fn shared(&self) -> PathBuf {
-        self.dir().join("shared")
+        self.dir().join("shared/containers")
     }
 
     pub async fn run(&self, id: &str, args: &[&str]) {
@@ -237,12 +257,7 @@ impl Fixture {
             .destroy_sandbox(DestroySandboxRequest::new())
             .await
             .unwrap();
-        assert!(!self.dir().exists(), "sandbox directory left behind");
-        assert!(
-            mounts_under(&self.run_root).is_empty(),
-            "mounts left: {:?}",
-            mounts_under(&self.run_root)
-        );
+        assert_sandbox_gone(&self.dir());
     }
 }
 
@@ -275,7 +290,7 @@ impl Drop for Fixture {
                 }
             }
         }
-        for m in mounts_under(&self.run_root).iter().rev() {
+        for m in mounts_under(&self.kata_root).iter().rev() {
             let c = std::ffi::CString::new(m.as_str()).unwrap();
             // SAFETY: plain syscall.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -283,13 +298,13 @@ impl Drop for Fixture {
     }
 }
 
-/// The tests run one at a time, each on a runtime created after it has its turn: thread
-/// start-up and exit elsewhere in the process are what makes libcontainer's forked helpers
-/// hang (see `Watchdog` in src/youki.rs), so the tests do not create threads while another
-/// test forks. Concurrency inside one test (concurrent execs, waiters) is still exercised.
-pub fn run_serially(test: impl std::future::Future<Output = ()>) {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+/// This crate's fork helper binary (the agent binary is its own).
+pub const FORK_HELPER: &str = env!("CARGO_BIN_EXE_vigil-fork-helper");
+
+/// Each test on its own multi-threaded runtime, in parallel with the others: forking happens
+/// in the sandbox's single-threaded fork helper (src/fork_helper.rs), so thread start-up and
+/// exit anywhere in this process cannot make it hang.
+pub fn run_in_runtime(test: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .max_blocking_threads(16)
@@ -408,13 +423,30 @@ pub fn assert_container_gone(sandbox_dir: &Path, id: &str) {
         "cgroups left: {:?}",
         cgroup_dirs(id)
     );
-    let bundle = sandbox_dir.join("containers").join(id);
+    for dir in [
+        sandbox_dir.join(".vigil/pod/containers").join(id),
+        sandbox_dir.join(id),
+    ] {
+        assert!(
+            mounts_under(&dir).is_empty(),
+            "mounts left: {:?}",
+            mounts_under(&dir)
+        );
+        assert!(!dir.exists(), "left behind: {}", dir.display());
+    }
+}
+
+/// Nothing of the sandbox is left in its layout root: none of the directories it owns, no
+/// mount.
+pub fn assert_sandbox_gone(root: &Path) {
+    for owned in ["shared", "sandbox", ".vigil/pod"] {
+        assert!(!root.join(owned).exists(), "{owned} left behind");
+    }
     assert!(
-        mounts_under(&bundle).is_empty(),
+        mounts_under(root).is_empty(),
         "mounts left: {:?}",
-        mounts_under(&bundle)
+        mounts_under(root)
     );
-    assert!(!bundle.exists(), "bundle left: {}", bundle.display());
 }
 
 pub fn alive(pid: i32) -> bool {

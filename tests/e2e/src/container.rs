@@ -31,8 +31,8 @@ pub fn bytes(v: &serde_json::Value) -> Vec<u8> {
 }
 
 /// If a test fails half-way, the agent is stopped with its containers still running: kill
-/// what is in their cgroups (v1 pids controller, this machine's) and detach the sandbox's
-/// mounts, so nothing outlives the test.
+/// what is in their cgroups (v1 pids controller, this machine's) and detach the mounts under
+/// `sandbox_dir` (deepest first), so nothing outlives the test.
 pub struct Cleanup {
     pub cgroup_parent: String,
     pub containers: Vec<String>,
@@ -54,12 +54,16 @@ impl Drop for Cleanup {
             }
         }
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in info.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if Path::new(m).starts_with(&self.sandbox_dir) {
-                if let Ok(c) = std::ffi::CString::new(m) {
-                    // SAFETY: plain syscall.
-                    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-                }
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.sandbox_dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: plain syscall.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
     }

@@ -24,8 +24,18 @@ pub async fn call(
     method: &str,
     request: serde_json::Value,
 ) -> Answer {
+    call_within(client, method, request, CALL_TIMEOUT).await
+}
+
+/// [`call`] with its own bound (slow guests, long waits).
+pub async fn call_within(
+    client: &ttrpc::r#async::Client,
+    method: &str,
+    request: serde_json::Value,
+    timeout: Duration,
+) -> Answer {
     let rpc = vigilctl::find_rpc(method).unwrap_or_else(|e| panic!("{e}"));
-    match vigilctl::call_json(client, rpc, &request, CALL_TIMEOUT).await {
+    match vigilctl::call_json(client, rpc, &request, timeout).await {
         Ok(v) => Ok(v),
         Err(vigilctl::ClientError::Status(st)) => Err((st.code(), st.message().to_string())),
         Err(e) => panic!("{method}: transport failure: {e}"),

@@ -33,12 +33,12 @@ fn process(args: &[&str]) -> Value {
     json!({"Args": args, "Env": ["PATH=/bin"], "Cwd": "/", "User": {"UID": 0, "GID": 0}})
 }
 
-/// Starts the agent with every endpoint allowed and its sandboxes under `run_root` (not the
-/// default /run/vigil/sandbox), in the test's cgroup parent.
-fn start_agent(run_root: &Path, extra_args: &[&str]) -> Agent {
+/// Starts the agent with every endpoint allowed and Kata's guest directories under
+/// `kata_root` (not the machine's /run/kata-containers), in the test's cgroup parent.
+fn start_agent(kata_root: &Path, extra_args: &[&str]) -> Agent {
     let config = format!(
-        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
-        run_root.display()
+        "[endpoints]\nallowed = [\"*\"]\n[sandbox]\nkata_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
+        kata_root.display()
     );
     Agent::start(AgentSetup {
         config: Some(&config),
@@ -67,7 +67,7 @@ async fn create_busybox_container(
         "CreateContainer",
         json!({
             "container_id": cid,
-            "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{cid}/rootfs")}],
+            "storages": [{"driver": "bind", "source": rootfs, "mount_point": format!("{cid}/rootfs")}],
             "OCI": spec,
         }),
     )
@@ -83,11 +83,10 @@ fn container_lifecycle_through_the_agent() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let run_root = tmp.path().join("run");
-    let agent = start_agent(&run_root, &[]);
+    let sandbox_dir = tmp.path().join("kata");
+    let agent = start_agent(&sandbox_dir, &[]);
     let sid = format!("e2e-{}", std::process::id());
     let cid = format!("e2e-c-{}", std::process::id());
-    let sandbox_dir = run_root.join(&sid);
     let _cleanup = Cleanup {
         cgroup_parent: CGROUP_PARENT.into(),
         containers: vec![cid.clone()],
@@ -109,9 +108,10 @@ fn container_lifecycle_through_the_agent() {
         call(&c, "CreateSandbox", json!({"sandbox_id": sid, "hostname": "e2e-pod"}))
             .await
             .unwrap();
-        assert!(sandbox_dir.join("shared").is_dir(), "sandbox not under [sandbox] run_root");
+        let shared = sandbox_dir.join("shared/containers");
+        assert!(shared.is_dir(), "sandbox not under [sandbox] kata_root");
         // The image arrives in the sandbox's shared directory (Kata's shared file system).
-        let rootfs = busybox_rootfs(&sandbox_dir.join("shared"), APPLETS);
+        let rootfs = busybox_rootfs(&shared, APPLETS);
         create_busybox_container(&c, &cid, &rootfs, &["sleep", "1000"]).await;
         call(&c, "StartContainer", ids.clone()).await.unwrap();
 
@@ -169,10 +169,10 @@ fn container_lifecycle_through_the_agent() {
             spec
         };
         let escapes = [
-            (json!({"storages": [{"driver": "bind", "source": "/", "mount_point": "containers/escape/rootfs"}]}), "storages[0].source"),
+            (json!({"storages": [{"driver": "bind", "source": "/", "mount_point": "escape/rootfs"}]}), "storages[0].source"),
             // A host PCI address is not a guest PCI path: no guest disk is looked up.
-            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "disk"}]}), "storages[0].source"),
-            (json!({"storages": [{"driver": "erofs.multi-layer", "source": "x", "mount_point": "disk"}]}), "storages[0].driver"),
+            (json!({"storages": [{"driver": "blk", "source": "0000:00:02.0", "fstype": "ext4", "mount_point": "sandbox/disk"}]}), "storages[0].source"),
+            (json!({"storages": [{"driver": "erofs.multi-layer", "source": "x", "mount_point": "sandbox/disk"}]}), "storages[0].driver"),
             (json!({"OCI": spec_with(json!({"Mounts": [{"destination": "/cfg", "source": "configfs", "type_": "configfs"}]}))}), "OCI.Mounts[0].type"),
             (json!({"OCI": spec_with(json!({"Linux": {"Devices": [{"Path": "/dev/sev-guest", "Type": "c", "Major": 10, "Minor": 124}]}}))}), "OCI.Linux.Devices[0]"),
             (json!({"OCI": spec_with(json!({"Linux": {"Resources": {"Devices": [{"Allow": true, "Type": "a", "Access": "rwm"}]}}}))}), "OCI.Linux.Resources.Devices[0]"),
@@ -189,10 +189,10 @@ fn container_lifecycle_through_the_agent() {
                 "{field}: {r:?}"
             );
         }
-        assert!(!sandbox_dir.join("containers/escape").exists());
+        assert!(!sandbox_dir.join("escape").exists());
 
         // CopyFile lands in the sandbox's shared directory, and nowhere else.
-        let target = sandbox_dir.join("shared/dir/hello");
+        let target = shared.join("dir/hello");
         call(
             &c,
             "CopyFile",
@@ -213,13 +213,13 @@ fn container_lifecycle_through_the_agent() {
         let untyped = call(
             &c,
             "CopyFile",
-            json!({"path": sandbox_dir.join("shared/untyped"), "file_mode": 0o644, "file_size": 1, "data": b"x"}),
+            json!({"path": shared.join("untyped"), "file_mode": 0o644, "file_size": 1, "data": b"x"}),
         )
         .await;
         assert!(matches!(&untyped, Err((ttrpc::Code::INVALID_ARGUMENT, m)) if m.starts_with("invalid file_mode")), "{untyped:?}");
-        assert!(!sandbox_dir.join("shared/untyped").exists());
+        assert!(!shared.join("untyped").exists());
         // setuid is cleared ([sandbox] allow_setuid_copy is false).
-        let suid = sandbox_dir.join("shared/suid");
+        let suid = shared.join("suid");
         call(&c, "CopyFile", json!({"path": suid, "file_mode": 0o104755, "file_size": 2, "data": b"#!"}))
             .await
             .unwrap();
@@ -236,11 +236,9 @@ fn container_lifecycle_through_the_agent() {
         assert!(matches!(&gone, Err((ttrpc::Code::NOT_FOUND, m)) if m.contains(&cid)), "{gone:?}");
         call(&c, "DestroySandbox", json!({})).await.unwrap();
     });
-    assert!(
-        !sandbox_dir.exists(),
-        "{} left behind",
-        sandbox_dir.display()
-    );
+    for owned in ["shared", "sandbox", ".vigil/pod"] {
+        assert!(!sandbox_dir.join(owned).exists(), "{owned} left behind");
+    }
     for controller in ["pids", "memory", "freezer", "cpu"] {
         let dir = Path::new("/sys/fs/cgroup")
             .join(controller)
@@ -289,14 +287,14 @@ fn agent_logs_never_reach_container_stdio() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let run_root = tmp.path().join("run");
-    let mut agent = start_agent(&run_root, &["--log-level", "trace"]);
+    let kata_root = tmp.path().join("kata");
+    let mut agent = start_agent(&kata_root, &["--log-level", "trace"]);
     let sid = format!("logs-{}", std::process::id());
     let cid = format!("logs-c-{}", std::process::id());
     let _cleanup = Cleanup {
         cgroup_parent: CGROUP_PARENT.into(),
         containers: vec![cid.clone()],
-        sandbox_dir: run_root.join(&sid),
+        sandbox_dir: kata_root.clone(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -304,7 +302,7 @@ fn agent_logs_never_reach_container_stdio() {
         call(&c, "CreateSandbox", json!({"sandbox_id": sid}))
             .await
             .unwrap();
-        let rootfs = busybox_rootfs(&run_root.join(&sid).join("shared"), APPLETS);
+        let rootfs = busybox_rootfs(&kata_root.join("shared/containers"), APPLETS);
         let init = [
             "sh",
             "-c",
@@ -410,9 +408,9 @@ fn copy_file_policy_sees_the_normalised_path() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let run_root = tmp.path().join("run");
+    let kata_root = tmp.path().join("kata");
     let sid = format!("e2e-cf-{}", std::process::id());
-    let shared = run_root.join(&sid).join("shared");
+    let shared = kata_root.join("shared/containers");
     let policy = tmp.path().join("policy.rego");
     std::fs::write(
         &policy,
@@ -427,9 +425,9 @@ fn copy_file_policy_sees_the_normalised_path() {
     )
     .unwrap();
     let config = format!(
-        "[endpoints]\nallowed = [\"*\"]\n[policy]\nfile = \"{}\"\n[sandbox]\nrun_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
+        "[endpoints]\nallowed = [\"*\"]\n[policy]\nfile = \"{}\"\n[sandbox]\nkata_root = \"{}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n",
         policy.display(),
-        run_root.display()
+        kata_root.display()
     );
     let agent = Agent::start(AgentSetup {
         config: Some(&config),

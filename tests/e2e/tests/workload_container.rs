@@ -1,6 +1,7 @@
 //! A workload's view of its secrets, end to end: an attested agent (mock TEE, KBS test
-//! server) runs a busybox container whose environment and secret volume hold sealed secrets,
-//! unsealed in the guest before it starts; inside, `wget` from 127.0.0.1 gets a secret the
+//! server) runs a busybox container whose environment and secret volume hold sealed secrets
+//! (the volume as Kata's Go shim sends it over virtio-fs: a shared file behind a
+//! `watchable-bind` storage), unsealed in the guest before it starts; inside, `wget` from 127.0.0.1 gets a secret the
 //! measured config allows and is refused one it does not. The policy (through Kata's input
 //! log) saw the sealed values only.
 //!
@@ -79,7 +80,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     assert!(up.success());
 
     let tmp = tempfile::tempdir().unwrap();
-    let run_root = tmp.path().join("run");
+    let kata_root = tmp.path().join("kata");
     let input_log = tmp.path().join("input.jsonl");
     let tenant = Tenant::new();
     let SigningKey::Es256(sealing) = SigningKey::generate(Algorithm::Es256) else {
@@ -96,13 +97,13 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
         "[endpoints]\nallowed = [\"*\"]\n\n[policy]\nsigner = \"\"\"\n{signer}\"\"\"\ninput_log = \"{log}\"\n\n\
          [attestation]\ntee = \"mock\"\npolicy_resource = \"{POLICY_RESOURCE}\"\ndeadline_secs = 10\n\n\
          [attestation.kbs]\nkbs_url = \"{url}\"\nconnect_retries = 0\n\n\
-         [sandbox]\nrun_root = \"{run}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n\n\
+         [sandbox]\nkata_root = \"{kata}\"\ncgroup_parent = \"{CGROUP_PARENT}\"\n\n\
          [workload_api]\nlisten = \"127.0.0.1:0\"\nallowed_resources = [\"default/app/*\"]\n\n\
          [sealed_secrets]\nsigners = [\"\"\"\n{sealing_pub}\"\"\"]\n",
         signer = tenant.signer_pem(),
         log = input_log.display(),
         url = tenant.kbs.url(),
-        run = run_root.display(),
+        kata = kata_root.display(),
     );
     let (initdata, digest) = Tenant::initdata(&config);
     tenant.publish_policy(POLICY_RESOURCE, TENANT_POLICY, &digest);
@@ -127,11 +128,10 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     let sid = format!("wl-{pid}");
     let cid = format!("wl-c-{pid}");
     let bad = format!("wl-bad-{pid}");
-    let sandbox_dir = run_root.join(&sid);
     let _cleanup = Cleanup {
         cgroup_parent: CGROUP_PARENT.into(),
         containers: vec![cid.clone(), bad.clone()],
-        sandbox_dir: sandbox_dir.clone(),
+        sandbox_dir: kata_root.clone(),
     };
     let sealed_env = sealed::seal("default/secrets/db", &sealing, "tenant").unwrap();
     let sealed_file = sealed::seal("default/secrets/tls", &sealing, "tenant").unwrap();
@@ -143,9 +143,16 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
     let out = tenant.rt.block_on(async {
         let c = vigilctl::connect(&agent.addr, T).await.unwrap();
         call(&c, "CreateSandbox", json!({"sandbox_id": sid})).await.unwrap();
-        // The image arrives in the sandbox's shared directory (Kata's shared file system).
-        let rootfs = busybox_rootfs(&sandbox_dir.join("shared"), &["sh", "cat", "echo", "wget"]);
-        let secrets = sandbox_dir.join("shared").join(format!("{cid}-creds"));
+        // Kata's layout: the image where the Go shim shares a container's rootfs
+        // (<shared>/<cid>/rootfs), the secret volume as a file it shares (<cid>-<random>-<name>).
+        let shared = kata_root.join("shared/containers");
+        let rootfs = busybox_rootfs(&shared.join(&cid), &["sh", "cat", "echo", "wget"]);
+        let secrets = shared.join(format!("{cid}-4be1d07a93c6f258-creds"));
+        // Over virtio-fs the Go shim hands a secret volume over as a watchable-bind storage
+        // (container.go): the mount names the copy the agent keeps at watchable/<name>.
+        let watched = shared.join(format!("watchable/{cid}-4be1d07a93c6f258-creds"));
+        let watchable = json!([{"driver": "watchable-bind", "source": secrets, "fstype": "bind",
+                                "options": ["ro"], "mount_point": watched}]);
         for req in copy_secret_volume(&secrets, &[("tls.key", &sealed_file), ("user", "admin")]) {
             call(&c, "CopyFile", req).await.unwrap();
         }
@@ -153,22 +160,21 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
             json!({
                 "Version": "1.0.2",
                 "Process": {"Args": args, "Env": env, "Cwd": "/", "User": {"UID": 0, "GID": 0}},
-                "Root": {"Path": "rootfs"},
+                "Root": {"Path": rootfs},
                 "Mounts": [
                     {"destination": "/proc", "source": "proc", "type_": "proc"},
-                    {"destination": "/etc/creds", "source": secrets, "type_": "bind", "options": ["rbind", "ro"]},
+                    {"destination": "/etc/creds", "source": watched, "type_": "bind", "options": ["rbind", "ro"]},
                 ],
                 // No network namespace: the container shares the pod's (here the test's).
                 "Linux": {"Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "ipc"}, {"Type": "uts"}]},
             })
         };
-        let storages = |id: &str| json!([{"driver": "bind", "source": rootfs, "mount_point": format!("containers/{id}/rootfs")}]);
 
         // A sealed value signed by someone else: CreateContainer fails, naming it, and no
         // container exists afterwards.
         let SigningKey::Es256(stranger) = SigningKey::generate(Algorithm::Es256) else { unreachable!() };
         let forged = sealed::seal("default/secrets/db", &stranger, "tenant").unwrap();
-        let refused = call(&c, "CreateContainer", json!({"container_id": bad, "storages": storages(&bad),
+        let refused = call(&c, "CreateContainer", json!({"container_id": bad, "storages": watchable,
             "OCI": spec(vec!["sh", "-c", "echo $X"], vec![format!("X={forged}")])})).await;
         match &refused {
             Err((ttrpc::Code::INVALID_ARGUMENT, m)) => {
@@ -179,7 +185,7 @@ fn a_container_gets_its_sealed_and_fetched_secrets_and_no_others() {
         let gone = call(&c, "StatsContainer", json!({"container_id": bad})).await;
         assert!(matches!(gone, Err((ttrpc::Code::NOT_FOUND, _))), "{gone:?}");
 
-        call(&c, "CreateContainer", json!({"container_id": cid, "exec_id": cid, "storages": storages(&cid),
+        call(&c, "CreateContainer", json!({"container_id": cid, "exec_id": cid, "storages": watchable,
             "OCI": spec(vec!["sh", "-c", &script], vec!["PATH=/bin".into(), format!("DB_PASSWORD={sealed_env}")])}))
             .await
             .unwrap();
