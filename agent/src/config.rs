@@ -281,7 +281,7 @@ impl Config {
             workload_api: None,
             sealed_secrets: None,
             image: ImageSection::default()
-                .validate(false)
+                .validate(false, &[&vigil_runtime::SandboxConfig::default().kata_root])
                 .expect("the default [image] section is valid"),
             image_section_absent: true,
         }
@@ -352,10 +352,13 @@ impl Config {
         )
         .map_err(parse_err)?;
         let image_section_absent = file.image.is_none();
+        let pod_dirs: Vec<&Path> = std::iter::once(sandbox.kata_root.as_path())
+            .chain(sandbox.run_root.as_deref())
+            .collect();
         let image = file
             .image
             .unwrap_or_default()
-            .validate(attestation.tee.is_attested())
+            .validate(attestation.tee.is_attested(), &pod_dirs)
             .map_err(|message| ConfigError::Parse {
                 path: path.to_owned(),
                 message,

@@ -2,7 +2,7 @@
 //! resources (image policy, cosign keys, registry credentials) it reads over the attested
 //! session.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +12,10 @@ use vigil_image::{
 };
 use vigil_kbc::KbsSession;
 
-/// Kata's image work directory in the guest.
-pub const DEFAULT_STORE_DIR: &str = "/run/kata-containers/image";
+/// The content store: the agent's own, out of the pods' directories (Kata keeps its image
+/// work directory under /run/kata-containers, where a host-chosen container id or storage
+/// mount point could reach it; verified layers must not be).
+pub const DEFAULT_STORE_DIR: &str = "/run/vigil/image";
 /// Where Kata's guest images carry the pause bundle.
 pub const DEFAULT_PAUSE_BUNDLE: &str = "/pause_bundle";
 
@@ -58,8 +60,10 @@ pub struct ImageConfig {
 }
 
 impl ImageSection {
-    /// Checks every key against the mode; errors name the key.
-    pub fn validate(&self, attested: bool) -> Result<ImageConfig, String> {
+    /// Checks every key against the mode; errors name the key. `pod_dirs`: where the host
+    /// names containers and mount points (`[sandbox] kata_root`, `run_root`), which the store
+    /// must stay out of.
+    pub fn validate(&self, attested: bool, pod_dirs: &[&Path]) -> Result<ImageConfig, String> {
         let resource = |key: &str, uri: &str| -> Result<bool, String> {
             let parsed = ResourceUri::parse(uri).map_err(|e| format!("[image] {key}: {e}"))?;
             match (parsed.is_kbs(), attested) {
@@ -118,6 +122,18 @@ impl ImageSection {
                     p.display()
                 ));
             }
+        }
+        if let Some(pods) = pod_dirs
+            .iter()
+            .find(|d| store_dir.starts_with(d) || d.starts_with(&store_dir))
+        {
+            return Err(format!(
+                "[image] store_dir: {} overlaps the pods' directory {} ([sandbox]), where the \
+                 host names containers and mount points; put the store elsewhere (default {})",
+                store_dir.display(),
+                pods.display(),
+                DEFAULT_STORE_DIR
+            ));
         }
         let rootfs = match self.rootfs.as_deref() {
             None | Some("auto") => RootfsMode::Auto,
@@ -191,23 +207,55 @@ mod tests {
     #[test]
     fn sources_must_fit_the_mode() {
         let s = section("policy = \"kbs:///default/security-policy/prod\"\nsignature_keys = [\"kbs:///default/cosign-key/prod\"]");
-        let c = s.validate(true).unwrap();
+        let c = s
+            .validate(true, &[Path::new("/run/kata-containers")])
+            .unwrap();
         assert!(c.uses_kbs);
-        let e = s.validate(false).unwrap_err();
+        let e = s
+            .validate(false, &[Path::new("/run/kata-containers")])
+            .unwrap_err();
         assert!(
             e.contains("[image] policy") && e.contains("attested mode"),
             "{e}"
         );
         let f = section("policy = \"file:///etc/vigil/image-policy.json\"");
-        assert!(!f.validate(false).unwrap().uses_kbs);
-        let e = f.validate(true).unwrap_err();
+        assert!(
+            !f.validate(false, &[Path::new("/run/kata-containers")])
+                .unwrap()
+                .uses_kbs
+        );
+        let e = f
+            .validate(true, &[Path::new("/run/kata-containers")])
+            .unwrap_err();
         assert!(e.contains("unattested mode only"), "{e}");
-        let none = section("").validate(true).unwrap();
+        let none = section("")
+            .validate(true, &[Path::new("/run/kata-containers")])
+            .unwrap();
         assert_eq!(none.settings.policy, PolicySource::Unset);
         let any = section("policy = \"accept-anything\"")
-            .validate(true)
+            .validate(true, &[Path::new("/run/kata-containers")])
             .unwrap();
         assert_eq!(any.settings.policy, PolicySource::AcceptAnything);
+    }
+
+    #[test]
+    fn the_store_stays_out_of_the_pods_directories() {
+        for text in [
+            "store_dir = \"/run/kata-containers/image\"",
+            "store_dir = \"/run\"",
+        ] {
+            let e = section(text)
+                .validate(false, &[Path::new("/run/kata-containers")])
+                .unwrap_err();
+            assert!(
+                e.contains("store_dir") && e.contains("/run/kata-containers"),
+                "{e}"
+            );
+        }
+        let c = section("")
+            .validate(false, &[Path::new("/run/kata-containers")])
+            .unwrap();
+        assert_eq!(c.settings.store_dir, Path::new(DEFAULT_STORE_DIR));
     }
 
     #[test]
@@ -228,12 +276,14 @@ mod tests {
             ("parallel_layers = 0", "parallel_layers"),
             ("credentials = \"kbs:///a/b\"", "credentials"),
         ] {
-            let e = section(text).validate(false).unwrap_err();
+            let e = section(text)
+                .validate(false, &[Path::new("/run/kata-containers")])
+                .unwrap_err();
             assert!(e.contains(key), "{text}: {e}");
         }
         let ok =
             section("insecure_registries = [\"127.0.0.1:5000\", \"localhost\"]\nrootfs = \"copy\"")
-                .validate(false)
+                .validate(false, &[Path::new("/run/kata-containers")])
                 .unwrap();
         assert_eq!(ok.settings.rootfs, RootfsMode::Copy);
         let e = toml::from_str::<ImageSection>("polcy = \"x\"")
