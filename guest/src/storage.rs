@@ -132,6 +132,7 @@ pub fn create_ext4(field: &str, fstype: &str, device: &Path) -> Result<()> {
                 "{field}.driver_options: create_filesystem needs mkfs.ext4 in the guest image, which has none"
             ))
         })?;
+    await_unclaimed(field, device)?;
     let out = std::process::Command::new(&mkfs)
         .args([
             "-q",
@@ -157,6 +158,43 @@ pub fn create_ext4(field: &str, fstype: &str, device: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// How long a device may stay claimed before mkfs is given up on.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (bounded) until `device` can be opened exclusively, as mkfs needs. A file system the
+/// previous container of a storage had on it can outlive its unmount for a moment: a
+/// container being created at that time starts with a copy of the guest's mounts, which goes
+/// when it moves to its own root. mkfs would call the device "in use" meanwhile.
+fn await_unclaimed(field: &str, device: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL | libc::O_CLOEXEC)
+            .open(device)
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(GuestError::FailedPrecondition(format!(
+                        "{field}.source: {} is still in use (mounted) after {} s: not making a file system on it",
+                        device.display(),
+                        CLAIM_WAIT.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(GuestError::Internal(format!(
+                    "opening {} for mkfs: {e}",
+                    device.display()
+                )))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,5 +248,60 @@ mod tests {
                 "{option}: {e}"
             );
         }
+    }
+
+    /// mkfs waits for a device another holder has open exclusively (as a mount copy in a
+    /// container being created does) and goes ahead once it is released. Needs root and a
+    /// loop device; skipped with the reason printed otherwise.
+    #[test]
+    fn mkfs_waits_for_an_exclusive_holder_to_let_go() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(8 << 20).unwrap();
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file.path())
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => {
+                PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
+            other => {
+                eprintln!("skipped: no loop device: {other:?}");
+                return;
+            }
+        };
+        let holder = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let releaser = std::thread::spawn(move || {
+            // Let go once mkfs has started waiting (it was blocked by us when it asked).
+            rx.recv().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(holder);
+        });
+        // While we hold it, an exclusive open is refused: the state mkfs waits out.
+        let busy = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev);
+        assert_eq!(busy.unwrap_err().raw_os_error(), Some(libc::EBUSY));
+        tx.send(()).unwrap();
+        let made = create_ext4("storages[0]", "ext4", &dev);
+        releaser.join().unwrap();
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&dev)
+            .status();
+        if let Err(GuestError::FailedPrecondition(e)) = &made {
+            if e.contains("needs mkfs.ext4") {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        }
+        made.unwrap();
     }
 }
