@@ -5,16 +5,20 @@
 #   apt: qemu-system-x86 (from bookworm-backports on bookworm, matching the backports
 #        qemu-utils these machines ship: the bookworm one would replace it), socat (the guest's
 #        forward to the KBS), kmod (depmod), lz4 (the kernel payload), file, busybox-static
-#        (debug shells only), libseccomp-dev (libseccomp.a for the static agent)
-#   cargo: vhost-device-vsock (the host half of the guest's vsock)
+#        (debug shells and guest-ops' container rootfs), libseccomp-dev (libseccomp.a for the
+#        static agent, and virtiofsd's seccomp filter), libcap-ng-dev (virtiofsd)
+#   cargo: vhost-device-vsock (the host half of the guest's vsock), virtiofsd (the host half of
+#        guest-ops' virtio-fs share: Debian bookworm has no virtiofsd, and neither has the
+#        backports QEMU)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
+VIRTIOFSD_VERSION=1.14.0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-apt_pkgs=(qemu-system-x86 socat kmod lz4 file busybox-static libseccomp-dev)
+apt_pkgs=(qemu-system-x86 socat kmod lz4 file busybox-static libseccomp-dev libcap-ng-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,4 +54,11 @@ if [ $vhost_ok = 0 ]; then
     log "cargo install vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION (a few minutes)"
     cargo install --locked --version "$VHOST_DEVICE_VSOCK_VERSION" vhost-device-vsock >&2
 fi
-log "ready: $(qemu-system-x86_64 --version | head -n1), vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION"
+if ! command -v virtiofsd >/dev/null && [ ! -x "$HOME/.cargo/bin/virtiofsd" ]; then
+    log "cargo install virtiofsd $VIRTIOFSD_VERSION (a few minutes)"
+    # Its release profile asks for LTO: minutes of a 2-core machine for a test daemon whose
+    # speed does not matter here.
+    CARGO_PROFILE_RELEASE_LTO=false \
+        cargo install --locked --version "$VIRTIOFSD_VERSION" virtiofsd >&2
+fi
+log "ready: $(qemu-system-x86_64 --version | head -n1), vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION, virtiofsd $VIRTIOFSD_VERSION"
