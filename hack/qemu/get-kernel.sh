@@ -17,9 +17,10 @@ source "$(dirname "$0")/common.sh"
 # virtio_console: virtio-serial ports; virtio_blk: Kata's initdata block device;
 # virtio_rng: entropy early in boot; qemu_fw_cfg: values a VMM passes with -fw_cfg;
 # configfs: where configfs-tsm (TDX quotes) lives; init mounts it; overlay: guest-pulled
-# images' root file systems.
+# images' root file systems; virtiofs: Kata's shared file system (virtio-fs storages by tag;
+# guest-ops.sh mounts one).
 WANTED_MODULES="virtio_pci vmw_vsock_virtio_transport virtio_net virtio_console virtio_blk \
-virtio_rng qemu_fw_cfg configfs overlay ${EXTRA_MODULES:-}"
+virtio_rng qemu_fw_cfg configfs overlay virtiofs ${EXTRA_MODULES:-}"
 
 command -v apt-get >/dev/null || die "apt-get is required (Debian/Ubuntu host)"
 command -v depmod >/dev/null || die "depmod is required: apt-get install kmod (hack/qemu/setup.sh)"
