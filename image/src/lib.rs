@@ -40,3 +40,32 @@ pub use service::{
 };
 pub use signature::{signature_tag, CosignKey};
 pub use trust::{PolicySource, ResourceSource, ResourceUri};
+
+// Seams for the fuzz targets (`tests/fuzz-targets`): the parsers a registry's answers reach
+// and the unpacker, on their own. Not an API.
+#[doc(hidden)]
+pub use manifest::{
+    choose_platform, Descriptor, ImageIndex, ImageManifest, LayerCompression, Manifest,
+};
+#[doc(hidden)]
+pub use signature::check_payload as check_simple_signing;
+
+/// One layer unpacked by the real unpacker into `dest` (an empty directory) under fresh
+/// limits; the error is the unpacker's, prefixed by its kind (`invalid`, `limit`, `io`).
+/// For the `image_layer` fuzz target. Not an API.
+#[doc(hidden)]
+pub fn unpack_layer_into(
+    blob: impl std::io::Read,
+    compression: LayerCompression,
+    diff_id: &Digest,
+    dest: &std::path::Path,
+    max_bytes: u64,
+    max_entries: u64,
+) -> std::result::Result<u64, String> {
+    let budget = unpack::Budget::new(max_bytes, max_entries);
+    unpack::unpack_layer(blob, compression, diff_id, dest, &budget).map_err(|e| match e {
+        unpack::UnpackError::Invalid(m) => format!("invalid: {m}"),
+        unpack::UnpackError::Limit(m) => format!("limit: {m}"),
+        unpack::UnpackError::Io(m) => format!("io: {m}"),
+    })
+}

@@ -193,7 +193,9 @@ pub(crate) async fn verify(
     )))
 }
 
-fn check_payload(
+/// Checks a simple-signing payload (already verified by a key) against the pulled image: the
+/// cosign type, one of the `signed` manifest digests, the repository the policy wants.
+pub fn check_payload(
     payload: &[u8],
     image: &Reference,
     signed: &[&Digest],

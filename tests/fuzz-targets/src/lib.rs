@@ -12,6 +12,9 @@ pub mod codec;
 pub mod config;
 pub mod copy_file;
 pub mod decision;
+pub mod image_layer;
+pub mod image_manifest;
+pub mod image_policy;
 pub mod initdata;
 pub mod server;
 

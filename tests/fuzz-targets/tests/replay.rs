@@ -60,3 +60,24 @@ fn config_toml() {
 fn initdata() {
     replay("initdata", vigil_fuzz_targets::initdata::initdata);
 }
+
+#[test]
+fn image_manifest() {
+    replay(
+        "image_manifest",
+        vigil_fuzz_targets::image_manifest::image_manifest,
+    );
+}
+
+#[test]
+fn image_layer() {
+    replay("image_layer", vigil_fuzz_targets::image_layer::image_layer);
+}
+
+#[test]
+fn image_policy() {
+    replay(
+        "image_policy",
+        vigil_fuzz_targets::image_policy::image_policy,
+    );
+}
