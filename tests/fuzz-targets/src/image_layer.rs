@@ -260,9 +260,9 @@ fn check_xattrs(layer: &Path, path: &Path, is_dir: bool, built: Option<&Built>) 
     }
 }
 
-/// The layer-relative directory an entry name's parent is, as the unpacker reads it; `None`
-/// for a name it refuses.
-fn parent_of(name: &[u8]) -> Option<PathBuf> {
+/// An entry name as the unpacker reads it: its layer-relative parent directory and its last
+/// component; `None` for a name it refuses (`..`) or the layer root.
+fn split_name(name: &[u8]) -> Option<(PathBuf, std::ffi::OsString)> {
     let mut out = PathBuf::new();
     for c in Path::new(std::ffi::OsStr::from_bytes(name)).components() {
         match c {
@@ -271,8 +271,9 @@ fn parent_of(name: &[u8]) -> Option<PathBuf> {
             _ => {}
         }
     }
+    let file = out.file_name()?.to_os_string();
     out.pop();
-    Some(out)
+    Some((out, file))
 }
 
 fn name(input: &mut Input, outside: &Path) -> Vec<u8> {
@@ -351,8 +352,8 @@ fn build(input: &mut Input, outside: &Path) -> (Vec<u8>, Built) {
         gnu.name[..n].copy_from_slice(&path[..n]);
         let l = link.len().min(gnu.linkname.len());
         gnu.linkname[..l].copy_from_slice(&link[..l]);
-        if path.ends_with(b".wh..wh..opq") {
-            if let Some(parent) = parent_of(&path[..n]) {
+        if let Some((parent, file)) = split_name(&path[..n]) {
+            if file == ".wh..wh..opq" {
                 built.opaque.insert(parent);
             }
         }
