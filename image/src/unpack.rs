@@ -237,7 +237,7 @@ fn unpack_entry<R: Read>(
         Some(r) => r,
         None => {
             // The layer's root: only its metadata.
-            apply_metadata(entry, dest, true).map_err(|e| io_err("layer root", e))?;
+            apply_metadata(entry, dest, &shown, true)?;
             return Ok(None);
         }
     };
@@ -272,7 +272,7 @@ fn unpack_entry<R: Read>(
                     .create(&target)
                     .map_err(|e| io_err(target.display(), e))?;
             }
-            apply_metadata(entry, &target, false).map_err(|e| io_err(target.display(), e))?;
+            apply_metadata(entry, &target, &shown, false)?;
             let mtime = entry.header().mtime().unwrap_or(0) as i64;
             return Ok(Some((target, mtime)));
         }
@@ -356,7 +356,7 @@ fn unpack_entry<R: Read>(
             ))
         }
     }
-    apply_metadata(entry, &target, false).map_err(|e| io_err(target.display(), e))?;
+    apply_metadata(entry, &target, &shown, false)?;
     if kind != T::Symlink {
         let mtime = entry.header().mtime().unwrap_or(0) as i64;
         set_mtime(&target, mtime).map_err(|e| io_err(target.display(), e))?;
@@ -364,35 +364,43 @@ fn unpack_entry<R: Read>(
     Ok(None)
 }
 
-/// Owner, mode and the kept extended attributes of an entry.
+/// Owner, mode and the kept extended attributes of an entry. A header field that does not
+/// parse is the layer's fault (`Invalid`, naming the entry), a failing syscall the guest's.
 fn apply_metadata<R: Read>(
     entry: &mut tar::Entry<R>,
     path: &Path,
+    shown: &Path,
     is_root: bool,
-) -> io::Result<()> {
+) -> Result<()> {
+    let fs_err = |e: io::Error| io_err(path.display(), e);
     let h = entry.header();
-    let uid = u32::try_from(h.uid()?).map_err(|_| io::Error::other("uid out of range"))?;
-    let gid = u32::try_from(h.gid()?).map_err(|_| io::Error::other("gid out of range"))?;
-    let mode = h.mode()? & 0o7777;
+    let uid = h.uid().map_err(|e| invalid(shown, e))?;
+    let uid = u32::try_from(uid).map_err(|_| invalid(shown, "uid out of range"))?;
+    let gid = h.gid().map_err(|e| invalid(shown, e))?;
+    let gid = u32::try_from(gid).map_err(|_| invalid(shown, "gid out of range"))?;
+    let mode = h.mode().map_err(|e| invalid(shown, e))? & 0o7777;
     let is_link = h.entry_type() == tar::EntryType::Symlink;
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(fs_err)?;
     if !is_link {
         // After chown: chown clears set-id bits.
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(fs_err)?;
     }
     if is_root {
         return Ok(());
     }
-    if let Some(exts) = entry.pax_extensions()? {
+    let exts = entry
+        .pax_extensions()
+        .map_err(|e| invalid(shown, format!("PAX header: {e}")))?;
+    if let Some(exts) = exts {
         for ext in exts {
-            let ext = ext?;
+            let ext = ext.map_err(|e| invalid(shown, format!("PAX header: {e}")))?;
             let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
                 continue;
             };
             let keep = name.starts_with(b"user.") || name == b"security.capability";
             if keep && !is_link {
                 let name = String::from_utf8_lossy(name).into_owned();
-                set_xattr(path, &name, ext.value_bytes())?;
+                set_xattr(path, &name, ext.value_bytes()).map_err(fs_err)?;
             }
         }
     }
@@ -491,6 +499,33 @@ mod tests {
         assert_eq!(entry_path(b"./").unwrap(), None);
         assert!(entry_path(b"a/../../etc").unwrap_err().contains(".."));
         assert!(entry_path(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn a_header_field_that_does_not_parse_is_the_layers_fault() {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("etc/hostname").unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.as_ustar_mut().unwrap().uid = *b"zzzzzzz\0"; // not octal
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend_from_slice(&[b'x'; 512]);
+        tar.extend_from_slice(&[0; 1024]);
+        let dest = tempfile::tempdir().unwrap();
+        let budget = Budget::new(1 << 20, 10);
+        let diff_id = Digest::sha256_of(&tar);
+        match unpack_layer(
+            &tar[..],
+            LayerCompression::None,
+            &diff_id,
+            dest.path(),
+            &budget,
+        ) {
+            Err(UnpackError::Invalid(m)) => assert!(m.contains("etc/hostname"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
