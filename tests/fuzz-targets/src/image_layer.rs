@@ -8,7 +8,7 @@
 //! opaque markers, device nodes, FIFOs, `trusted.*`/`user.*` extended attributes, GNU sparse
 //! files, sizes that lie). `limits` picks the byte and entry budget.
 //!
-//! The layer unpacks into `<tmp>/layer`; beside it, `<tmp>/outside` holds a directory, a file
+//! The layer unpacks into `<tmp>/layer` (`<tmp>` on /dev/shm where there is one); beside it, `<tmp>/outside` holds a directory, a file
 //! and a symlink that must never change. Invariants after every input, accepted or refused:
 //! - nothing outside the layer directory was created, removed or changed (path, mode, owner,
 //!   link count, content, link target), so no write went through a symlink or `..`, and no
@@ -61,7 +61,17 @@ struct Place {
 
 impl Place {
     fn new() -> Place {
-        let base = tempfile::tempdir().expect("a temporary directory");
+        // A tmpfs, like the guest's image store under /run (and 10x faster than a busy disk).
+        let shm = Path::new("/dev/shm");
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let base = tempfile::Builder::new()
+            .prefix("vigil-fuzz-layer-")
+            .tempdir_in(parent)
+            .expect("a temporary directory");
         let outside = base.path().join("outside");
         std::fs::create_dir_all(outside.join("dir")).unwrap();
         std::fs::write(outside.join("victim"), b"must not change").unwrap();
