@@ -362,7 +362,9 @@ fn build(input: &mut Input, outside: &Path) -> (Vec<u8>, Built) {
         gnu.name[..n].copy_from_slice(&path[..n]);
         let l = link.len().min(gnu.linkname.len());
         gnu.linkname[..l].copy_from_slice(&link[..l]);
-        if let Some((parent, file)) = split_name(&path[..n]) {
+        // The header's name field ends at its first NUL, as tar (and so the unpacker) reads it.
+        let stored = path[..n].split(|b| *b == 0).next().unwrap_or_default();
+        if let Some((parent, file)) = split_name(stored) {
             if file == ".wh..wh..opq" {
                 built.opaque.insert(parent);
             }
