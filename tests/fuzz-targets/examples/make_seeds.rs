@@ -339,23 +339,21 @@ fn image_seeds() {
         data.extend_from_slice(&entries);
         write("image_layer", name, &data);
     }
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(size);
+        h
+    };
     let mut raw = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(5);
+    let mut h = header(tar::EntryType::Regular, 0o644, 5);
     raw.append_data(&mut h, "etc/hostname", &b"vigil"[..])
         .unwrap();
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_mode(0o777);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(0);
+    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
     raw.append_link(&mut h, "etc/mtab", "/proc/mounts").unwrap();
     let mut data = vec![0x80, 0];
     data.extend_from_slice(&raw.into_inner().unwrap());
