@@ -12,8 +12,6 @@
 //! Input: repeated `[path selector...][type][mode][uid][gid][u16 size][u16 offset][chunk]`.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use vigil_protos::agent::CopyFileRequest;
@@ -77,34 +75,9 @@ impl Jail {
         std::os::unix::fs::symlink(outside.join("victim"), shared.join("over")).unwrap();
     }
 
-    /// Everything under the base except the jail's contents: path -> (mode, uid, gid, content
-    /// or link target).
-    fn outside_view(&self) -> BTreeMap<PathBuf, (u32, u32, u32, Vec<u8>)> {
-        let mut view = BTreeMap::new();
-        let shared = self.shared();
-        let mut stack = vec![self.base.path().to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path == shared {
-                    continue;
-                }
-                let meta = std::fs::symlink_metadata(&path).unwrap();
-                let content = if meta.file_type().is_symlink() {
-                    std::fs::read_link(&path)
-                        .unwrap()
-                        .into_os_string()
-                        .into_encoded_bytes()
-                } else if meta.is_file() {
-                    std::fs::read(&path).unwrap()
-                } else {
-                    stack.push(path.clone());
-                    Vec::new()
-                };
-                view.insert(path, (meta.mode(), meta.uid(), meta.gid(), content));
-            }
-        }
-        view
+    /// Everything under the base but the jail's contents.
+    fn outside_view(&self) -> crate::TreeView {
+        crate::tree_view(self.base.path(), &self.shared())
     }
 
     /// Symlinks inside the jail other than the two planted ones.

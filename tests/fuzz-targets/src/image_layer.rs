@@ -22,7 +22,7 @@
 //!   Symlinks themselves may point anywhere: the container resolves them in its own root.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -96,33 +96,9 @@ impl Place {
         std::fs::create_dir(&layer).unwrap();
     }
 
-    /// Everything under the base but the layer: path -> (mode, uid, gid, nlink, content).
-    fn outside_view(&self) -> BTreeMap<PathBuf, (u32, u32, u32, u64, Vec<u8>)> {
-        let mut view = BTreeMap::new();
-        let layer = self.layer();
-        let mut stack = vec![self.base.path().to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path == layer {
-                    continue;
-                }
-                let m = std::fs::symlink_metadata(&path).unwrap();
-                let content = if m.file_type().is_symlink() {
-                    std::fs::read_link(&path)
-                        .unwrap()
-                        .into_os_string()
-                        .into_encoded_bytes()
-                } else if m.is_file() {
-                    std::fs::read(&path).unwrap()
-                } else {
-                    stack.push(path.clone());
-                    Vec::new()
-                };
-                view.insert(path, (m.mode(), m.uid(), m.gid(), m.nlink(), content));
-            }
-        }
-        view
+    /// Everything under the base but the jail's contents.
+    fn outside_view(&self) -> crate::TreeView {
+        crate::tree_view(self.base.path(), &self.layer())
     }
 }
 

@@ -8,6 +8,42 @@
 
 mod policy;
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Path -> (mode, uid, gid, link count, content or link target).
+pub(crate) type TreeView = BTreeMap<PathBuf, (u32, u32, u32, u64, Vec<u8>)>;
+
+/// Everything under `base` but `skip` (and what is under it), never following symlinks: what
+/// the targets with a jail compare before and after to prove nothing outside it changed.
+pub(crate) fn tree_view(base: &Path, skip: &Path) -> TreeView {
+    let mut view = BTreeMap::new();
+    let mut stack = vec![base.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path == skip {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(&path)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
+            } else if m.is_file() {
+                std::fs::read(&path).unwrap()
+            } else {
+                stack.push(path.clone());
+                Vec::new()
+            };
+            view.insert(path, (m.mode(), m.uid(), m.gid(), m.nlink(), content));
+        }
+    }
+    view
+}
+
 pub mod codec;
 pub mod config;
 pub mod copy_file;
