@@ -70,7 +70,14 @@ pub fn request_codec(data: &[u8]) {
         ] {
             assert!(input.get(key).is_some(), "CopyFile summary lacks {key}");
         }
-        assert_eq!(input["path"], json["path"]);
+        // The policy sees the path the runtime will use: `.` and empty components dropped
+        // (vigil_policy::normalize_path), not the host's spelling of it.
+        let path = json["path"].as_str().unwrap_or_default();
+        assert_eq!(
+            input["path"].as_str(),
+            Some(vigil_policy::normalize_path(path).as_str()),
+            "CopyFile summary path"
+        );
         assert!(
             input.get("data").is_none(),
             "the file content never reaches the policy"
