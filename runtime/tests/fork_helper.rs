@@ -10,6 +10,11 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_vigil-fork-helper");
 
+/// A close-on-exec unix socket pair of `kind`: (ours, the one given to the helper as fd 3).
+fn pair(kind: SockType) -> (OwnedFd, OwnedFd) {
+    socketpair(AddressFamily::Unix, kind, None, SockFlag::SOCK_CLOEXEC).unwrap()
+}
+
 /// Starts the helper binary with argv[0] `arg0` and `fd3` (if any) as its fd 3.
 fn spawn(arg0: &str, fd3: Option<&OwnedFd>, stderr: Stdio) -> std::process::Child {
     let mut cmd = Command::new(HELPER);
@@ -51,13 +56,7 @@ fn argv0_alone_does_not_select_the_mode() {
 
 #[test]
 fn a_stream_socket_at_fd3_does_not_select_the_mode() {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = pair(SockType::Stream);
     let (code, err) = run(vigil_runtime::fork_helper::HELPER_ARG0, Some(&theirs));
     drop(ours);
     assert_eq!(code, Some(2), "{err}");
@@ -65,13 +64,7 @@ fn a_stream_socket_at_fd3_does_not_select_the_mode() {
 
 #[test]
 fn the_right_socket_without_the_name_does_not_select_the_mode() {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = pair(SockType::SeqPacket);
     let (code, err) = run("some-other-name", Some(&theirs));
     drop(ours);
     assert_eq!(code, Some(2), "{err}");
@@ -79,13 +72,7 @@ fn the_right_socket_without_the_name_does_not_select_the_mode() {
 
 #[test]
 fn the_helper_serves_its_parent_and_exits_when_the_parent_closes() {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = pair(SockType::SeqPacket);
     let mut child = spawn(
         vigil_runtime::fork_helper::HELPER_ARG0,
         Some(&theirs),
